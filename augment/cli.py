@@ -1,0 +1,126 @@
+"""The CLI is a shell: parse, load config, apply ``--set``, call one API function, say where
+the output went. Any :class:`AugmentError` becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from augment.errors import AugmentError, ConfigError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _config_from(args: argparse.Namespace, cli: dict[str, Any]) -> dict[str, Any]:
+    from augment.config import load_yaml, merge, parse_overrides
+
+    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    given = {k: v for k, v in cli.items() if v is not None}
+    return merge(merge(base, given), parse_overrides(args.set))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="options from a YAML file (CLI flags and --set win)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override any option, e.g. --set split.val=0.15 (repeatable)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from augment.api import prepare
+    from augment.config import PrepareConfig, validate
+    from augment.data.manifest import counts_table, load_data
+
+    data = _config_from(args, {
+        "source": args.source, "out": args.out, "image_size": args.image_size,
+        "seed": args.seed, "count": args.count, "rgb": args.rgb or None,
+        "overwrite": args.overwrite or None,
+    })
+    cfg = validate(PrepareConfig, data, "prepare")
+    out = prepare(cfg)
+    df, classes = load_data(out)
+    console = Console()
+    console.print(counts_table(df, classes).to_string())
+    record = json.loads((out / "run.json").read_text())
+    for a, b in record["duplicate_images_across_splits"]:
+        print(f"warning: `{a}` and `{b}` are byte-identical images in different splits (leakage; consider dropping one)", file=sys.stderr)
+    print(f"wrote {out / 'manifest.csv'} ({len(df)} images)")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from augment.data.manifest import CLASSES, MANIFEST, read_classes, read_manifest, validate_manifest
+
+    d = Path(args.data)
+    df = read_manifest(d / MANIFEST)
+    validate_manifest(df, d, read_classes(d / CLASSES), check_files=True, check_hashes=True)
+    print(f"{d / MANIFEST}: {len(df)} rows, all files present, sizes and hashes match")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from augment.data.hf import save_hf
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"output `{out}` already exists; choose another --out")
+    save_hf(args.data, out)
+    print(f"wrote Hugging Face dataset {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from augment import __version__
+
+    parser = _Parser(prog="augment", description="Enlarge and rebalance scarce labelled medical image sets with generative models.")
+    parser.add_argument("--version", action="version", version=f"augment {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("prepare", help="turn a source into a canonical dataset folder (manifest.csv)",
+                       description="Turn phantom, a BUSI-layout folder, a MedMNIST .npz or a saved HF dataset into DATA/manifest.csv.")
+    p.add_argument("--source", help="phantom | FOLDER | FILE.npz | saved HF dataset folder")
+    p.add_argument("--out", help="output folder DATA")
+    p.add_argument("--image-size", type=int, help="resize to N x N (images bilinear, masks nearest)")
+    p.add_argument("--seed", type=int, help="seed for the phantom and for splits (default 0)")
+    p.add_argument("--count", type=int, help="phantom only: number of pairs (default 300)")
+    p.add_argument("--rgb", action="store_true", help="phantom only: RGB images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_common(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
+    p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("export", help="export a dataset folder to a Hugging Face dataset (save_to_disk)")
+    p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
+    p.add_argument("--format", choices=["hf"], default="hf", help="export format")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except AugmentError as exc:
+        print(f"augment {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"augment {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

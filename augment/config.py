@@ -1,0 +1,166 @@
+"""Config is data, validated at the edge.
+
+YAML files and ``--set key=value`` overrides become plain dicts, then pydantic v2 models with
+``extra="forbid"``. A validation failure becomes one :class:`~augment.errors.ConfigError` line
+that names the key and says what is allowed. Every config is written as JSON beside what it
+produced and loads back equal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from augment.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SplitFractions(Strict):
+    """Fractions for a seeded, stratified, group-aware split when the source has none."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g} (train+val+test)")
+        return self
+
+
+class PrepareConfig(Strict):
+    """Options of ``augment prepare``.
+
+    ``source`` is ``phantom`` or a path: a folder in the BUSI layout (``images/``, ``masks/``,
+    ``labels.csv``, ``classes.csv``), a MedMNIST ``.npz``, or a Hugging Face dataset saved with
+    ``save_to_disk``.
+    """
+
+    source: str
+    out: Path
+    image_size: int | None = Field(None, ge=8, le=4096, description="resize to N x N (images bilinear, masks nearest)")
+    seed: int = Field(0, ge=0)
+    count: int | None = Field(None, ge=1, description="phantom only: number of pairs (default 300)")
+    rgb: bool = Field(False, description="phantom only: RGB instead of grayscale")
+    priors: list[float] | None = Field(None, description="phantom only: class priors (default 0.5, 0.35, 0.15)")
+    split: SplitFractions = Field(default_factory=SplitFractions)
+    binary_masks: bool = Field(False, description="map every non-zero mask value to 1 (for 0/255 masks)")
+    image_column: str = "image"
+    mask_column: str | None = "mask"
+    label_column: str = "label"
+    split_column: str | None = "split"
+    group_column: str | None = "group"
+    overwrite: bool = False
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing, unreadable or non-mapping file is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file `{p}` does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file `{p}` is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file `{p}` must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.max_steps=100", "seed=1"]`` into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set `{item}` must look like key=value (dotted keys allowed, e.g. split.val=0.15)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set `{item}`: value `{raw}` is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set `{item}` conflicts with an earlier --set of `{part}`")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``overrides`` wins. Neither input is modified."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Allowed keys at the level of ``loc`` (for unknown-key messages)."""
+    node: Any = model
+    for part in loc[:-1]:
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return ""
+        node = fields[part].annotation
+    fields = getattr(node, "model_fields", None)
+    return ", ".join(fields) if fields else ""
+
+
+def validate(model: type[M], data: dict[str, Any], what: str) -> M:
+    """Build ``model`` from ``data`` or raise one ConfigError line naming the first bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _describe(model, loc)
+            raise ConfigError(f"{what}: unknown key `{key}` (allowed: {allowed})") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"{what}: `{key}` is required") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        raise ConfigError(f"{what}: `{key}`: {msg}{shown}") from None
+
+
+def save_json(model: BaseModel, path: str | Path) -> None:
+    """Write a config as JSON (the form that lives beside what it produced)."""
+    Path(path).write_text(json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(model: type[M], path: str | Path, what: str | None = None) -> M:
+    """Load a config written by :func:`save_json`; it validates exactly like YAML input."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config `{p}` does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config `{p}` is not valid JSON (line {exc.lineno})") from None
+    return validate(model, data, what or str(p))

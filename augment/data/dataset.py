@@ -1,0 +1,69 @@
+"""A torch view of a manifest: the one place where uint8 pixels become float tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from augment.data.images import read_image, read_mask
+from augment.errors import DataError
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.float().div_(255.0)
+
+
+class PairDataset(Dataset):
+    """Image/mask/label triples from a manifest.
+
+    Items are dicts: ``image`` (C, H, W) float32 in [0, 1]; ``mask`` (H, W) int64 class indices
+    (only when ``masks=True``); ``label`` () int64; ``id`` str. ``transform``, if given, receives
+    and returns the uint8 arrays ``(image, mask)`` before conversion (classic augmentation hooks
+    in here). Rows without a mask are an error when ``masks=True``.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path,
+        masks: bool = True,
+        transform: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.rows = manifest.reset_index(drop=True)
+        self.masks = masks
+        self.transform = transform
+        if masks:
+            missing = self.rows.loc[self.rows["mask"] == "", "id"].tolist()
+            if missing:
+                raise DataError(
+                    f"{len(missing)} row(s) have no mask (e.g. {', '.join(missing[:5])}); "
+                    "use masks=False for a classification-only set"
+                )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index]
+        image = read_image(self.root / row["image"])
+        mask = read_mask(self.root / row["mask"]) if self.masks else None
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        item: dict[str, Any] = {
+            "image": to_tensor(image),
+            "label": torch.tensor(int(row["label"]), dtype=torch.int64),
+            "id": row["id"],
+        }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64)
+        return item

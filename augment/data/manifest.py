@@ -1,0 +1,178 @@
+"""The canonical manifest: one CSV row per image (+ mask), paths relative to the manifest.
+
+Columns: ``id, image, mask, label, split, group, sha256``. ``mask`` is empty for sources without
+masks (MedMNIST). ``sha256`` is the hash of the image file's bytes; later stages use it to prove
+that a generator never saw a val or test image. ``classes.csv`` (``label,name``) sits beside the
+manifest and lists every class, including ones absent from a split.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment.data.images import read_image, read_mask, sha256_file
+from augment.errors import DataError
+
+COLUMNS = ["id", "image", "mask", "label", "split", "group", "sha256"]
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.csv"
+CLASSES = "classes.csv"
+_SHOWN = 8  # bad rows spelled out in one error line before "and N more"
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    """Write the canonical columns first (extra columns, e.g. provenance, follow) atomically."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest frame lacks columns {missing}")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    _atomic_csv(df[COLUMNS + extra], Path(path))
+
+
+def write_classes(classes: dict[int, str], path: str | Path) -> None:
+    frame = pd.DataFrame({"label": list(classes), "name": list(classes.values())})
+    _atomic_csv(frame.sort_values("label"), Path(path))
+
+
+def read_classes(path: str | Path) -> dict[int, str]:
+    """``classes.csv`` as ``{label: name}``; labels must be unique non-negative integers."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"classes file `{p}` does not exist (expected columns label,name)")
+    try:
+        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"classes file `{p}` is not a readable CSV ({exc})") from None
+    if list(frame.columns[:2]) != ["label", "name"]:
+        raise DataError(f"classes file `{p}` must have columns label,name; found {','.join(frame.columns)}")
+    classes: dict[int, str] = {}
+    for raw, name in zip(frame["label"], frame["name"]):
+        if not raw.strip().isdigit():
+            raise DataError(f"classes file `{p}`: label `{raw}` is not a non-negative integer")
+        if int(raw) in classes:
+            raise DataError(f"classes file `{p}`: label {raw} is listed twice")
+        classes[int(raw)] = name
+    if not classes:
+        raise DataError(f"classes file `{p}` lists no classes")
+    return classes
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV (``path`` may be the file or its folder); column checks only."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST
+    if not p.is_file():
+        raise DataError(f"manifest `{p}` does not exist (run `augment prepare` first)")
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"manifest `{p}` is not a readable CSV ({exc})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"manifest `{p}` lacks columns {', '.join(missing)} (required: {', '.join(COLUMNS)})")
+    bad = [i for i, v in zip(df["id"], df["label"]) if not v.strip().lstrip("-").isdigit()]
+    if bad:
+        raise DataError(f"manifest `{p}`: label is not an integer for id {', '.join(bad[:_SHOWN])}")
+    df["label"] = df["label"].astype("int64")
+    return df
+
+
+def manifest_problems(
+    df: pd.DataFrame,
+    root: str | Path,
+    classes: dict[int, str],
+    check_files: bool = True,
+    check_hashes: bool = False,
+) -> list[tuple[str, str]]:
+    """Every problem as ``(id, message)``: duplicate ids, unknown labels or splits, and (with
+    ``check_files``) missing or corrupt images and masks, mask/image size mismatches and mask
+    values that are not class indices; ``check_hashes`` also re-hashes every image."""
+    root = Path(root)
+    problems: list[tuple[str, str]] = []
+    dup = df["id"][df["id"].duplicated(keep=False)]
+    for i in sorted(set(dup)):
+        problems.append((i, f"id `{i}` appears {int((dup == i).sum())} times"))
+    allowed = ", ".join(str(k) for k in sorted(classes))
+    for row in df.itertuples(index=False):
+        rid = row.id
+        if not rid:
+            problems.append(("(empty)", "a row has an empty id"))
+        if int(row.label) not in classes:
+            problems.append((rid, f"label {row.label} is not in classes.csv (allowed: {allowed})"))
+        if row.split not in SPLITS:
+            problems.append((rid, f"split `{row.split}` is not one of {', '.join(SPLITS)}"))
+        if not row.group:
+            problems.append((rid, "group is empty (use the id when images are independent)"))
+        if not check_files:
+            continue
+        try:
+            image = read_image(root / row.image)
+        except DataError as exc:
+            problems.append((rid, str(exc)))
+            continue
+        if check_hashes and sha256_file(root / row.image) != row.sha256:
+            problems.append((rid, f"image `{row.image}` does not match its sha256 in the manifest"))
+        if row.mask:
+            try:
+                mask = read_mask(root / row.mask)
+            except DataError as exc:
+                problems.append((rid, str(exc)))
+                continue
+            if mask.shape != image.shape[:2]:
+                problems.append((rid, f"mask `{row.mask}` is {_hw(mask)} but its image is {_hw(image)}"))
+    return problems
+
+
+def _hw(a: np.ndarray) -> str:
+    return f"{a.shape[1]}x{a.shape[0]}"
+
+
+def format_problems(problems: Iterable[tuple[str, str]], where: str) -> str:
+    problems = list(problems)
+    shown = "; ".join(f"{rid}: {msg}" for rid, msg in problems[:_SHOWN])
+    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return f"{where} has {len(problems)} bad row(s): {shown}{more}"
+
+
+def validate_manifest(df: pd.DataFrame, root: str | Path, classes: dict[int, str], **kwargs) -> None:
+    """Raise one DataError listing every bad row by id (see :func:`manifest_problems`)."""
+    problems = manifest_problems(df, root, classes, **kwargs)
+    if problems:
+        raise DataError(format_problems(problems, f"manifest in `{root}`"))
+
+
+def load_data(data_dir: str | Path, check_files: bool = False) -> tuple[pd.DataFrame, dict[int, str]]:
+    """A prepared dataset folder as ``(manifest, classes)``, validated."""
+    d = Path(data_dir)
+    df = read_manifest(d / MANIFEST)
+    classes = read_classes(d / CLASSES)
+    validate_manifest(df, d, classes, check_files=check_files)
+    return df, classes
+
+
+def counts_table(df: pd.DataFrame, classes: dict[int, str]) -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals; every class listed."""
+    table = pd.crosstab(df["label"], df["split"]).reindex(index=sorted(classes), fill_value=0)
+    table = table.reindex(columns=[s for s in SPLITS if s in table.columns] or list(SPLITS), fill_value=0)
+    table["total"] = table.sum(axis=1)
+    table.index = [f"{k} {classes[k]}" for k in table.index]
+    table.loc["all"] = table.sum(axis=0)
+    return table

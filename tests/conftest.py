@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny datasets built here (phantom or hand-made folders), never downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small prepared phantom dataset (16 px, 60 pairs), built once per session."""
+    from augment.api import prepare
+    from augment.config import PrepareConfig
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    prepare(PrepareConfig(source="phantom", out=out, image_size=16, count=60, seed=3))
+    return out
+
+
+def write_folder(
+    root: Path,
+    n_per_class: dict[int, int],
+    size: int = 12,
+    rgb: bool = False,
+    split: bool = True,
+    groups: dict[str, str] | None = None,
+    masks: bool = True,
+) -> Path:
+    """A valid BUSI-layout folder with random pixels: images/, masks/, labels.csv, classes.csv."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    if masks:
+        (root / "masks").mkdir()
+    rows = []
+    for label, n in n_per_class.items():
+        for i in range(n):
+            rid = f"c{label}_{i:03d}"
+            shape = (size, size, 3) if rgb else (size, size)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / "images" / f"{rid}.png")
+            if masks:
+                m = np.zeros((size, size), np.uint8)
+                if label > 0:
+                    m[2:6, 2:6] = 1
+                Image.fromarray(m).save(root / "masks" / f"{rid}.png")
+            row = {"id": rid, "label": label}
+            if split:
+                row["split"] = ("train", "train", "val", "test")[i % 4]
+            if groups is not None:
+                row["group"] = groups.get(rid, rid)
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    names = {0: "normal", 1: "benign", 2: "malignant"}
+    pd.DataFrame({"label": list(n_per_class), "name": [names.get(k, str(k)) for k in n_per_class]}).to_csv(
+        root / "classes.csv", index=False
+    )
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return write_folder(tmp_path / "src", {0: 4, 1: 4, 2: 4})
+
+
+def shared(path: str) -> Path:
+    p = SHARED_DATA / path
+    if not p.exists():
+        pytest.skip(f"real data `{p}` is absent (../shared/data is not beside this checkout)")
+    return p

@@ -1,0 +1,61 @@
+"""Config at the edge: overrides, unknown keys, clear messages, JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from augment.config import PrepareConfig, load_json, load_yaml, merge, parse_overrides, save_json, validate
+from augment.errors import ConfigError
+
+
+def test_parse_overrides_nested_and_typed():
+    got = parse_overrides(["split.val=0.15", "seed=3", "source=phantom", "priors=[0.2, 0.3, 0.5]", "rgb=true"])
+    assert got == {"split": {"val": 0.15}, "seed": 3, "source": "phantom", "priors": [0.2, 0.3, 0.5], "rgb": True}
+
+
+@pytest.mark.parametrize("bad", ["noequals", "=3", "a..b=1", "x=[1,"])
+def test_parse_overrides_rejects_malformed(bad):
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides([bad])
+
+
+def test_merge_is_recursive_and_pure():
+    base = {"a": {"b": 1, "c": 2}, "d": 1}
+    out = merge(base, {"a": {"b": 5}})
+    assert out == {"a": {"b": 5, "c": 2}, "d": 1} and base["a"]["b"] == 1
+
+
+def test_unknown_key_names_it_and_lists_allowed():
+    with pytest.raises(ConfigError, match=r"prepare: unknown key `imagesize` \(allowed: source, out, image_size"):
+        validate(PrepareConfig, {"source": "phantom", "out": "x", "imagesize": 3}, "prepare")
+
+
+def test_unknown_nested_key():
+    with pytest.raises(ConfigError, match=r"unknown key `split.holdout` \(allowed: train, val, test\)"):
+        validate(PrepareConfig, {"source": "phantom", "out": "x", "split": {"holdout": 0.1}}, "prepare")
+
+
+def test_bad_value_and_missing_key():
+    with pytest.raises(ConfigError, match=r"`image_size`: .*greater than or equal to 8 \(got 4\)"):
+        validate(PrepareConfig, {"source": "phantom", "out": "x", "image_size": 4}, "prepare")
+    with pytest.raises(ConfigError, match=r"`out` is required"):
+        validate(PrepareConfig, {"source": "phantom"}, "prepare")
+    with pytest.raises(ConfigError, match=r"split fractions must sum to 1"):
+        validate(PrepareConfig, {"source": "phantom", "out": "x", "split": {"train": 0.5}}, "prepare")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = validate(PrepareConfig, {"source": "phantom", "out": "d", "image_size": 32, "split": {"val": 0.2, "test": 0.1}}, "p")
+    save_json(cfg, tmp_path / "config.json")
+    assert load_json(PrepareConfig, tmp_path / "config.json") == cfg
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_yaml(tmp_path / "list.yaml")
