@@ -105,3 +105,107 @@ def prepare(cfg: PrepareConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_run_folder(cfg, resume: bool) -> None:
+    """A finished run is never overwritten; an unfinished one continues only with --resume and
+    only with the same config (``train.max_steps`` may grow)."""
+    from augment.config import load_json
+    from augment.generators import TrainConfig
+    from augment.generators.artifact import CONFIG, RUN
+
+    out = Path(cfg.out)
+    if (out / RUN).is_file():
+        raise DataError(f"`{out}` already holds a finished generator run; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / CONFIG).is_file():
+        raise DataError(f"`{out}` is not empty and is not a generator run; choose another --out")
+    if not resume:
+        raise DataError(f"`{out}` holds an unfinished run; pass --resume to continue it, or choose another --out")
+    saved = load_json(TrainConfig, out / CONFIG).model_dump(mode="json")
+    now = cfg.model_dump(mode="json")
+    saved["train"]["max_steps"] = now["train"]["max_steps"]
+    diff = sorted(k for k in _flatten(now) if _flatten(now).get(k) != _flatten(saved).get(k))
+    if diff:
+        a, b = _flatten(saved), _flatten(now)
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise DataError(f"--resume with a different config than `{out / CONFIG}` ({shown}); use the same options")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train(cfg, resume: bool = False) -> Path:
+    """``augment train``: fit a generator family on the label-budget subset of the train split.
+
+    Works as one CPU process or under ``accelerate launch`` / ``torchrun`` (data parallel). The
+    run folder is self-describing (see :mod:`augment.generators.artifact`); ``resume=True``
+    continues an interrupted run from its last checkpoint with identical results.
+    """
+    import torch
+
+    from augment.config import save_json
+    from augment.data.guard import load_training_set
+    from augment.generators import DataSpec, build
+    from augment.generators.artifact import CONFIG, LOSS, RUN, WEIGHTS, save_weights
+    from augment.generators.loop import make_accelerator, train_loop
+
+    started = time.time()
+    _check_run_folder(cfg, resume)
+    data = load_training_set(cfg.data, cfg.budget, cfg.seed)
+    spec = DataSpec(
+        image_size=data.images.shape[-1],
+        channels=data.images.shape[1],
+        num_classes=max(data.classes) + 1,
+        mask_classes=max(2, int(data.masks.max()) + 1),
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.generator, spec)
+    state = make_accelerator(cfg.train, len(model.phases))
+    out = Path(cfg.out)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, out / CONFIG)
+    state.wait_for_everyone()
+
+    result = train_loop(state, model, (data.images, data.masks, data.labels), cfg.train, cfg.seed, out, resume)
+    if state.is_main_process:
+        digest = save_weights(result.state_dict, out / WEIGHTS)
+        pd.DataFrame(result.loss_rows).to_csv(out / LOSS, index=False)
+        rates = [r["steps_per_s"] for r in result.loss_rows[1:]] or [0.0]
+        write_json(
+            run_record(
+                "train",
+                cfg.model_dump(mode="json"),
+                started,
+                family=cfg.generator.family,
+                data_spec=spec.model_dump(),
+                classes={str(k): v for k, v in data.classes.items()},
+                data_dir=str(Path(cfg.data).resolve()),
+                data_manifest_sha256=data.manifest_sha256,
+                budget=cfg.budget,
+                seed=cfg.seed,
+                n_train=len(data.labels),
+                class_counts={str(k): int(v) for k, v in data.rows["label"].value_counts().sort_index().items()},
+                trained_on=data.trained_on,
+                steps=result.steps,
+                resumed_from_step=result.resumed_from,
+                loop_seconds=round(result.seconds, 3),
+                median_steps_per_s=float(pd.Series(rates).median()),
+                processes=state.num_processes,
+                replica_checksums=result.replica_checksums,
+                weights_sha256=digest,
+            ),
+            out / RUN,
+        )
+    state.wait_for_everyone()
+    return out

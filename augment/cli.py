@@ -77,6 +77,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote Hugging Face dataset {out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from augment.api import train
+    from augment.config import validate
+    from augment.generators import TrainConfig
+
+    cli = {"data": args.data, "out": args.out, "budget": args.budget, "seed": args.seed}
+    if args.generator:
+        cli["generator"] = {"family": args.generator}
+    cfg = validate(TrainConfig, _config_from(args, cli), "train")
+    out = train(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # the run's state, already initialised by train()
+        run = json.loads((out / "run.json").read_text())
+        print(
+            f"trained {run['family']} for {run['steps']} steps on {run['n_train']} images "
+            f"in {run['loop_seconds']:.1f} s ({run['median_steps_per_s']:.2f} steps/s); wrote {out}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from augment import __version__
 
@@ -95,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_common(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a generator family on the label budget of a prepared dataset",
+                       description="Train a generator (e.g. cvae) on the label-budget subset of DATA's train split.")
+    p.add_argument("--data", help="prepared dataset folder DATA")
+    p.add_argument("--generator", help="generator family (cvae)")
+    p.add_argument("--out", help="run folder RUN")
+    p.add_argument("--budget", type=int, help="label budget: stratified subset of the train split (default: all)")
+    p.add_argument("--seed", type=int, help="seed for the budget, init, data order and noise (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
     p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")

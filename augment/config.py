@@ -141,6 +141,12 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
         if err["type"] == "extra_forbidden":
             allowed = _describe(model, loc)
             raise ConfigError(f"{what}: unknown key `{key}` (allowed: {allowed})") from None
+        if err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            raise ConfigError(
+                f"{what}: `{key}` has unknown {ctx.get('discriminator', 'tag')} {ctx.get('tag')!r} "
+                f"(allowed: {ctx.get('expected_tags')})"
+            ) from None
         if err["type"] == "missing":
             raise ConfigError(f"{what}: `{key}` is required") from None
         msg = err["msg"].removeprefix("Value error, ")

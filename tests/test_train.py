@@ -1,0 +1,196 @@
+"""The shared training loop: schedule, data order, exact resume after a real kill, 2-process
+data parallel, non-finite losses, the held-out hash check and the run-folder rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from augment.api import prepare, train
+from augment.config import PrepareConfig, validate
+from augment.errors import DataError
+from augment.generators import TrainConfig
+from augment.generators.loop import DataOrder, LoopConfig, TrainingError, lr_at, make_accelerator, train_loop
+from tests.conftest import write_folder
+
+TINY = ["--set", "generator.base_channels=4", "--set", "generator.max_channels=8", "--set", "generator.latent_dim=4"]
+
+
+def _cfg(data, out, budget=None, **train_opts):
+    loop = {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, **train_opts}
+    return validate(TrainConfig, {
+        "data": data, "out": out, "budget": budget, "generator": {"family": "cvae", "base_channels": 4, "max_channels": 8, "latent_dim": 4},
+        "train": loop,
+    }, "train")
+
+
+def test_lr_schedule():
+    cfg = LoopConfig(max_steps=100, lr=1.0, warmup_steps=10, schedule="cosine")
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0)
+    assert lr_at(cfg, 55) == pytest.approx(0.5)
+    assert lr_at(cfg, 100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(LoopConfig(lr=0.3, schedule="constant"), 1234) == 0.3
+
+
+def test_data_order_is_a_pure_function_and_shards_disjointly():
+    a = DataOrder(10, 3, world=1, rank=0, seed=1)
+    assert torch.equal(a.indices(5), DataOrder(10, 3, 1, 0, 1).indices(5))
+    epoch = torch.cat([a.indices(j) for j in range(10)])  # 30 positions = 3 epochs
+    for e in range(3):
+        assert sorted(epoch[e * 10:(e + 1) * 10].tolist()) == list(range(10))
+    r0, r1 = DataOrder(10, 1, 2, 0, 1), DataOrder(10, 1, 2, 1, 1)
+    both = torch.cat([torch.cat([r0.indices(j), r1.indices(j)]) for j in range(5)])
+    assert sorted(both.tolist()) == list(range(10))  # one epoch, split between the two ranks
+    assert not torch.equal(DataOrder(10, 3, 1, 0, 2).indices(0), a.indices(0))
+
+
+class _Exploding(torch.nn.Module):
+    phases = ("main",)
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def phase_parameters(self, phase):
+        return [self.w]
+
+    def forward(self, images, masks, labels, phase, step, generator):
+        loss = (self.w * images.mean()) ** 2
+        return (loss * float("nan") if step >= 2 else loss), {}
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    cfg = LoopConfig(max_steps=10, batch_size=2, checkpoint_every=100)
+    data = (torch.rand(4, 1, 8, 8), torch.zeros(4, 8, 8, dtype=torch.int64), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3 \(phase `main`\)"):
+        train_loop(make_accelerator(cfg, 1), _Exploding(), data, cfg, 0, tmp_path, resume=False)
+
+
+def test_leaked_heldout_image_is_refused(tmp_path):
+    src = write_folder(tmp_path / "src", {0: 8, 1: 8})
+    labels = pd.read_csv(src / "labels.csv")
+    train_id = labels.loc[labels["split"] == "train", "id"].iloc[0]
+    test_id = labels.loc[labels["split"] == "test", "id"].iloc[0]
+    shutil.copy(src / "images" / f"{test_id}.png", src / "images" / f"{train_id}.png")
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data"))
+    with pytest.raises(DataError, match=rf"training image {train_id} is byte-identical to test image {test_id}"):
+        train(_cfg(data, tmp_path / "run", max_steps=1))
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_changed_after_prepare_is_refused(phantom_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    df = pd.read_csv(data / "manifest.csv")
+    row = df[df["split"] == "train"].iloc[0]
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(data / row["image"])
+    cfg = _cfg(data, tmp_path / "run", max_steps=1)
+    with pytest.raises(DataError, match=rf"image `{row['image']}` \({row['id']}\) changed since prepare"):
+        train(cfg)
+
+
+def test_classification_only_data_is_refused(tmp_path):
+    src = write_folder(tmp_path / "src", {0: 8, 1: 8}, masks=False)
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data"))
+    with pytest.raises(DataError, match=r"has no mask for .* training image"):
+        train(_cfg(data, tmp_path / "run", max_steps=1))
+
+
+def test_run_folder_rules(phantom_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(phantom_dir, run, max_steps=2))
+    with pytest.raises(DataError, match="already holds a finished generator run"):
+        train(_cfg(phantom_dir, run, max_steps=2), resume=True)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(run / "config.json", unfinished / "config.json")
+    with pytest.raises(DataError, match="holds an unfinished run; pass --resume"):
+        train(_cfg(phantom_dir, unfinished, max_steps=2))
+    with pytest.raises(DataError, match=r"--resume with a different config .*train.lr: 0.001 -> 0.01"):
+        train(_cfg(phantom_dir, unfinished, max_steps=2, lr=0.01), resume=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="is not empty and is not a generator run"):
+        train(_cfg(phantom_dir, other, max_steps=2))
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "augment", *args]
+
+
+def _train_cmd(data, out, steps):
+    return _cli("train", "--data", str(data), "--generator", "cvae", "--out", str(out), "--budget", "24", *TINY,
+                "--set", f"train.max_steps={steps}", "--set", "train.checkpoint_every=10", "--set", "train.batch_size=8",
+                "--set", "train.grad_accum=2", "--set", "train.ema=true", "--set", "train.ema_decay=0.9")
+
+
+def test_kill_and_resume_gives_the_same_weights(phantom_dir, tmp_path):
+    steps = 400
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_train_cmd(phantom_dir, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((killed / "state").glob("step_*")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise `steps`"
+    assert not (killed / "run.json").exists()
+    ckpts = sorted(p.name for p in (killed / "state").glob("step_*"))
+    assert ckpts, "no checkpoint was written before the kill"
+
+    res = subprocess.run(_train_cmd(phantom_dir, killed, steps) + ["--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    subprocess.run(_train_cmd(phantom_dir, clean, steps), check=True, capture_output=True)
+
+    info = json.loads((killed / "run.json").read_text())
+    assert info["resumed_from_step"] >= 10 and info["steps"] == steps
+    a, b = load_file(killed / "model.safetensors"), load_file(clean / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la, lb = pd.read_csv(killed / "loss.csv"), pd.read_csv(clean / "loss.csv")
+    assert la["step"].tolist() == lb["step"].tolist()  # no lost or duplicated log rows
+    np.testing.assert_array_equal(la["loss"], lb["loss"])
+
+
+def test_two_process_data_parallel_keeps_replicas_identical(phantom_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "augment", "train", "--data", str(phantom_dir), "--generator", "cvae", "--out", str(out),
+           "--budget", "24", *TINY, "--set", "train.max_steps=6", "--set", "train.batch_size=4",
+           "--set", "train.checkpoint_every=3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["processes"] == 2
+    sums = info["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert res.stdout.count("trained cvae") == 1  # only the main process reports
+
+
+def test_cli_unknown_family_is_one_line(phantom_dir, tmp_path):
+    res = subprocess.run(_cli("train", "--data", str(phantom_dir), "--generator", "gan", "--out", str(tmp_path / "r")),
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae')"
+    ]
+    assert not (tmp_path / "r").exists()
