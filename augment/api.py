@@ -209,3 +209,48 @@ def train(cfg, resume: bool = False) -> Path:
         )
     state.wait_for_everyone()
     return out
+
+
+def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path,
+                      budget: int | None = None, seed: int = 0) -> Path:
+    """One training manifest for any downstream trainer: the real label-budget subset (rows keep
+    ``source=real``) plus a synthetic set (with its provenance), paths relative to ``out_dir``."""
+    from augment.data.manifest import combine, load_data, read_classes, read_manifest
+    from augment.data.splits import select_budget
+
+    real, classes = load_data(data_dir)
+    syn = read_manifest(synthetic_dir)
+    if read_classes(Path(synthetic_dir) / CLASSES) != classes:
+        raise DataError(f"`{synthetic_dir}` and `{data_dir}` have different classes.csv")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = combine([(select_budget(real, budget, seed), data_dir), (syn, synthetic_dir)], out)
+    write_manifest(merged, out / MANIFEST)
+    write_classes(classes, out / CLASSES)
+    return out
+
+
+def export_folder(data_dir: str | Path, out: str | Path) -> Path:
+    """Copy a dataset or synthetic set into the BUSI folder layout (images/, masks/,
+    labels.csv with id,label,split,group and any provenance columns, classes.csv)."""
+    from augment.data.manifest import load_data
+
+    df, classes = load_data(data_dir, check_files=True)
+    out = Path(out)
+    tmp = _claim_output(out, overwrite=False)
+    try:
+        (tmp / "images").mkdir()
+        if (df["mask"] != "").any():
+            (tmp / "masks").mkdir()
+        for row in df.itertuples():
+            shutil.copyfile(Path(data_dir) / row.image, tmp / "images" / f"{row.id}.png")
+            if row.mask:
+                shutil.copyfile(Path(data_dir) / row.mask, tmp / "masks" / f"{row.id}.png")
+        keep = ["id", "label", "split", "group"] + [c for c in df.columns if c not in COLUMNS]
+        df[keep].to_csv(tmp / "labels.csv", index=False)
+        write_classes(classes, tmp / CLASSES)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

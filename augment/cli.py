@@ -68,13 +68,47 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from augment.api import export_folder
     from augment.data.hf import save_hf
 
     out = Path(args.out)
     if out.exists():
         raise ConfigError(f"output `{out}` already exists; choose another --out")
-    save_hf(args.data, out)
-    print(f"wrote Hugging Face dataset {out}")
+    if args.format == "hf":
+        save_hf(args.data, out)
+        print(f"wrote Hugging Face dataset {out}")
+    else:
+        export_folder(args.data, out)
+        print(f"wrote folder {out} (images/, masks/, labels.csv, classes.csv)")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from augment.sampling import SampleConfig, load_balance, sample
+
+    if not args.balance:
+        raise ConfigError("--balance is required (a balancing manifest, e.g. manifests/match_max.yaml)")
+    data = _config_from(args, {
+        "generator": args.generator, "out": args.out, "seed": args.seed,
+        "batch_size": args.batch_size, "filter": args.filter or None,
+    })
+    data["balance"] = load_balance(args.balance).model_dump()
+    cfg = validate_sample(data)
+    out = sample(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+        dropped = sum(run.get("dropped_by_filter", {}).values())
+        extra = f"; the filter dropped and redrew {dropped}" if cfg.filter else ""
+        print(f"wrote {run.get('n_synthetic', '?')} synthetic pairs to {out} "
+              f"({run.get('samples_per_s_this_session', 0):.1f} samples/s{extra})")
+
+
+def validate_sample(data: dict):
+    from augment.config import validate
+    from augment.sampling import SampleConfig
+
+    return validate(SampleConfig, data, "sample")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -127,13 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sample", help="sample synthetic image+mask pairs under a balancing manifest",
+                       description="Sample a synthetic set from a trained generator RUN under a balancing manifest.")
+    p.add_argument("--generator", help="trained generator run folder RUN")
+    p.add_argument("--balance", help="balancing manifest YAML (e.g. manifests/match_max.yaml)")
+    p.add_argument("--out", help="output folder SYN")
+    p.add_argument("--seed", type=int, help="run seed (default: the manifest's seed)")
+    p.add_argument("--batch-size", type=int, help="pairs per batch (default 16)")
+    p.add_argument("--filter", action="store_true", help="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sampling run")
+    _add_common(p)
+    p.set_defaults(func=cmd_sample)
+
     p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
     p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("export", help="export a dataset folder to a Hugging Face dataset (save_to_disk)")
+    p = sub.add_parser("export", help="export a dataset or synthetic set to a HF dataset or a folder")
     p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
-    p.add_argument("--format", choices=["hf"], default="hf", help="export format")
+    p.add_argument("--format", choices=["hf", "folder"], default="hf", help="hf: datasets save_to_disk; folder: BUSI layout")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_export)
     return parser

@@ -75,3 +75,22 @@ def shared(path: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data `{p}` is absent (../shared/data is not beside this checkout)")
     return p
+
+
+TINY_CVAE = {"family": "cvae", "base_channels": 4, "max_channels": 8, "latent_dim": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(phantom_dir, tmp_path_factory) -> Path:
+    """A tiny cVAE trained for a few steps on the phantom budget (budget 24)."""
+    from augment.api import train
+    from augment.config import validate
+    from augment.generators import TrainConfig
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = validate(TrainConfig, {
+        "data": phantom_dir, "out": out, "budget": 24, "seed": 0, "generator": TINY_CVAE,
+        "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 1000},
+    }, "train")
+    train(cfg)
+    return out

@@ -140,7 +140,7 @@ def _train_cmd(data, out, steps):
 
 
 def test_kill_and_resume_gives_the_same_weights(phantom_dir, tmp_path):
-    steps = 400
+    steps = 200
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen(_train_cmd(phantom_dir, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -176,3 +176,23 @@ def counts_table(df: pd.DataFrame, classes: dict[int, str]) -> pd.DataFrame:
     table.index = [f"{k} {classes[k]}" for k in table.index]
     table.loc["all"] = table.sum(axis=0)
     return table
+
+
+def combine(parts: list[tuple[pd.DataFrame, str | Path]], out_dir: str | Path) -> pd.DataFrame:
+    """Concatenate manifests (each with its own root) into one whose paths are relative to
+    ``out_dir``. Rows without a ``source`` get ``source=real``; ids must stay unique."""
+    out = Path(out_dir).resolve()
+    frames = []
+    for df, root in parts:
+        df = df.copy()
+        base = Path(root).resolve()
+        for col in ("image", "mask"):
+            df[col] = [os.path.relpath(base / p, out) if p else "" for p in df[col]]
+        if "source" not in df.columns:
+            df["source"] = "real"
+        frames.append(df)
+    merged = pd.concat(frames, ignore_index=True).fillna("")
+    dup = merged["id"][merged["id"].duplicated()].tolist()
+    if dup:
+        raise DataError(f"combined manifest would hold id `{dup[0]}` twice")
+    return merged

@@ -9,7 +9,11 @@ Its network is an ``nn.Module`` with:
 * ``forward(images, masks, labels, phase, step, generator) -> (loss, logs)``: the scalar loss
   for one batch at optimizer step ``step`` of that phase, and floats to log (``forward`` rather
   than a named method, so data-parallel wrappers see the call);
-* ``sample(labels, generator) -> Sample``: new pairs conditioned on ``labels``.
+* ``sample(labels, generator) -> Sample``: new pairs conditioned on ``labels``. ``generator``
+  is one ``torch.Generator`` for the batch, or a list with one per label; with a list, item
+  ``i`` depends only on ``generator[i]`` (draw noise with :func:`randn`), so one pair can be
+  regenerated alone, whatever batch it was first made in;
+* ``sampler_settings()``: what besides weights and seed decides a sample (for provenance).
 
 Tensor contract shared by all families: ``images`` (B, C, H, W) float32 in [0, 1]; ``masks``
 (B, H, W) int64 class indices; ``labels`` (B,) int64 class labels. Randomness always comes in
@@ -18,6 +22,7 @@ as a ``torch.Generator``: no family touches the global RNG.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -61,7 +66,21 @@ class GeneratorModel(Protocol):
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> Sample: ...
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Sample: ...
+
+    def sampler_settings(self) -> dict[str, object]: ...
+
+
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (batch first): from one generator, or row by row from
+    one generator per item (then each row is independent of the batch it is drawn in)."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
 
 
 def one_hot_masks(masks: torch.Tensor, mask_classes: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from augment.config import Strict
-from augment.generators.base import DataSpec, Sample, label_maps, one_hot_masks
+from augment.generators.base import DataSpec, Sample, label_maps, one_hot_masks, randn
 
 
 class CVAEConfig(Strict):
@@ -127,10 +127,14 @@ class CVAE(nn.Module):
         }
         return loss, logs
 
+    def sampler_settings(self) -> dict[str, object]:
+        """What, besides the weights and the seed, decides a sample (recorded as provenance)."""
+        return {"method": "prior", "temperature": self.config.temperature}
+
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> Sample:
+    def sample(self, labels: torch.Tensor, generator) -> Sample:
         labels = labels.to(torch.int64)
         device = next(self.parameters()).device
-        z = torch.randn((len(labels), self.config.latent_dim), generator=generator, device=generator.device)
-        images, mask_logits = self.decode(z.to(device) * self.config.temperature, labels.to(device))
+        z = randn((len(labels), self.config.latent_dim), generator, device)
+        images, mask_logits = self.decode(z * self.config.temperature, labels.to(device))
         return Sample(images=images.float().clamp(0, 1).cpu(), masks=mask_logits.argmax(1).cpu(), labels=labels.cpu())

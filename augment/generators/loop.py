@@ -23,6 +23,7 @@ from pydantic import Field
 
 from augment.config import Strict
 from augment.errors import AugmentError
+from augment.seeding import cpu_requested, mix_seed, process_state
 
 STATE = "state"
 
@@ -59,15 +60,6 @@ def lr_at(cfg: LoopConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
 
 
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64 steps), so nearby tuples give unrelated streams."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
 class DataOrder:
     """Which training examples each micro-batch holds: epochs are seeded permutations of the
     ``n`` examples laid end to end; global micro-batch ``j`` covers positions
@@ -79,7 +71,7 @@ class DataOrder:
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(_mix(self.seed, 0xDA7A, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, 0xDA7A, epoch))
             self._perms = {epoch: torch.randperm(self.n, generator=g)}  # keep one epoch in memory
         return self._perms[epoch]
 
@@ -141,21 +133,12 @@ def _progress(total: int, done: int, enabled: bool):
 
 
 def make_accelerator(cfg: LoopConfig, phases: int):
-    """The Accelerator for a run. Under ``torchrun``/``accelerate launch`` on a machine without
-    CUDA, data parallelism runs on CPU with gloo (accelerate would otherwise silently start one
-    independent single-process run per rank)."""
-    import os
-
+    """The Accelerator for a run (see :func:`augment.seeding.cpu_requested` for the CPU rule)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    cpu = flag or (world > 1 and not torch.cuda.is_available())
+    process_state()  # the CPU rule and the process-count check
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=phases > 1)]
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=handlers)
-    if acc.num_processes != world:
-        raise TrainingError(f"launched {world} processes but accelerate sees {acc.num_processes}; check the launcher")
-    return acc
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu_requested(), kwargs_handlers=handlers)
 
 
 def train_loop(
@@ -204,7 +187,7 @@ def train_loop(
                 j = step * cfg.grad_accum + micro
                 idx = order.indices(j)
                 x, m, y = images[idx].to(acc.device), masks[idx].to(acc.device), labels[idx].to(acc.device)
-                noise = torch.Generator(device=acc.device).manual_seed(_mix(seed, 0x4015E, j, acc.process_index))
+                noise = torch.Generator(device=acc.device).manual_seed(mix_seed(seed, 0x4015E, j, acc.process_index))
                 sync = micro == cfg.grad_accum - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(model)), acc.autocast():
                     loss, logs = model(x, m, y, phase=phase, step=local, generator=noise)

@@ -1,0 +1,275 @@
+"""Sampling a synthetic set under a balancing manifest: exact plans, per-sample provenance,
+streaming, atomic files, resume, and sharding across processes.
+
+Sample ``k`` of class ``c`` is seeded by ``mix_seed(run_seed, c, k, attempt)`` (``attempt`` > 0
+only when ``--filter`` rejected earlier draws) and always decoded in a batch padded to the
+same ``batch_size``, so its pixels do not depend on which process or batch made it: one row can
+be regenerated alone from its provenance, byte for byte.
+
+Each process appends finished rows to its own journal (``SYN/.journal/rank<r>.jsonl``) after
+both PNGs are renamed into place; a resumed run trusts a journal row only if its files are
+present and hash-equal, and makes the rest again. The manifest is written once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from augment.balance import BalanceConfig, plan
+from augment.config import Strict, load_json, load_yaml, save_json, validate
+from augment.data.images import read_mask, sha256_file, write_png
+from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, load_data, write_classes, write_manifest
+from augment.data.splits import select_budget
+from augment.errors import AugmentError, DataError
+from augment.generators.artifact import LoadedGenerator, load_generator
+from augment.runinfo import run_record, write_json
+from augment.seeding import mix_seed, process_state
+
+PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler"]
+JOURNAL = ".journal"
+
+
+class SampleConfig(Strict):
+    """Options of ``augment sample`` (written to ``SYN/sample.json``)."""
+
+    generator: Path
+    balance: BalanceConfig
+    out: Path
+    seed: int | None = Field(None, ge=0, description="run seed (default: the balancing manifest's seed)")
+    batch_size: int = Field(16, ge=1)
+    filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
+    max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
+
+
+def load_balance(path: str | Path) -> BalanceConfig:
+    return validate(BalanceConfig, load_yaml(path), f"balancing manifest `{path}`")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    label: int
+    index: int  # position within its class
+
+
+def plan_items(table: pd.DataFrame) -> list[Item]:
+    """The planned samples in a fixed order: by class, then index."""
+    return [Item(f"syn_c{int(r['class'])}_{k:06d}", int(r["class"]), k) for _, r in table.iterrows() for k in range(int(r["synthetic"]))]
+
+
+def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode up to ``batch_size`` pairs, padded to exactly ``batch_size`` so every pair is made
+    by the same computation. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8."""
+    n = len(labels)
+    pad = batch_size - n
+    gens = [torch.Generator().manual_seed(s) for s in seeds] + [torch.Generator().manual_seed(0) for _ in range(pad)]
+    out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens)
+    images = (out.images[:n] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if images.shape[-1] == 1:
+        images = images[..., 0]
+    return images, out.masks[:n].to(torch.uint8).numpy()
+
+
+def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic pair made again from its manifest row and the run it came from."""
+    syn = Path(syn_dir)
+    cfg = load_json(SampleConfig, syn / "sample.json")
+    df = pd.read_csv(syn / MANIFEST, dtype=str, keep_default_na=False)
+    row = df[df["id"] == sample_id]
+    if row.empty:
+        raise DataError(f"`{sample_id}` is not in `{syn / MANIFEST}`")
+    gen = load_generator(cfg.generator)
+    if gen.weights_sha256 != row["generator_sha256"].iloc[0]:
+        raise DataError(f"`{sample_id}` was made by other weights than `{cfg.generator}` holds now")
+    images, masks = draw(gen, [int(row["label"].iloc[0])], [int(row["seed"].iloc[0])], cfg.batch_size)
+    return images[0], masks[0]
+
+
+def lesion_ranges(gen: LoadedGenerator) -> dict[int, tuple[float, float]]:
+    """Per class, the min and max lesion-area fraction over the real masks the generator saw."""
+    df, _ = load_data(gen.config.data)
+    rows = select_budget(df, gen.config.budget, gen.config.seed)
+    areas: dict[int, list[float]] = {}
+    for r in rows.itertuples():
+        m = read_mask(Path(gen.config.data) / r.mask)
+        areas.setdefault(int(r.label), []).append(float((m > 0).mean()))
+    return {c: (min(a), max(a)) for c, a in areas.items()}
+
+
+def passes(mask: np.ndarray, label: int, ranges: dict[int, tuple[float, float]]) -> bool:
+    """The filter predicate: a lesion class (some real mask non-empty) needs a non-empty mask;
+    every class needs its lesion area inside the real range of that class."""
+    lo, hi = ranges[label]
+    area = float((mask > 0).mean())
+    if hi > 0 and area == 0:
+        return False
+    return lo <= area <= hi
+
+
+def _journal_rows(out: Path) -> dict[str, dict]:
+    """Journal rows whose files are present and hash-equal; later duplicates win (none expected)."""
+    rows: dict[str, dict] = {}
+    for path in sorted((out / JOURNAL).glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if (out / row["image"]).is_file() and (out / row["mask"]).is_file() and sha256_file(out / row["image"]) == row["sha256"]:
+                rows[row["id"]] = row
+    return rows
+
+
+def _claim(cfg: SampleConfig, resume: bool, state) -> None:
+    out = cfg.out
+    saved = out / "sample.json"
+    if out.exists() and any(out.iterdir()):
+        if not saved.is_file():
+            raise DataError(f"`{out}` is not empty and is not a synthetic set; choose another --out")
+        if load_json(SampleConfig, saved) != cfg:
+            raise DataError(f"`{out}` already holds a different sampling run (see its sample.json); choose another --out")
+        if not resume and not (out / "run.json").is_file():
+            raise DataError(f"`{out}` holds an unfinished sampling run; pass --resume to continue it")
+    state.wait_for_everyone()  # every process has checked before the main one writes
+    if state.is_main_process:
+        (out / JOURNAL).mkdir(parents=True, exist_ok=True)
+        save_json(cfg, saved)
+    state.wait_for_everyone()
+
+
+def sample(cfg: SampleConfig, resume: bool = False, echo=print) -> Path:
+    """``augment sample``: see the module docstring. Returns ``cfg.out``."""
+    started = time.time()
+    state = process_state()
+    gen = load_generator(cfg.generator)
+    classes = {int(k): v for k, v in gen.run["classes"].items()}
+    real = {int(k): v for k, v in gen.run["class_counts"].items()}
+    table = plan(real, cfg.balance, classes)
+    seed = cfg.balance.seed if cfg.seed is None else cfg.seed
+    if (cfg.out / "run.json").is_file() and load_json(SampleConfig, cfg.out / "sample.json") == cfg:
+        if state.is_main_process:
+            echo(f"`{cfg.out}` is already complete; nothing to do")
+        return cfg.out
+    fresh = not cfg.out.exists()
+    state.wait_for_everyone()
+    _claim(cfg, resume, state)
+    try:
+        return _run(cfg, gen, table, classes, seed, resume, state, started, echo)
+    except AugmentError:
+        if fresh and state.num_processes == 1:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # a run that failed on its own input leaves nothing
+        raise
+
+
+def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: dict[int, str], seed: int,
+         resume: bool, state, started: float, echo) -> Path:
+    if state.is_main_process:
+        echo(table.to_string(index=False))
+        table.to_csv(cfg.out / "plan.csv", index=False)
+
+    items = plan_items(table)
+    done = _journal_rows(cfg.out) if resume else {}
+    mine = [it for i, it in enumerate(items) if i % state.num_processes == state.process_index and it.id not in done]
+    ranges = lesion_ranges(gen) if cfg.filter else {}
+    family = gen.config.generator.family
+    settings = {**gen.model.sampler_settings(), "batch_size": cfg.batch_size}
+    journal = open(cfg.out / JOURNAL / f"rank{state.process_index}.jsonl", "a")
+    for stray in list((cfg.out / "images").glob(".*.tmp")) + list((cfg.out / "masks").glob(".*.tmp")):
+        stray.unlink(missing_ok=True)  # from a kill mid-write; the pair is made again
+
+    queue = deque((it, 0) for it in mine)
+    t0, made = time.time(), 0
+    with _bar(len(mine), state.is_main_process) as bar:
+        while queue:
+            batch = [queue.popleft() for _ in range(min(cfg.batch_size, len(queue)))]
+            seeds = [mix_seed(seed, it.label, it.index, attempt) for it, attempt in batch]
+            images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size)
+            for (it, attempt), s, image, mask in zip(batch, seeds, images, masks):
+                if cfg.filter and not passes(mask, it.label, ranges):
+                    if attempt + 1 >= cfg.max_attempts:
+                        raise AugmentError(
+                            f"--filter rejected {cfg.max_attempts} draws for {it.id} (class {it.label}); the generator "
+                            "cannot meet the filter for this class (train longer, or sample without --filter)"
+                        )
+                    queue.append((it, attempt + 1))
+                    continue
+                image_rel, mask_rel = f"images/{it.id}.png", f"masks/{it.id}.png"
+                write_png(image, cfg.out / image_rel)
+                write_png(mask, cfg.out / mask_rel)
+                row = {"id": it.id, "label": it.label, "index": it.index, "seed": s, "attempt": attempt,
+                       "image": image_rel, "mask": mask_rel, "sha256": sha256_file(cfg.out / image_rel)}
+                journal.write(json.dumps(row) + "\n")
+                made += 1
+                bar.advance(made, time.time() - t0)
+            journal.flush()
+            os.fsync(journal.fileno())
+    journal.close()
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        rows = _journal_rows(cfg.out)
+        missing = [it.id for it in items if it.id not in rows]
+        if missing:
+            raise AugmentError(f"sampling ended without {len(missing)} planned pair(s) (e.g. {missing[0]}); run again with --resume")
+        df = pd.DataFrame([rows[it.id] for it in items])
+        df = df.assign(
+            split="train", group=df["id"], source="synthetic", generator=family,
+            generator_sha256=gen.weights_sha256,
+            sampler=[json.dumps({**settings, "attempt": int(a)}, sort_keys=True) for a in df["attempt"]],
+        )
+        write_manifest(df[COLUMNS + PROVENANCE], cfg.out / MANIFEST)
+        write_classes(classes, cfg.out / CLASSES)
+        counts = df["label"].value_counts().to_dict()
+        if any(counts.get(int(r["class"]), 0) != int(r["synthetic"]) for _, r in table.iterrows()):
+            raise AugmentError("internal error: the synthetic counts differ from the plan")
+        write_json(run_record(
+            "sample", cfg.model_dump(mode="json"), started,
+            plan=table.to_dict("records"), seed=seed, generator_run=str(Path(cfg.generator).resolve()),
+            generator_family=family, generator_sha256=gen.weights_sha256,
+            generator_trained_on_sha256=[t["sha256"] for t in gen.run["trained_on"]],
+            n_synthetic=len(df), processes=state.num_processes,
+            # Each row's attempt number is how many draws the filter rejected before it.
+            dropped_by_filter={str(int(c)): int(n) for c, n in df.groupby("label")["attempt"].sum().items()},
+            samples_per_s_this_session=round(made / max(time.time() - t0, 1e-9), 3),
+        ), cfg.out / "run.json")
+        shutil.rmtree(cfg.out / JOURNAL, ignore_errors=True)
+    state.wait_for_everyone()
+    return cfg.out
+
+
+class _bar:
+    """A rich progress bar with samples/s (only on a terminal, only on the main process)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        import sys
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} samples/s"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True, disable=not (enabled and sys.stderr.isatty()),
+        )
+        self.task = self.progress.add_task("sample", total=total, rate=0.0)
+
+    def __enter__(self) -> "_bar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, done: int, seconds: float) -> None:
+        self.progress.update(self.task, completed=done, rate=done / max(seconds, 1e-9))
