@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,6 @@ def main() -> None:
             info = json.loads((out / "run.json").read_text())
             print(f"N={n:5d}: wall {wall:6.1f} s (incl. start-up), sampling {info['samples_per_s_this_session']:.1f} samples/s, "
                   f"peak RSS {peak / 1024:.0f} MiB")
-    del resource
 
 
 if __name__ == "__main__":
