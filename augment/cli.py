@@ -104,6 +104,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
               f"({run.get('samples_per_s_this_session', 0):.1f} samples/s{extra})")
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    from augment.audit import AuditConfig, audit, summary
+    from augment.config import validate
+
+    cfg = validate(AuditConfig, _config_from(args, {
+        "data": args.data, "synthetic": args.synthetic, "out": args.out,
+        "inception_weights": args.inception_weights, "drop_copies": args.drop_copies or None,
+        "overwrite": args.overwrite or None,
+    }), "audit")
+    out = audit(cfg)
+    print(summary(json.loads((out / "audit.json").read_text())))
+    print(f"wrote {out / 'audit.json'} and {out / 'nearest.csv'}")
+
+
 def validate_sample(data: dict):
     from augment.config import validate
     from augment.sampling import SampleConfig
@@ -172,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sampling run")
     _add_common(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("audit", help="quality, diversity, memorisation and provenance audit of a synthetic set",
+                       description="Compare a synthetic set SYN with the real data DATA it was made from.")
+    p.add_argument("--data", help="prepared dataset folder DATA")
+    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample)")
+    p.add_argument("--out", help="output folder AUD")
+    p.add_argument("--inception-weights", help="TorchScript FID Inception file (inception-2015-12-05.pt); never downloaded")
+    p.add_argument("--drop-copies", action="store_true", help="also write AUD/synthetic_without_copies/ (a manifest without the copies)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_common(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
     p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")

@@ -1,0 +1,288 @@
+"""The quality and memorisation audit of a synthetic set against the real data it came from.
+
+* Feature-space distances (Fréchet, KID with its spread over subsets) between synthetic and real
+  train images, each beside the real-vs-real baseline of the same metric (train vs test).
+  Extractors: ``domain`` (a SmallCNN trained as the label classifier on the real train split,
+  cached in ``DATA/.cache/``) and ``inception`` (only with a user-supplied TorchScript file of the
+  standard FID Inception network; never downloaded, never faked).
+* Diversity: mean MS-SSIM (SSIM below 161 px) over same-class pairs, synthetic and real.
+* Fidelity and memorisation: each synthetic image's nearest real train image by SSIM and by
+  feature distance. It is a *copy* when it is closer than real images are to each other: SSIM
+  above the 99th percentile, or distance below the 1st percentile, of real-to-real
+  nearest-neighbour values in the train split (``copy_percentile``).
+* Mask-image consistency: Dice between each synthetic mask and a MONAI UNet's prediction on its
+  image, the UNet trained on the generator's real budget subset; baseline: the same UNet on the
+  real val images of that class.
+* Provenance: every synthetic row's weights hash and image hash, and the hashes of the images
+  the generator trained on (all in DATA's train split, none in val or test).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+
+from augment.config import Strict
+from augment.data.dataset import to_tensor
+from augment.data.images import read_image, read_mask, sha256_file
+from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, manifest_problems, write_classes, write_manifest
+from augment.data.splits import select_budget
+from augment.downstream import SmallCNN, dice_per_image, predict_masks, train_classifier, train_segmenter
+from augment.errors import DataError
+from augment.metrics import (
+    copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
+)
+from augment.runinfo import write_json
+
+
+class AuditConfig(Strict):
+    data: Path
+    synthetic: Path
+    out: Path
+    inception_weights: Path | None = None
+    drop_copies: bool = False
+    copy_percentile: float = Field(1.0, gt=0, lt=50)
+    encoder_steps: int = Field(300, ge=1)
+    segmenter_steps: int = Field(300, ge=1)
+    max_pairs: int = Field(200, ge=1, description="pairs per class for the diversity measure")
+    kid_subsets: int = Field(50, ge=1)
+    kid_subset_size: int = Field(100, ge=2)
+    seed: int = Field(0, ge=0)
+    overwrite: bool = False
+
+
+def _tensors(df: pd.DataFrame, root: Path, masks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    images = torch.stack([to_tensor(read_image(root / p)) for p in df["image"]])
+    if not masks:
+        return images, None
+    return images, torch.stack([torch.from_numpy(read_mask(root / p)).to(torch.int64) for p in df["mask"]])
+
+
+def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.DataFrame, classes: dict[int, str]) -> dict:
+    """Hash checks that tie every synthetic file to its generator and the generator to DATA."""
+    info = {"checked_rows": len(syn), "problems": []}
+    problems = [f"{i}: {m}" for i, m in manifest_problems(syn, syn_dir, classes, check_files=True, check_hashes=True)]
+    run_path = syn_dir / "run.json"
+    if not run_path.is_file():
+        raise DataError(f"`{syn_dir}` has no run.json: the audit needs a synthetic set made by `augment sample`")
+    run = json.loads(run_path.read_text())
+    bad = syn.loc[syn["generator_sha256"] != run["generator_sha256"], "id"].tolist()
+    problems += [f"{i}: generator_sha256 differs from run.json" for i in bad]
+    hashes = {sha256_file(data / p): s for p, s in zip(real["image"], real["split"])}
+    trained = run["generator_trained_on_sha256"]
+    foreign = [h for h in trained if h not in hashes]
+    heldout = [h for h in trained if hashes.get(h) in ("val", "test")]
+    if foreign:
+        raise DataError(f"`{syn_dir}` comes from a generator trained on {len(foreign)} image(s) that are not in `{data}`; audit it against its own data")
+    if heldout:
+        raise DataError(f"`{syn_dir}` comes from a generator that saw {len(heldout)} val/test image(s) of `{data}`")
+    info.update(generator_sha256=run["generator_sha256"], generator_trained_on=len(trained),
+                generator_saw_only_train=True, problems=problems, ok=not problems)
+    return info
+
+
+def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int, cfg: AuditConfig) -> tuple[SmallCNN, dict]:
+    """The label classifier trained on the real train split, cached by (manifest hash, steps, seed)."""
+    key = f"{sha256_file(data / MANIFEST)[:16]}-s{cfg.encoder_steps}-seed{cfg.seed}"
+    cache = data / ".cache" / f"encoder-{key}"
+    record = {"kind": "SmallCNN label classifier", "trained_on": "real train split", "n_train": len(train_labels),
+              "steps": cfg.encoder_steps, "seed": cfg.seed, "cache": str(cache)}
+    model = SmallCNN(train_images.shape[1], num_classes)
+    if (cache / "encoder.safetensors").is_file():
+        model.load_state_dict(load_file(cache / "encoder.safetensors"))
+        return model.eval(), {**record, "cached": True}
+    t = time.time()
+    model = train_classifier(train_images, train_labels, num_classes, steps=cfg.encoder_steps, seed=cfg.seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, cache / "encoder.safetensors")
+    record.update(cached=False, train_seconds=round(time.time() - t, 2))
+    (cache / "encoder.json").write_text(json.dumps(record, indent=2))
+    return model, record
+
+
+@torch.no_grad()
+def _features(model, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    return torch.cat([model.features(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def inception_features(path: Path, images: torch.Tensor) -> torch.Tensor:
+    """2048-d pool features from a TorchScript FID Inception file (the `inception-2015-12-05.pt`
+    detector: uint8 (N, 3, H, W) in, ``return_features=True``)."""
+    try:
+        net = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # torch raises several types for a file it cannot read
+        raise DataError(f"--inception-weights `{path}` is not a TorchScript Inception file ({type(exc).__name__})") from None
+    x = (images * 255).round().to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + 64], return_features=True) for i in range(0, len(x), 64)]).float()
+
+
+def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int, str], syn_dir: Path,
+             syn: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    train_df = real[real["split"] == "train"].reset_index(drop=True)
+    test_df = real[real["split"] == "test"].reset_index(drop=True)
+    has_masks = bool((train_df["mask"] != "").all())
+    train_x, train_m = _tensors(train_df, data, masks=has_masks)
+    test_x, _ = _tensors(test_df, data, masks=False)
+    syn_x, syn_m = _tensors(syn, syn_dir)
+    if syn_x.shape[1:] != train_x.shape[1:]:
+        raise DataError(f"synthetic images are {tuple(syn_x.shape[1:])} (C, H, W) but real ones are {tuple(train_x.shape[1:])}")
+    train_y = torch.tensor(train_df["label"].to_numpy())
+    syn_y = torch.tensor(syn["label"].to_numpy())
+    n_tr, n_te, n_syn = len(train_df), len(test_df), len(syn)
+    rows: list[dict] = []
+
+    encoder, encoder_record = domain_encoder(data, train_x, train_y, max(classes) + 1, cfg)
+    f_train, f_test, f_syn = (_features(encoder, x) for x in (train_x, test_x, syn_x))
+    extractors = {"domain": (f_train, f_test, f_syn)}
+    inception = {"computed": False, "reason": "no --inception-weights given (never downloaded)"}
+    if cfg.inception_weights is not None:
+        extractors["inception"] = tuple(inception_features(Path(cfg.inception_weights), x) for x in (train_x, test_x, syn_x))
+        inception = {"computed": True, "weights": str(cfg.inception_weights), "weights_sha256": sha256_file(cfg.inception_weights)}
+    for name, (a, b, s) in extractors.items():
+        note = {"note": f"fewer samples than feature dimensions ({a.shape[1]}): biased upwards, compare with the baseline"} \
+            if min(n_syn, n_te) <= a.shape[1] else {}
+        rows.append(_row("frechet_distance", name, frechet_distance(s, a), frechet_distance(b, a), n_tr, n_syn,
+                         baseline_is=f"real test ({n_te}) vs real train ({n_tr})", **note))
+        kid_opts = {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "seed": cfg.seed}
+        (k, k_sd), (kb, kb_sd) = kid(s, a, **kid_opts), kid(b, a, **kid_opts)
+        rows.append(_row("kid", name, k, kb, n_tr, n_syn, std=k_sd, baseline_std=kb_sd,
+                         baseline_is=f"real test ({n_te}) vs real train ({n_tr})"))
+
+    measure = structural_measure(train_x.shape[-1])
+    for c in sorted(classes):
+        ds = mean_pairwise_similarity(syn_x[syn_y == c], cfg.max_pairs, cfg.seed)
+        dr = mean_pairwise_similarity(train_x[train_y == c], cfg.max_pairs, cfg.seed)
+        if ds is not None:
+            rows.append(_row(f"diversity_{measure}_class_{c}", "pixels", ds, dr, int((train_y == c).sum()), int((syn_y == c).sum()),
+                             note="mean over same-class pairs; lower is more diverse"))
+
+    s_ssim, s_ssim_i = nearest_ssim(syn_x, train_x)
+    s_dist, s_dist_i = nearest_distance(f_syn, f_train)
+    r_ssim, _ = nearest_ssim(train_x, train_x, exclude_self=True)
+    r_dist, _ = nearest_distance(f_train, f_train, exclude_self=True)
+    t_ssim, t_dist = copy_thresholds(r_ssim, r_dist, cfg.copy_percentile)
+    rows.append(_row("nearest_real_ssim", "pixels", float(s_ssim.mean()), float(r_ssim.mean()), n_tr, n_syn,
+                     baseline_is="real train to its nearest other train image"))
+    rows.append(_row("nearest_real_distance", "domain", float(s_dist.mean()), float(r_dist.mean()), n_tr, n_syn,
+                     baseline_is="real train to its nearest other train image"))
+    is_copy = (s_ssim >= t_ssim) | (s_dist <= t_dist)
+    real_copy = float(((r_ssim >= t_ssim) | (r_dist <= t_dist)).float().mean())
+    rows.append(_row("memorisation_fraction", "pixels+domain", float(is_copy.float().mean()), real_copy, n_tr, n_syn,
+                     baseline_is="fraction of real train images flagged against the rest of the train split"))
+    nearest = pd.DataFrame({
+        "synthetic_id": syn["id"], "label": syn["label"],
+        "nearest_by_ssim": train_df["id"].to_numpy()[s_ssim_i.numpy()], "ssim": s_ssim.numpy(),
+        "nearest_by_distance": train_df["id"].to_numpy()[s_dist_i.numpy()], "distance": s_dist.numpy(),
+        "copy": is_copy.numpy(),
+    })
+    copies = [{"synthetic_id": r.synthetic_id, "train_id": r.nearest_by_ssim if r.ssim >= t_ssim else r.nearest_by_distance,
+               "ssim": float(r.ssim), "distance": float(r.distance)} for r in nearest[nearest["copy"]].itertuples()]
+
+    consistency = None
+    if has_masks:
+        run = json.loads((syn_dir / "run.json").read_text())
+        gen_cfg = json.loads((Path(run["generator_run"]) / "config.json").read_text())
+        budget = select_budget(real, gen_cfg["budget"], gen_cfg["seed"])
+        bx, bm = _tensors(budget, data)
+        mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
+        seg = train_segmenter(bx, bm, mask_classes, steps=cfg.segmenter_steps, seed=cfg.seed)
+        val_df = real[real["split"] == "val"].reset_index(drop=True)
+        vx, vm = _tensors(val_df, data)
+        d_syn = dice_per_image(predict_masks(seg, syn_x), syn_m)
+        d_val = dice_per_image(predict_masks(seg, vx), vm)
+        vy = torch.tensor(val_df["label"].to_numpy())
+        for c in sorted(classes):
+            if (syn_y == c).any():
+                rows.append(_row(f"mask_dice_class_{c}", "segmenter", float(d_syn[syn_y == c].mean()),
+                                 float(d_val[vy == c].mean()) if (vy == c).any() else None, len(budget), int((syn_y == c).sum()),
+                                 baseline_is="the same segmenter on real val images of this class"))
+        nearest["mask_dice"] = d_syn.numpy()
+        consistency = {"segmenter": "MONAI UNet (16,32,64,128), DiceCE", "trained_on": f"generator budget ({len(budget)} real images)",
+                       "steps": cfg.segmenter_steps}
+
+    report = {
+        "metrics": rows,
+        "copies": copies,
+        "copy_rule": {
+            "rule": "copy if nearest-train SSIM >= ssim_threshold or nearest-train feature distance <= distance_threshold",
+            "percentile": cfg.copy_percentile, "ssim_threshold": t_ssim, "distance_threshold": t_dist,
+            "derived_from": f"real-to-real nearest neighbours in the train split ({n_tr} images)",
+        },
+        "extractors": {"domain": encoder_record, "inception": inception},
+        "structural_measure": measure if measure == "ms_ssim" else f"ssim (images are {train_x.shape[-1]} px; 5-scale MS-SSIM needs >= 161 px)",
+        "mask_consistency": consistency,
+        "config": cfg.model_dump(mode="json"),
+    }
+    return report, nearest
+
+
+def _row(metric, extractor, value, baseline, n_real, n_syn, **extra) -> dict:
+    return {"metric": metric, "extractor": extractor, "value": value, "baseline": baseline,
+            "n_real": n_real, "n_synthetic": n_syn, **extra}
+
+
+def audit(cfg: AuditConfig, echo=print) -> Path:
+    """``augment audit``: write ``AUD/audit.json`` (+ ``nearest.csv``) and return ``AUD``."""
+    from augment.api import _claim_output, _publish
+
+    started = time.time()
+    data, syn_dir = Path(cfg.data), Path(cfg.synthetic)
+    real, classes = load_data(data)
+    syn, syn_classes = load_data(syn_dir)
+    if syn_classes != classes:
+        raise DataError(f"`{syn_dir}` and `{data}` have different classes.csv")
+    if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
+        raise DataError(f"--inception-weights `{cfg.inception_weights}` does not exist")
+    provenance = check_provenance(data, real, syn_dir, syn, classes)
+    tmp = _claim_output(Path(cfg.out), cfg.overwrite)
+    try:
+        report, nearest = _measure(cfg, data, real, classes, syn_dir, syn)
+        report["provenance"] = provenance
+        report["wall_seconds"] = round(time.time() - started, 2)
+        write_json(report, tmp / "audit.json")
+        nearest.to_csv(tmp / "nearest.csv", index=False)
+        if cfg.drop_copies:
+            keep = syn[~syn["id"].isin({c["synthetic_id"] for c in report["copies"]})]
+            kept_dir = tmp / "synthetic_without_copies"
+            kept_dir.mkdir()
+            write_manifest(combine([(keep, syn_dir)], Path(cfg.out) / "synthetic_without_copies"), kept_dir / MANIFEST)
+            write_classes(classes, kept_dir / CLASSES)
+        _publish(tmp, Path(cfg.out))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Path(cfg.out)
+
+
+def summary(report: dict) -> str:
+    """The audit as a short table for a person."""
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{'metric':34s} {'extractor':14s} {'synthetic':>10s} {'baseline':>10s} {'n_real':>7s} {'n_syn':>6s}"]
+    for r in report["metrics"]:
+        value = fmt(r["value"]) + (f"±{r['std']:.2g}" if "std" in r else "")
+        lines.append(f"{r['metric']:34s} {r['extractor']:14s} {value:>10s} {fmt(r['baseline']):>10s} {r['n_real']:>7d} {r['n_synthetic']:>6d}")
+    rule = report["copy_rule"]
+    lines.append(f"copies: {len(report['copies'])} of {report['metrics'][0]['n_synthetic']} synthetic images "
+                 f"(SSIM >= {rule['ssim_threshold']:.3f} or distance <= {rule['distance_threshold']:.3g})")
+    for c in report["copies"][:10]:
+        lines.append(f"  {c['synthetic_id']} ~ {c['train_id']} (ssim {c['ssim']:.3f}, distance {c['distance']:.3g})")
+    inc = report["extractors"]["inception"]
+    if not inc["computed"]:
+        lines.append(f"Inception FID not computed: {inc['reason']}")
+    prov = report["provenance"]
+    lines.append(f"provenance: {'ok' if prov['ok'] else 'PROBLEMS: ' + '; '.join(prov['problems'][:5])} "
+                 f"({prov['checked_rows']} rows; generator trained on {prov['generator_trained_on']} train images only)")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Quality metrics as plain functions over tensors: Fréchet distance and KID in a feature space,
+SSIM / MS-SSIM, nearest neighbours and the copy thresholds of the memorisation audit.
+
+The maths comes from MONAI (Fréchet distance) and torchmetrics (polynomial-kernel MMD for KID,
+SSIM, MS-SSIM); this module only arranges inputs and sampling. Features: (N, D) float tensors.
+Images: (N, C, H, W) float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+MS_SSIM_MIN_SIDE = 161  # 5 scales with an 11-px Gaussian window need > (11 - 1) * 2**4 px
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula)."""
+    from monai.metrics.fid import get_fid_score
+
+    import warnings
+
+    if min(len(a), len(b)) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 feature vectors per set")
+    with warnings.catch_warnings():
+        # With fewer samples than feature dimensions the covariances are singular; the value is
+        # still defined (and biased upwards): the audit says so beside it instead of warning.
+        warnings.simplefilter("ignore")
+        return float(get_fid_score(a.double(), b.double()))
+
+
+def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial
+    kernel, averaged over random subsets; returns (mean, standard deviation over subsets)."""
+    from torchmetrics.image.kid import poly_mmd
+
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("KID needs at least 2 feature vectors per set")
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(subsets):
+        ia, ib = torch.randperm(len(a), generator=g)[:m], torch.randperm(len(b), generator=g)[:m]
+        vals.append(float(poly_mmd(a[ia].double(), b[ib].double())))
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of each pair (x[i], y[i]): (N,) values."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    return ssim(x, y, data_range=1.0, reduction="none")
+
+
+def ms_ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    return ms_ssim(x, y, data_range=1.0, reduction="none")
+
+
+def structural_measure(side: int) -> str:
+    """``ms_ssim`` when images are large enough for 5-scale MS-SSIM, otherwise ``ssim``."""
+    return "ms_ssim" if side >= MS_SSIM_MIN_SIDE else "ssim"
+
+
+def mean_pairwise_similarity(images: torch.Tensor, max_pairs: int = 200, seed: int = 0) -> float | None:
+    """Mean (MS-)SSIM over distinct pairs of ``images`` (all pairs, or ``max_pairs`` random ones).
+    1.0 for identical images; lower means more diverse. None with fewer than 2 images."""
+    n = len(images)
+    if n < 2:
+        return None
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if len(pairs) > max_pairs:
+        rng = np.random.default_rng(seed)
+        pairs = [pairs[k] for k in rng.choice(len(pairs), max_pairs, replace=False)]
+    i, j = (torch.tensor(v) for v in zip(*pairs))
+    fn = ms_ssim_pairs if structural_measure(images.shape[-1]) == "ms_ssim" else ssim_pairs
+    return float(fn(images[i], images[j]).mean())
+
+
+def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query image, the reference with the highest SSIM: (best ssim (Q,), index (Q,)).
+    ``exclude_self`` skips the same index (queries and refs the same set)."""
+    best, arg = torch.full((len(queries),), -2.0), torch.zeros(len(queries), dtype=torch.int64)
+    for q in range(len(queries)):
+        vals = torch.cat([ssim_pairs(queries[q:q + 1].expand(len(refs[s:s + chunk]), -1, -1, -1), refs[s:s + chunk])
+                          for s in range(0, len(refs), chunk)])
+        if exclude_self:
+            vals[q] = -2.0
+        best[q], arg[q] = vals.max(0)
+    return best, arg
+
+
+def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean nearest neighbour in feature space: (distance (Q,), index (Q,))."""
+    d = torch.cdist(queries.double(), refs.double())
+    if exclude_self:
+        d.fill_diagonal_(float("inf"))
+    dist, arg = d.min(1)
+    return dist.float(), arg
+
+
+def copy_thresholds(real_nn_ssim: torch.Tensor, real_nn_dist: torch.Tensor, percentile: float = 1.0) -> tuple[float, float]:
+    """Thresholds from real-to-real nearest neighbours of the train split: a synthetic image is a
+    copy when it is closer to a training image than all but ``percentile`` % of real images are
+    to their own nearest other training image (SSIM above the (100 - p)th percentile, or feature
+    distance below the p-th percentile)."""
+    return (float(np.percentile(real_nn_ssim.numpy(), 100 - percentile)),
+            float(np.percentile(real_nn_dist.numpy(), percentile)))

@@ -1,0 +1,77 @@
+"""Quality metrics on known cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from augment.metrics import (
+    copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
+)
+
+
+def test_identical_sets_have_zero_distance():
+    f = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    # Unbiased MMD of a set with itself is ~0: only the O(1/m) diagonal terms remain, small next to a shift.
+    same, spread = kid(f, f, subsets=10, subset_size=300)
+    shifted, _ = kid(f, f + 0.5, subsets=10, subset_size=300)
+    assert abs(same) < 0.1 * shifted and spread == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.5])
+    a1 = rng.normal(size=(3, 3))
+    s1, s2 = a1 @ a1.T + np.eye(3), np.diag([0.5, 2.0, 1.0])
+    x = rng.multivariate_normal(mu1, s1, size=40000)
+    y = rng.multivariate_normal(mu2, s2, size=40000)
+    m1, m2, c1, c2 = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    closed = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+    assert frechet_distance(torch.tensor(x), torch.tensor(y)) == pytest.approx(closed, rel=1e-6)
+    population = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(torch.tensor(x), torch.tensor(y)) == pytest.approx(population, rel=0.05)
+
+
+def test_kid_grows_with_a_shift():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
+    near, _ = kid(a, b, subsets=20, subset_size=100)
+    far, _ = kid(a, b + 1.0, subsets=20, subset_size=100)
+    assert far > 10 * abs(near) and far > 0
+
+
+def test_diversity_of_identical_images_is_one_and_of_noise_is_low():
+    img = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert mean_pairwise_similarity(img.expand(5, -1, -1, -1).clone()) == pytest.approx(1.0, abs=1e-5)
+    noise = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert mean_pairwise_similarity(noise) < 0.2
+    assert mean_pairwise_similarity(noise[:1]) is None
+    assert structural_measure(64) == "ssim" and structural_measure(256) == "ms_ssim"
+
+
+def test_ms_ssim_used_on_large_images():
+    img = torch.rand(1, 1, 192, 192, generator=torch.Generator().manual_seed(0))
+    assert mean_pairwise_similarity(img.expand(3, -1, -1, -1).clone()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_nearest_neighbours_find_the_planted_copy():
+    g = torch.Generator().manual_seed(2)
+    refs = torch.rand(10, 1, 16, 16, generator=g)
+    queries = torch.cat([torch.rand(3, 1, 16, 16, generator=g), refs[7:8]])
+    best, idx = nearest_ssim(queries, refs)
+    assert idx[3] == 7 and best[3] == pytest.approx(1.0, abs=1e-5) and (best[:3] < 0.5).all()
+    feats = refs.flatten(1)
+    dist, didx = nearest_distance(queries.flatten(1), feats)
+    assert didx[3] == 7 and dist[3] == pytest.approx(0.0, abs=1e-4)
+    self_best, self_idx = nearest_ssim(refs, refs, exclude_self=True)
+    assert (self_idx != torch.arange(10)).all() and (self_best < 0.99).all()
+
+
+def test_copy_thresholds_are_percentiles():
+    ssim = torch.linspace(0, 1, 101)
+    dist = torch.linspace(0, 100, 101)
+    t_ssim, t_dist = copy_thresholds(ssim, dist, percentile=1.0)
+    assert t_ssim == pytest.approx(0.99) and t_dist == pytest.approx(1.0)
