@@ -15,7 +15,7 @@ from augment.seeding import mix_seed
 
 
 class SmallCNN(nn.Module):
-    """Four conv stages (stride-2), global average pooling, a linear head. ``features`` returns
+    """Four stride-2 conv stages, global average pooling, a linear head. ``features`` returns
     the pooled ``width * 8`` vector (the audit's feature space)."""
 
     def __init__(self, channels: int, num_classes: int, width: int = 16) -> None:
@@ -23,7 +23,7 @@ class SmallCNN(nn.Module):
         layers, cin = [], channels
         for i in range(4):
             cout = width * 2**i
-            layers += [nn.Conv2d(cin, cout, 3, 2 if i else 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                        nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             cin = cout
         self.body = nn.Sequential(*layers)

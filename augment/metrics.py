@@ -78,13 +78,57 @@ def mean_pairwise_similarity(images: torch.Tensor, max_pairs: int = 200, seed: i
     return float(fn(images[i], images[j]).mean())
 
 
-def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+class SSIMIndex:
+    """SSIM of one query image against many references at once (nearest-neighbour search).
+
+    The same index as torchmetrics' ``structural_similarity_index_measure`` (Gaussian window,
+    sigma 1.5, 11 px, reflection padding, borders cropped, K1 0.01, K2 0.03, data range 1), but the
+    references' local means and variances are filtered once and each query costs one separable
+    convolution over the references, instead of five per pair. Checked against torchmetrics in
+    the tests.
+    """
+
+    def __init__(self, refs: torch.Tensor, sigma: float = 1.5) -> None:
+        import torch.nn.functional as F
+
+        self.F = F
+        size = int(3.5 * sigma + 0.5) * 2 + 1
+        self.pad = (size - 1) // 2
+        x = torch.arange(size, dtype=torch.float32) - self.pad
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        self.g = g / g.sum()
+        self.c1, self.c2 = 0.01**2, 0.03**2
+        self.refs = self._padded(refs.float())
+        self.mu_r = self._filter(self.refs)
+        self.var_r = self._filter(self.refs * self.refs) - self.mu_r**2
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.F.pad(x, (self.pad,) * 4, mode="reflect")
+
+    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        gh = self.g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+        gv = self.g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+        return self.F.conv2d(self.F.conv2d(x, gh, groups=c), gv, groups=c)
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) -> SSIM against every reference, (M,)."""
+        q = self._padded(query.float()[None])
+        mu_q = self._filter(q)
+        var_q = self._filter(q * q) - mu_q**2
+        cov = self._filter(self.refs * q) - mu_q * self.mu_r
+        num = (2 * mu_q * self.mu_r + self.c1) * (2 * cov + self.c2)
+        den = (mu_q**2 + self.mu_r**2 + self.c1) * (var_q + self.var_r + self.c2)
+        return (num / den).flatten(1).mean(1)
+
+
+def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, the reference with the highest SSIM: (best ssim (Q,), index (Q,)).
     ``exclude_self`` skips the same index (queries and refs the same set)."""
-    best, arg = torch.full((len(queries),), -2.0), torch.zeros(len(queries), dtype=torch.int64)
+    index = SSIMIndex(refs)
+    best, arg = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.int64)
     for q in range(len(queries)):
-        vals = torch.cat([ssim_pairs(queries[q:q + 1].expand(len(refs[s:s + chunk]), -1, -1, -1), refs[s:s + chunk])
-                          for s in range(0, len(refs), chunk)])
+        vals = index(queries[q])
         if exclude_self:
             vals[q] = -2.0
         best[q], arg[q] = vals.max(0)

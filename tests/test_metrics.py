@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from augment.metrics import (
-    copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
+    SSIMIndex, copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
 
 
@@ -75,3 +75,15 @@ def test_copy_thresholds_are_percentiles():
     dist = torch.linspace(0, 100, 101)
     t_ssim, t_dist = copy_thresholds(ssim, dist, percentile=1.0)
     assert t_ssim == pytest.approx(0.99) and t_dist == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 16), (3, 24), (1, 64)])
+def test_ssim_index_matches_torchmetrics(channels, size):
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    g = torch.Generator().manual_seed(size)
+    refs = torch.rand(7, channels, size, size, generator=g)
+    refs[3] = refs[0] * 0.8 + 0.1  # a related pair, so values are not all near 0
+    query = refs[0]
+    expected = ssim(query.expand(7, -1, -1, -1), refs, data_range=1.0, reduction="none")
+    assert torch.allclose(SSIMIndex(refs)(query), expected, atol=1e-5)
