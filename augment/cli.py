@@ -118,6 +118,53 @@ def cmd_audit(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'audit.json'} and {out / 'nearest.csv'}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from augment.config import validate
+    from augment.evaluate import EvaluateConfig, evaluate
+    from augment.report import summarize
+
+    cfg = validate(EvaluateConfig, _config_from(args, {
+        "data": args.data, "synthetic": args.synthetic, "out": args.out, "task": args.task,
+    }), "evaluate")
+    out = evaluate(cfg)
+    import pandas as pd
+
+    summary = summarize(pd.read_csv(out / "results.csv"))
+    print(summary[["task", "budget", "arm", "metric", "n", "mean", "ci_low", "ci_high", "delta_vs_real", "delta_vs_classic"]]
+          .to_string(index=False, float_format="%.3f"))
+    print(f"wrote {out / 'results.csv'}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from augment.config import parse_overrides
+    from augment.pipeline import load_pipeline, run_pipeline
+    from augment.report import summarize, summary_table
+
+    cfg = load_pipeline(args.spec, parse_overrides(args.set))
+    out = run_pipeline(cfg, args.out)
+    import pandas as pd
+
+    rows = pd.read_csv(out / "tables" / "downstream.csv")
+    if len(rows):
+        summary = summarize(rows)
+        for metric in dict.fromkeys(summary["metric"]):
+            print(f"\n{metric} (mean [95% CI] over seeds, real test split)")
+            print(summary_table(summary, metric).to_string())
+    timings = json.loads((out / "timings.json").read_text())
+    print(f"\nwrote {out / 'report.html'} ({timings['wall_seconds']:.0f} s)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from augment.config import load_json
+    from augment.pipeline import PipelineConfig, build_report
+
+    out = Path(args.out)
+    if not (out / "pipeline.json").is_file():
+        raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
+    build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
+    print(f"wrote {out / 'report.html'}")
+
+
 def validate_sample(data: dict):
     from augment.config import validate
     from augment.sampling import SampleConfig
@@ -197,6 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_common(p)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("evaluate", help="train task models on each arm and test them on the real test split",
+                       description="Downstream evaluation of one synthetic set: arms x seeds, tested on DATA's test split.")
+    p.add_argument("--data", help="prepared dataset folder DATA")
+    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample)")
+    p.add_argument("--out", help="output folder EVAL (resumes when it exists)")
+    p.add_argument("--task", choices=["segmentation", "classification", "both"], help="default: segmentation")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="run a pipeline spec end to end (skips complete stages, resumes the rest)",
+                       description="prepare -> train -> sample -> audit -> evaluate -> report for every budget and seed.")
+    p.add_argument("spec", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--out", required=True, help="output folder OUT")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override the spec, e.g. --set data.source=PATH")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rebuild the report of a pipeline output folder")
+    p.add_argument("out", help="output folder of augment run")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
     p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")

@@ -1,0 +1,111 @@
+"""Downstream evaluation and the end-to-end pipeline on tiny phantom data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from augment.config import validate
+from augment.evaluate import EvaluateConfig, cls_metrics, evaluate, seg_metrics
+from augment.sampling import SampleConfig, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seg_metrics_known_values():
+    target = torch.zeros(3, 4, 4, dtype=torch.int64)
+    target[0, :2, :2] = 1  # lesion image
+    pred = torch.zeros_like(target)
+    pred[0, :2, :1] = 1  # half of the lesion: dice 2*2/(2+4)
+    pred[2, 3, 3] = 1  # a false positive on an empty image
+    m = seg_metrics(pred, target)
+    assert m["dice"] == pytest.approx(2 / 3) and m["fpr"] == pytest.approx(0.5)
+
+
+def test_cls_metrics_known_values():
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1, 2, 0]), 3).float()
+    m = cls_metrics(logits, labels, 3, rare=1)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    assert m["minority_recall"] == pytest.approx(1.0)
+    assert 0 <= m["auroc"] <= 1 and 0 <= m["macro_f1"] <= 1
+
+
+@pytest.fixture(scope="module")
+def syn(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ev") / "syn"
+    sample(validate(SampleConfig, {"generator": tiny_run, "out": out, "balance": {"strategy": "match_max"}}, "s"),
+           echo=lambda *_: None)
+    return out
+
+
+TINY_TASK = {"steps": 6, "batch_size": 8, "eval_every": 3, "base_channels": 4}
+
+
+def test_evaluate_all_arms_and_resume(phantom_dir, syn, tmp_path):
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "synthetic": syn, "out": tmp_path / "ev", "task": "both",
+                                    "seeds": [0, 1], "segmentation": TINY_TASK, "classification": TINY_TASK}, "evaluate")
+    evaluate(cfg, echo=lambda *_: None)
+    rows = pd.read_csv(tmp_path / "ev" / "results.csv")
+    assert set(rows["arm"]) == {"real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"}
+    assert set(rows["metric"]) == {"dice", "fpr", "balanced_accuracy", "macro_f1", "minority_recall", "auroc"}
+    assert len(rows) == 5 * 2 * (2 + 4) and (rows["budget"] == 24).all()
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["checkpoint_rule"] == {"segmentation": "best_val", "classification": "best_val"}
+    first = json.loads((tmp_path / "ev" / "runs" / "segmentation__real__seed0.json").read_text())
+    assert first["n_train"] == 24 and 1 <= first["selected_step"] <= 6
+    synth = json.loads((tmp_path / "ev" / "runs" / "segmentation__real_synthetic__seed0.json").read_text())
+    assert synth["n_train"] == 24 + run["n_synthetic"]
+    # a finished arm is not trained again: its result file is reused as is
+    marker = tmp_path / "ev" / "runs" / "segmentation__real__seed0.json"
+    data = json.loads(marker.read_text())
+    data["metrics"]["dice"] = 0.123456
+    marker.write_text(json.dumps(data))
+    evaluate(cfg, echo=lambda *_: None)
+    rows = pd.read_csv(tmp_path / "ev" / "results.csv")
+    assert rows.query("arm == 'real' and seed == 0 and metric == 'dice'")["value"].item() == 0.123456
+
+
+def test_same_seed_same_result(phantom_dir, syn, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        cfg = validate(EvaluateConfig, {"data": phantom_dir, "synthetic": syn, "out": tmp_path / name, "arms": ["real+classic"],
+                                        "seeds": [4], "segmentation": TINY_TASK}, "evaluate")
+        evaluate(cfg, echo=lambda *_: None)
+        results.append(pd.read_csv(tmp_path / name / "results.csv"))
+    pd.testing.assert_frame_equal(results[0], results[1])
+
+
+def test_pipeline_end_to_end_skips_complete_stages(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"""
+name: tiny
+data: {{source: phantom, image_size: 16, count: 60, seed: 1}}
+generator: {{family: cvae, base_channels: 4, max_channels: 8, latent_dim: 4}}
+train: {{max_steps: 4, batch_size: 8, checkpoint_every: 2}}
+budgets: [12, 24]
+seeds: [0, 1]
+balance: {ROOT / 'manifests' / 'match_max.yaml'}
+audit: {{encoder_steps: 5, segmenter_steps: 5}}
+evaluate: {{segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}}}
+""")
+    cmd = [sys.executable, "-m", "augment", "run", str(spec), "--out", str(tmp_path / "out")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {r["budget"] for r in rep["downstream"]} == {12, 24} and {r["seed"] for r in rep["downstream"]} == {0, 1}
+    assert any(r["metric"] == "frechet_distance" for r in rep["quality"])
+    assert {(r["budget"], r["arm"]) for r in rep["summary"] if r["metric"] == "dice"} >= {(12, "real"), (24, "real+synthetic")}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "dice" in html
+    assert "dice" in res.stdout and "report.html" in res.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("[skip]") == 1 + 4 * 4 and "[run]" not in again.stdout
+    changed = subprocess.run(cmd + ["--set", "generator.latent_dim=8"], capture_output=True, text=True)
+    assert changed.returncode == 2 and "different pipeline spec (changed: generator)" in changed.stderr

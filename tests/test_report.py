@@ -1,0 +1,53 @@
+"""Summaries: means, t-intervals and paired deltas, and the report files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from augment.report import mean_ci, summarize, summary_table, write_report
+
+
+def test_mean_ci_known_values():
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.302653; sd = 1; half = 4.302653 / sqrt(3)
+    assert m == 2.0 and hi - m == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6) and m - lo == pytest.approx(hi - m)
+    m, lo, hi = mean_ci([0.5])
+    assert m == 0.5 and math.isnan(lo) and math.isnan(hi)
+    assert math.isnan(mean_ci([float("nan")])[0])
+
+
+def _rows():
+    rows = []
+    for seed, (r, c, s) in enumerate([(0.30, 0.40, 0.45), (0.35, 0.42, 0.44), (0.40, 0.47, 0.52)]):
+        for arm, v in (("real", r), ("real+classic", c), ("real+synthetic", s)):
+            rows.append({"task": "segmentation", "budget": 16, "arm": arm, "seed": seed, "metric": "dice", "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_paired_deltas_use_the_same_seed():
+    s = summarize(_rows()).set_index("arm")
+    assert s.loc["real", "mean"] == pytest.approx(0.35)
+    assert s.loc["real+synthetic", "delta_vs_real"] == pytest.approx((0.15 + 0.09 + 0.12) / 3)
+    assert s.loc["real+synthetic", "delta_vs_classic"] == pytest.approx((0.05 + 0.02 + 0.05) / 3)
+    # the paired interval is narrower than the unpaired spread would suggest
+    d, lo, hi = mean_ci([0.05, 0.02, 0.05])
+    assert s.loc["real+synthetic", "delta_vs_classic_ci_low"] == pytest.approx(lo)
+    assert math.isnan(s.loc["real"].get("delta_vs_real", float("nan")))
+
+
+def test_summary_table_and_files(tmp_path):
+    table = summary_table(summarize(_rows()), "dice")
+    assert list(table.index) == ["real", "real+classic", "real+synthetic"] and list(table.columns) == [16]
+    assert table.loc["real", 16].startswith("0.350 [")
+    out = write_report(tmp_path, [{"metric": "kid", "extractor": "domain", "value": 0.1, "baseline": 0.05, "n_real": 5, "n_synthetic": 5}],
+                       _rows(), {"fig": b"\x89PNG fake"}, {"name": "t", "protocol": "p"})
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep) >= {"quality", "downstream", "summary"} and len(rep["downstream"]) == 9
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "0.350 [" in html and "kid" in html
+    assert (out / "figures" / "fig.png").read_bytes() == b"\x89PNG fake"
+    assert "dice" in (out / "report.md").read_text()
