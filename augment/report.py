@@ -35,21 +35,29 @@ def mean_ci(values) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def _clip(ci: tuple[float, float, float], lo: float, hi: float) -> tuple[float, float, float]:
+    """Every metric here lives in [0, 1] (deltas in [-1, 1]); a t-interval from 2-3 seeds can
+    overshoot, and a bound outside the metric's range says nothing."""
+    m, a, b = ci
+    return m, (a if math.isnan(a) else max(a, lo)), (b if math.isnan(b) else min(b, hi))
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, budget, arm, metric): n, mean, ci_low, ci_high, and the paired deltas
-    ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high)."""
+    ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high). Intervals are clipped
+    to the metric's range ([0, 1], deltas [-1, 1])."""
     out = []
     keys = ["task", "budget", "metric"]
     for (task, budget, metric), group in rows.groupby(keys, sort=True):
         by_arm = {arm: g.set_index("seed")["value"] for arm, g in group.groupby("arm")}
         for arm, series in by_arm.items():
-            m, lo, hi = mean_ci(series.to_numpy())
+            m, lo, hi = _clip(mean_ci(series.to_numpy()), 0.0, 1.0)
             rec = {"task": task, "budget": int(budget), "arm": arm, "metric": metric, "n": int(series.notna().sum()),
                    "mean": m, "ci_low": lo, "ci_high": hi}
             for ref, name in (("real", "delta_vs_real"), ("real+classic", "delta_vs_classic")):
                 if ref in by_arm and arm != ref:
                     paired = (series - by_arm[ref]).dropna()
-                    d, dlo, dhi = mean_ci(paired.to_numpy())
+                    d, dlo, dhi = _clip(mean_ci(paired.to_numpy()), -1.0, 1.0)
                     rec.update({name: d, f"{name}_ci_low": dlo, f"{name}_ci_high": dhi})
             out.append(rec)
     order = {a: i for i, a in enumerate(["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"])}

@@ -51,3 +51,10 @@ def test_summary_table_and_files(tmp_path):
     assert "data:image/png;base64," in html and "0.350 [" in html and "kid" in html
     assert (out / "figures" / "fig.png").read_bytes() == b"\x89PNG fake"
     assert "dice" in (out / "report.md").read_text()
+
+
+def test_intervals_are_clipped_to_the_metric_range():
+    rows = pd.DataFrame([{"task": "segmentation", "budget": 8, "arm": "real", "seed": s, "metric": "fpr", "value": v}
+                         for s, v in enumerate([0.0, 1.0])])
+    r = summarize(rows).iloc[0]
+    assert r["mean"] == 0.5 and r["ci_low"] == 0.0 and r["ci_high"] == 1.0
