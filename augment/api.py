@@ -181,7 +181,7 @@ def train(cfg, resume: bool = False) -> Path:
     if state.is_main_process:
         digest = save_weights(result.state_dict, out / WEIGHTS)
         pd.DataFrame(result.loss_rows).to_csv(out / LOSS, index=False)
-        rates = [r["steps_per_s"] for r in result.loss_rows[1:]] or [0.0]
+        steps_run = result.steps - (result.resumed_from or 0)
         write_json(
             run_record(
                 "train",
@@ -200,7 +200,7 @@ def train(cfg, resume: bool = False) -> Path:
                 steps=result.steps,
                 resumed_from_step=result.resumed_from,
                 loop_seconds=round(result.seconds, 3),
-                median_steps_per_s=float(pd.Series(rates).median()),
+                steps_per_s=round(steps_run / max(result.seconds, 1e-9), 3),
                 processes=state.num_processes,
                 replica_checksums=result.replica_checksums,
                 weights_sha256=digest,

@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         run = json.loads((out / "run.json").read_text())
         print(
             f"trained {run['family']} for {run['steps']} steps on {run['n_train']} images "
-            f"in {run['loop_seconds']:.1f} s ({run['median_steps_per_s']:.2f} steps/s); wrote {out}"
+            f"in {run['loop_seconds']:.1f} s ({run['steps_per_s']:.2f} steps/s); wrote {out}"
         )
 
 

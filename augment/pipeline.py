@@ -119,8 +119,9 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     prep = PrepareConfig(source=cfg.data.source, out=data, image_size=cfg.data.image_size, count=cfg.data.count,
                          seed=cfg.data.seed, overwrite=not _done(data))
     stage("prepare", data, lambda: prepare(prep))
-    for budget in cfg.budgets:
-        for seed in cfg.seeds:
+    # Seeds outermost: an interrupted run already holds whole budget curves for the first seeds.
+    for seed in cfg.seeds:
+        for budget in cfg.budgets:
             run = out / "runs" / f"b{budget}_s{seed}"
             tag = f"budget {budget} seed {seed}"
             gen = run / "generator"

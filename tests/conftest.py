@@ -94,3 +94,18 @@ def tiny_run(phantom_dir, tmp_path_factory) -> Path:
     }, "train")
     train(cfg)
     return out
+
+
+def kill_when(cmd: list[str], ready, timeout: float = 120.0) -> int:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true, return its exit code
+    (``-SIGKILL`` when it was killed; anything else means it ended first)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()

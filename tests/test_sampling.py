@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from augment.data.manifest import load_data, read_manifest, validate_manifest
 from augment.errors import AugmentError, ConfigError, DataError
 from augment import sampling
 from augment.sampling import SampleConfig, passes, regenerate, sample
+from tests.conftest import kill_when
 
 
 def _cfg(run, out, balance=None, **kw):
@@ -171,16 +171,9 @@ def _big_manifest():
 
 def test_kill_and_resume_ends_with_exactly_the_plan(tiny_run, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_cmd(tiny_run, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = killed / ".journal" / "rank0.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if journal.is_file() and journal.read_text().count("\n") >= 40:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "sampling finished before it could be killed"
+    rc = kill_when(_cmd(tiny_run, killed), lambda: journal.is_file() and journal.read_text().count("\n") >= 40)
+    assert rc == -signal.SIGKILL, "sampling finished before it could be killed"
     assert not (killed / "manifest.csv").exists()
     done_before = journal.read_text().count("\n")
 

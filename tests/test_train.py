@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from augment.config import PrepareConfig, validate
 from augment.errors import DataError
 from augment.generators import TrainConfig
 from augment.generators.loop import DataOrder, LoopConfig, TrainingError, lr_at, make_accelerator, train_loop
-from tests.conftest import write_folder
+from tests.conftest import kill_when, write_folder
 
 TINY = ["--set", "generator.base_channels=4", "--set", "generator.max_channels=8", "--set", "generator.latent_dim=4"]
 
@@ -142,15 +141,8 @@ def _train_cmd(data, out, steps):
 def test_kill_and_resume_gives_the_same_weights(phantom_dir, tmp_path):
     steps = 200
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_train_cmd(phantom_dir, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if list((killed / "state").glob("step_*")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise `steps`"
+    rc = kill_when(_train_cmd(phantom_dir, killed, steps), lambda: any((killed / "state").glob("step_*")))
+    assert rc == -signal.SIGKILL, "the run finished before it could be killed; raise `steps`"
     assert not (killed / "run.json").exists()
     ckpts = sorted(p.name for p in (killed / "state").glob("step_*"))
     assert ckpts, "no checkpoint was written before the kill"
