@@ -83,6 +83,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from augment.config import validate
     from augment.sampling import SampleConfig, load_balance, sample
 
     if not args.balance:
@@ -92,7 +93,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "batch_size": args.batch_size, "filter": args.filter or None,
     })
     data["balance"] = load_balance(args.balance).model_dump()
-    cfg = validate_sample(data)
+    cfg = validate(SampleConfig, data, "sample")
     out = sample(cfg, resume=args.resume)
     from accelerate import PartialState
 
@@ -163,13 +164,6 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
     build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
     print(f"wrote {out / 'report.html'}")
-
-
-def validate_sample(data: dict):
-    from augment.config import validate
-    from augment.sampling import SampleConfig
-
-    return validate(SampleConfig, data, "sample")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
