@@ -45,8 +45,8 @@ class PrepareConfig(Strict):
     """Options of ``augment prepare``.
 
     ``source`` is ``phantom`` or a path: a folder in the BUSI layout (``images/``, ``masks/``,
-    ``labels.csv``, ``classes.csv``), a MedMNIST ``.npz``, or a Hugging Face dataset saved with
-    ``save_to_disk``.
+    ``labels.csv``, ``classes.csv``), a plain segmentation folder (``images/`` and ``masks/`` only:
+    one class), a MedMNIST ``.npz``, or a Hugging Face dataset saved with ``save_to_disk``.
     """
 
     source: str
@@ -58,6 +58,12 @@ class PrepareConfig(Strict):
     priors: list[float] | None = Field(None, description="phantom only: class priors (default 0.5, 0.35, 0.15)")
     split: SplitFractions = Field(default_factory=SplitFractions)
     binary_masks: bool = Field(False, description="map every non-zero mask value to 1 (for 0/255 masks)")
+    mask_threshold: int | None = Field(
+        None, ge=1, le=255, description="mask = (pixel >= N) as 0/1, for lossy (JPEG) or anti-aliased masks"
+    )
+    class_name: str | None = Field(
+        None, min_length=1, description="folder without labels.csv: name of its one class (default lesion)"
+    )
     image_column: str = "image"
     mask_column: str | None = "mask"
     label_column: str = "label"

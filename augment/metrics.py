@@ -3,7 +3,9 @@ SSIM / MS-SSIM, nearest neighbours and the copy thresholds of the memorisation a
 
 The maths comes from MONAI (Fréchet distance) and torchmetrics (polynomial-kernel MMD for KID,
 SSIM, MS-SSIM); this module only arranges inputs and sampling. Features: (N, D) float tensors.
-Images: (N, C, H, W) float32 in [0, 1].
+Images: (N, C, H, W) float32 in [0, 1]. Inputs a metric cannot use (too few images, mismatched
+shapes, images smaller than the window) raise :class:`~augment.errors.DataError` saying what is
+needed and what was given; the maths itself is never changed to make them fit.
 """
 
 from __future__ import annotations
@@ -11,17 +13,46 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from augment.errors import DataError
+
 MS_SSIM_MIN_SIDE = 161  # 5 scales with an 11-px Gaussian window need > (11 - 1) * 2**4 px
+SSIM_MIN_SIDE = 6  # the 11-px Gaussian window reflection-pads 5 px, which needs more than 5 px
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula)."""
+def _shape(x: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in x.shape) + ")"
+
+
+def _feature_sets(what: str, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], at_least: int) -> None:
+    """Two (N, D) feature sets of one D with at least ``at_least`` rows each, or a DataError."""
+    for x, name in zip((a, b), names):
+        if x.ndim != 2:
+            raise DataError(f"{what} needs (N, D) feature matrices; the {name} has shape {_shape(x)}")
+    if a.shape[1] != b.shape[1]:
+        raise DataError(f"{what} needs features of one dimension; the {names[0]} has {a.shape[1]}, the {names[1]} {b.shape[1]}")
+    short = [f"the {name} has {len(x)}" for x, name in zip((a, b), names) if len(x) < at_least]
+    if short:
+        raise DataError(f"{what} needs at least {at_least} images per set; {' and '.join(short)}")
+
+
+def _images(what: str, x: torch.Tensor, name: str, min_side: int = SSIM_MIN_SIDE) -> None:
+    """(N, C, H, W) images with H and W at least ``min_side``, or a DataError."""
+    if x.ndim != 4:
+        raise DataError(f"{what} needs images as (N, C, H, W); the {name} have shape {_shape(x)}")
+    if min(x.shape[-2:]) < min_side:
+        raise DataError(
+            f"{what} needs images of at least {min_side}x{min_side} px; the {name} are {x.shape[-1]}x{x.shape[-2]}"
+        )
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("first set", "second set")) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula).
+    ``names`` only word the error for inputs it cannot use (e.g. ``("synthetic set", "real set")``)."""
     from monai.metrics.fid import get_fid_score
 
     import warnings
 
-    if min(len(a), len(b)) < 2:
-        raise ValueError("the Fréchet distance needs at least 2 feature vectors per set")
+    _feature_sets("the Fréchet distance", a, b, names, at_least=2)
     with warnings.catch_warnings():
         # With fewer samples than feature dimensions the covariances are singular; the value is
         # still defined (and biased upwards): the audit says so beside it instead of warning.
@@ -29,14 +60,19 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(get_fid_score(a.double(), b.double()))
 
 
-def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0,
+        names: tuple[str, str] = ("first set", "second set")) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial
-    kernel, averaged over random subsets; returns (mean, standard deviation over subsets)."""
+    kernel, averaged over random subsets; returns (mean, standard deviation over subsets).
+    Subsets hold ``min(subset_size, len(a), len(b))`` vectors of each set."""
     from torchmetrics.image.kid import poly_mmd
 
+    if subsets < 1:
+        raise DataError(f"KID needs at least 1 subset; subsets is {subsets}")
+    if subset_size < 2:
+        raise DataError(f"KID needs subsets of at least 2 images (the unbiased MMD); subset_size is {subset_size}")
+    _feature_sets("KID", a, b, names, at_least=2)
     m = min(subset_size, len(a), len(b))
-    if m < 2:
-        raise ValueError("KID needs at least 2 feature vectors per set")
     g = torch.Generator().manual_seed(seed)
     vals = []
     for _ in range(subsets):
@@ -45,16 +81,25 @@ def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 
     return float(np.mean(vals)), float(np.std(vals))
 
 
+def _pairs(what: str, x: torch.Tensor, y: torch.Tensor, min_side: int) -> None:
+    _images(what, x, "first images", min_side)
+    if x.shape != y.shape:
+        raise DataError(f"{what} compares images pair by pair and needs two batches of one shape; got {_shape(x)} and {_shape(y)}")
+
+
 def ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of each pair (x[i], y[i]): (N,) values."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+    _pairs("SSIM", x, y, SSIM_MIN_SIDE)
     return ssim(x, y, data_range=1.0, reduction="none")
 
 
 def ms_ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MS-SSIM (5 scales) of each pair (x[i], y[i]): (N,) values; images of at least 161 px."""
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
 
+    _pairs("MS-SSIM", x, y, MS_SSIM_MIN_SIDE)
     return ms_ssim(x, y, data_range=1.0, reduction="none")
 
 
@@ -66,6 +111,9 @@ def structural_measure(side: int) -> str:
 def mean_pairwise_similarity(images: torch.Tensor, max_pairs: int = 200, seed: int = 0) -> float | None:
     """Mean (MS-)SSIM over distinct pairs of ``images`` (all pairs, or ``max_pairs`` random ones).
     1.0 for identical images; lower means more diverse. None with fewer than 2 images."""
+    if max_pairs < 1:
+        raise DataError(f"the diversity measure needs max_pairs of at least 1; max_pairs is {max_pairs}")
+    _images("the diversity measure", images, "images")
     n = len(images)
     if n < 2:
         return None
@@ -94,6 +142,8 @@ class SSIMIndex:
         self.F = F
         size = int(3.5 * sigma + 0.5) * 2 + 1
         self.pad = (size - 1) // 2
+        _images("the SSIM index", refs, "references", min_side=self.pad + 1)
+        self.shape = tuple(refs.shape[1:])
         x = torch.arange(size, dtype=torch.float32) - self.pad
         g = torch.exp(-(x**2) / (2 * sigma**2))
         self.g = g / g.sum()
@@ -113,6 +163,8 @@ class SSIMIndex:
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         """(C, H, W) -> SSIM against every reference, (M,)."""
+        if tuple(query.shape) != self.shape:
+            raise DataError(f"the SSIM index needs a query of the references' (C, H, W) = {self.shape}; got {tuple(query.shape)}")
         q = self._padded(query.float()[None])
         mu_q = self._filter(q)
         var_q = self._filter(q * q) - mu_q**2
@@ -125,6 +177,14 @@ class SSIMIndex:
 def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, the reference with the highest SSIM: (best ssim (Q,), index (Q,)).
     ``exclude_self`` skips the same index (queries and refs the same set)."""
+    for x, name in ((queries, "queries"), (refs, "references")):
+        _images("nearest-neighbour SSIM", x, name)
+    if queries.shape[1:] != refs.shape[1:]:
+        raise DataError(
+            f"nearest-neighbour SSIM needs queries of the references' (C, H, W) = {tuple(refs.shape[1:])}; "
+            f"got {tuple(queries.shape[1:])}"
+        )
+    _neighbours("nearest-neighbour SSIM", queries, refs, exclude_self)
     index = SSIMIndex(refs)
     best, arg = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.int64)
     for q in range(len(queries)):
@@ -135,8 +195,20 @@ def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool =
     return best, arg
 
 
+def _neighbours(what: str, queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool) -> None:
+    if len(refs) == 0:
+        raise DataError(f"{what} needs at least 1 reference image; got none")
+    if exclude_self and (len(queries) != len(refs) or len(refs) < 2):
+        raise DataError(
+            f"{what} with exclude_self needs one set of at least 2 images as queries and references; "
+            f"got {len(queries)} queries and {len(refs)} references"
+        )
+
+
 def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean nearest neighbour in feature space: (distance (Q,), index (Q,))."""
+    _feature_sets("the nearest-neighbour distance", queries, refs, ("query set", "reference set"), at_least=0)
+    _neighbours("the nearest-neighbour distance", queries, refs, exclude_self)
     d = torch.cdist(queries.double(), refs.double())
     if exclude_self:
         d.fill_diagonal_(float("inf"))
@@ -149,5 +221,11 @@ def copy_thresholds(real_nn_ssim: torch.Tensor, real_nn_dist: torch.Tensor, perc
     copy when it is closer to a training image than all but ``percentile`` % of real images are
     to their own nearest other training image (SSIM above the (100 - p)th percentile, or feature
     distance below the p-th percentile)."""
+    if not 0 <= percentile <= 100:
+        raise DataError(f"copy thresholds need a percentile in 0..100; percentile is {percentile}")
+    if len(real_nn_ssim) == 0 or len(real_nn_dist) == 0:
+        raise DataError(
+            f"copy thresholds need at least 1 real nearest-neighbour value; got {len(real_nn_ssim)} SSIM and {len(real_nn_dist)} distance values"
+        )
     return (float(np.percentile(real_nn_ssim.numpy(), 100 - percentile)),
             float(np.percentile(real_nn_dist.numpy(), percentile)))

@@ -8,7 +8,8 @@ import scipy.linalg
 import torch
 
 from augment.metrics import (
-    SSIMIndex, copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
+    SSIMIndex, copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, ms_ssim_pairs, nearest_distance, nearest_ssim,
+    ssim_pairs, structural_measure,
 )
 
 
@@ -87,3 +88,47 @@ def test_ssim_index_matches_torchmetrics(channels, size):
     query = refs[0]
     expected = ssim(query.expand(7, -1, -1, -1), refs, data_range=1.0, reduction="none")
     assert torch.allclose(SSIMIndex(refs)(query), expected, atol=1e-5)
+
+
+# ---- inputs a metric cannot use: one DataError saying what is needed and what was given ----
+
+F8 = torch.zeros(8, 4)
+IMG = torch.zeros(3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: frechet_distance(F8[:1], F8, names=("synthetic set", "real set")),
+     r"^the Fréchet distance needs at least 2 images per set; the synthetic set has 1$"),
+    (lambda: frechet_distance(F8, F8[:0]), r"^the Fréchet distance needs at least 2 images per set; the second set has 0$"),
+    (lambda: frechet_distance(F8, torch.zeros(8, 3)), r"^the Fréchet distance needs features of one dimension; the first set has 4, the second set 3$"),
+    (lambda: frechet_distance(torch.zeros(8), F8), r"^the Fréchet distance needs \(N, D\) feature matrices; the first set has shape \(8\)$"),
+    (lambda: kid(F8[:1], F8[:1]), r"^KID needs at least 2 images per set; the first set has 1 and the second set has 1$"),
+    (lambda: kid(F8, torch.zeros(8, 5)), r"^KID needs features of one dimension; the first set has 4, the second set 5$"),
+    (lambda: kid(F8, F8, subsets=0), r"^KID needs at least 1 subset; subsets is 0$"),
+    (lambda: kid(F8, F8, subset_size=1), r"^KID needs subsets of at least 2 images \(the unbiased MMD\); subset_size is 1$"),
+    (lambda: ssim_pairs(IMG, IMG[:2]), r"^SSIM compares images pair by pair and needs two batches of one shape; got \(3, 1, 16, 16\) and \(2, 1, 16, 16\)$"),
+    (lambda: ssim_pairs(IMG[0], IMG[0]), r"^SSIM needs images as \(N, C, H, W\); the first images have shape \(1, 16, 16\)$"),
+    (lambda: ssim_pairs(IMG[..., :5, :5], IMG[..., :5, :5]), r"^SSIM needs images of at least 6x6 px; the first images are 5x5$"),
+    (lambda: ms_ssim_pairs(IMG, IMG), r"^MS-SSIM needs images of at least 161x161 px; the first images are 16x16$"),
+    (lambda: mean_pairwise_similarity(IMG[..., :4], max_pairs=5), r"^the diversity measure needs images of at least 6x6 px; the images are 4x16$"),
+    (lambda: mean_pairwise_similarity(IMG, max_pairs=0), r"^the diversity measure needs max_pairs of at least 1; max_pairs is 0$"),
+    (lambda: SSIMIndex(IMG[:, 0]), r"^the SSIM index needs images as \(N, C, H, W\); the references have shape \(3, 16, 16\)$"),
+    (lambda: SSIMIndex(IMG[..., :5]), r"^the SSIM index needs images of at least 6x6 px; the references are 5x16$"),
+    (lambda: SSIMIndex(IMG)(IMG[0, :, :8]), r"^the SSIM index needs a query of the references' \(C, H, W\) = \(1, 16, 16\); got \(1, 8, 16\)$"),
+    (lambda: nearest_ssim(IMG, IMG[:0]), r"^nearest-neighbour SSIM needs at least 1 reference image; got none$"),
+    (lambda: nearest_ssim(IMG, torch.zeros(3, 3, 16, 16)),
+     r"^nearest-neighbour SSIM needs queries of the references' \(C, H, W\) = \(3, 16, 16\); got \(1, 16, 16\)$"),
+    (lambda: nearest_ssim(IMG[:1], IMG[:1], exclude_self=True),
+     r"^nearest-neighbour SSIM with exclude_self needs one set of at least 2 images as queries and references; got 1 queries and 1 references$"),
+    (lambda: nearest_distance(F8, F8[:0]), r"^the nearest-neighbour distance needs at least 1 reference image; got none$"),
+    (lambda: nearest_distance(F8, torch.zeros(2, 3)), r"^the nearest-neighbour distance needs features of one dimension; the query set has 4, the reference set 3$"),
+    (lambda: nearest_distance(F8[:2], F8, exclude_self=True), r"with exclude_self needs one set .*; got 2 queries and 8 references$"),
+    (lambda: copy_thresholds(torch.zeros(0), torch.zeros(0)),
+     r"^copy thresholds need at least 1 real nearest-neighbour value; got 0 SSIM and 0 distance values$"),
+    (lambda: copy_thresholds(torch.zeros(3), torch.zeros(3), percentile=101), r"^copy thresholds need a percentile in 0\.\.100; percentile is 101$"),
+])
+def test_unusable_inputs_raise_one_clear_data_error(call, match):
+    from augment.errors import DataError
+
+    with pytest.raises(DataError, match=match):
+        call()

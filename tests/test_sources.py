@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +149,21 @@ def test_binary_masks_option_maps_255_to_1(folder, tmp_path):
     assert set(np.unique(mask)) == {0, 1} and mask[:3].all()
 
 
-def test_rgb_mask_rejected(folder, tmp_path):
-    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(folder / "masks" / "c1_000.png")
-    _expect(tmp_path, folder, r"mask `.*c1_000.png` has PIL mode RGB")
+def test_rgb_mask_with_equal_channels_is_grayscale_and_other_rgb_is_rejected(folder, tmp_path):
+    m = np.zeros((12, 12, 3), np.uint8)
+    m[2:5, 2:5] = 1
+    Image.fromarray(m).save(folder / "masks" / "c1_000.png")
+    out = _prepare(folder, tmp_path / "ok")
+    df = read_manifest(out)
+    np.testing.assert_array_equal(read_mask(out / df.loc[df["id"] == "c1_000", "mask"].iloc[0]), m[..., 0])
+    m[0, 0] = (0, 1, 0)
+    Image.fromarray(m).save(folder / "masks" / "c1_000.png")
+    _expect(tmp_path, folder, r"mask `.*c1_000.png` is RGB with channels that differ; masks must be single-channel")
+
+
+def test_mask_mode_rejected(folder, tmp_path):
+    Image.fromarray(np.zeros((12, 12, 4), np.uint8)).save(folder / "masks" / "c1_000.png")
+    _expect(tmp_path, folder, r"mask `.*c1_000.png` has PIL mode RGBA; masks must be single-channel")
 
 
 def test_unsupported_image_mode(folder, tmp_path):
@@ -229,3 +243,172 @@ def test_existing_output_is_not_clobbered(folder, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     _prepare(folder, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "manifest.csv").is_file()
+
+
+# ---- plain segmentation folders: images/ + masks/ only, one class ----
+
+
+def write_plain(root: Path, n: int = 10, size: int = 16, ext: str = ".png", mask_ext: str = ".png",
+                mask_suffix: str = "", quality: int = 90) -> dict[str, np.ndarray]:
+    """images/<id><ext> and masks/<id><mask_suffix><mask_ext> (0/255, a lesion on odd ids);
+    returns the 0/1 mask of every id."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    truth = {}
+    for i in range(n):
+        rid = f"case_{i:02d}"
+        m = np.zeros((size, size), np.uint8)
+        if i % 2:
+            m[3:3 + size // 2, 4:4 + size // 2] = 1
+        truth[rid] = m
+        opts = {"quality": quality} if ext == ".jpg" else {}
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / "images" / f"{rid}{ext}", **opts)
+        opts = {"quality": quality} if mask_ext == ".jpg" else {}
+        Image.fromarray(m * 255).save(root / "masks" / f"{rid}{mask_suffix}{mask_ext}", **opts)
+    return truth
+
+
+def _masks(out: Path) -> dict[str, np.ndarray]:
+    df = read_manifest(out)
+    return {r.id: read_mask(out / r.mask) for r in df.itertuples()}
+
+
+def test_plain_folder_is_one_class_split_here(tmp_path):
+    truth = write_plain(tmp_path / "src")
+    out = _prepare(tmp_path / "src", tmp_path / "out", binary_masks=True)
+    df, classes = load_data(out, check_files=True)
+    assert classes == {0: "lesion"} and set(df["label"]) == {0}
+    assert set(df["split"]) == {"train", "val", "test"} and sorted(df["id"]) == sorted(truth)
+    assert json.loads((out / "run.json").read_text())["split_from"] == "stratified_group_split"
+    for rid, mask in _masks(out).items():
+        np.testing.assert_array_equal(mask, truth[rid])
+    renamed = _prepare(tmp_path / "src", tmp_path / "renamed", binary_masks=True, class_name="tumour")
+    assert load_data(renamed)[1] == {0: "tumour"}
+
+
+def test_plain_folder_jpeg_masks_need_a_threshold(tmp_path):
+    truth = write_plain(tmp_path / "src", ext=".jpg", mask_ext=".jpg", mask_suffix="_mask")
+    noisy = np.asarray(Image.open(tmp_path / "src" / "masks" / "case_01_mask.jpg"))
+    assert len(np.unique(noisy)) > 2  # the premise: compression noise around 0 and 255
+    _expect(tmp_path, tmp_path / "src", r"mask `.*_mask.jpg` has values 0\.\.2\d\d; masks must be class indices "
+            r"0\.\.31 \(0 = background\); it has \d+ distinct values, .*use --set mask_threshold=128")
+    out = _prepare(tmp_path / "src", tmp_path / "out", mask_threshold=128)
+    df = read_manifest(out)
+    assert all(p.startswith("images/") and p.endswith(".png") for p in df["image"])  # JPEG images become PNG
+    np.testing.assert_array_equal(read_image(out / df["image"][0]), np.asarray(Image.open(tmp_path / "src" / "images" / f"{df['id'][0]}.jpg")))
+    for rid, mask in _masks(out).items():
+        np.testing.assert_array_equal(mask, truth[rid])
+
+
+def test_mask_threshold_that_empties_every_mask(tmp_path):
+    write_plain(tmp_path / "src", n=4)
+    for p in (tmp_path / "src" / "masks").iterdir():
+        Image.fromarray(np.asarray(Image.open(p)) // 255).save(p)  # 0/1 class indices
+    _expect(tmp_path, tmp_path / "src", r"mask_threshold=128 leaves every mask empty \(no mask pixel is >= 128\)", mask_threshold=128)
+
+
+@pytest.mark.parametrize("drop,extra,match", [
+    ("masks/case_03.png", [], r"1 image\(s\) have no mask: `images/case_03.png` \(images and masks are paired by file stem"),
+    ("images/case_04.png", [], r"1 mask\(s\) have no image: `masks/case_04.png`"),
+    (None, [f"masks/zz_{i}.png" for i in range(7)], r"7 mask\(s\) have no image: `masks/zz_0.png`, .* and 2 more"),
+])
+def test_plain_folder_orphans(tmp_path, drop, extra, match):
+    write_plain(tmp_path / "src")
+    if drop:
+        (tmp_path / "src" / drop).unlink()
+    for name in extra:
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "src" / name)
+    _expect(tmp_path, tmp_path / "src", match)
+
+
+@pytest.mark.parametrize("name,match", [
+    ("notes.txt", r"has 1 non-image entry: `images/notes.txt` \(allowed: .png, .jpg"),
+    ("case_00.jpg", r"case_00: image of `case_00` is ambiguous: `.*case_00.jpg`, `.*case_00.png`; keep one"),
+])
+def test_plain_folder_stray_and_ambiguous_files(tmp_path, name, match):
+    write_plain(tmp_path / "src")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "src" / "images" / name, format="PNG")
+    (tmp_path / "src" / ".DS_Store").write_bytes(b"\0")  # hidden files are skipped
+    _expect(tmp_path, tmp_path / "src", match, binary_masks=True)
+
+
+def test_folder_without_labels_needs_masks(tmp_path):
+    write_plain(tmp_path / "src")
+    for p in (tmp_path / "src" / "masks").iterdir():
+        p.unlink()
+    (tmp_path / "src" / "masks").rmdir()
+    _expect(tmp_path, tmp_path / "src", r"has images/ but no labels.csv; either add labels.csv")
+
+
+def test_class_name_needs_a_plain_folder(folder, tmp_path):
+    _expect(tmp_path, folder, r"option class_name applies only to a folder without labels.csv; `.*src` has one",
+            exc=ConfigError, class_name="tumour")
+    _expect(tmp_path, "phantom", r"option class_name applies only to a plain folder", exc=ConfigError, class_name="x")
+
+
+def test_mask_options_that_do_not_apply(folder, tmp_path):
+    _expect(tmp_path, "phantom", r"option mask_threshold applies only to sources with masks", exc=ConfigError, mask_threshold=128)
+    no_masks = write_folder(tmp_path / "no_masks", {0: 2, 1: 2}, masks=False)
+    _expect(tmp_path, no_masks, r"mask_threshold applies only to sources with masks .* not to `.*no_masks`", exc=ConfigError, mask_threshold=9)
+    _expect(tmp_path, folder, r"binary_masks and mask_threshold both binarise masks; set only one", exc=ConfigError,
+            mask_threshold=128, binary_masks=True)
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a b", "x\\y"])
+def test_ids_must_be_plain_names(folder, tmp_path, bad):
+    labels = pd.read_csv(folder / "labels.csv")
+    labels.loc[0, "id"] = bad
+    labels.to_csv(folder / "labels.csv", index=False)
+    before = _files(tmp_path)
+    _expect(tmp_path, folder, rf"{re.escape(bad)}: id `{re.escape(bad)}` is not a plain name \(allowed: letters, digits, `_`, `-` and `.`, "
+            r"not starting with `.`\)", image_size=16)
+    assert _files(tmp_path) == before  # nothing written anywhere, inside or outside the output
+
+
+def test_plain_folder_file_names_must_be_plain_ids(tmp_path):
+    write_plain(tmp_path / "src", n=4)
+    for sub in ("images", "masks"):
+        (tmp_path / "src" / sub / "case_00.png").rename(tmp_path / "src" / sub / "case (0).png")
+    _expect(tmp_path, tmp_path / "src", r"1 image name\(s\) are not plain ids: `case \(0\)` \(allowed: letters")
+
+
+def test_hf_ids_must_be_plain_names(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict(
+        {"id": ["ok", "../../escape"], "image": [np.zeros((8, 8), np.uint8)] * 2, "label": [0, 1]},
+        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Value("int64")}),
+    ).save_to_disk(str(tmp_path / "hf"))
+    before = _files(tmp_path)
+    _expect(tmp_path, tmp_path / "hf", r"\.\./\.\./escape: id `\.\./\.\./escape` is not a plain name")
+    assert _files(tmp_path) == before
+
+
+def test_manifest_with_a_path_as_id_is_invalid(phantom_dir):
+    from augment.data.manifest import manifest_problems, read_classes
+
+    df = read_manifest(phantom_dir)
+    df.loc[0, "id"] = "../../etc/x"
+    problems = manifest_problems(df, phantom_dir, read_classes(phantom_dir / "classes.csv"), check_files=False)
+    assert problems == [("../../etc/x", "id `../../etc/x` is not a plain name (allowed: letters, digits, `_`, `-` and `.`, not starting with `.`)")]
+
+
+def test_cli_prepares_a_plain_folder(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from augment.cli import main
+
+    write_plain(tmp_path / "src", n=8, mask_ext=".jpg", quality=95)
+    res = subprocess.run([sys.executable, "-m", "augment", "prepare", "--source", str(tmp_path / "src"),
+                          "--out", str(tmp_path / "out"), "--set", "mask_threshold=128"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "0 lesion" in res.stdout and "(8 images)" in res.stdout
+    assert main(["prepare", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mask_threshold=128" in err and not (tmp_path / "bad").exists()

@@ -9,6 +9,7 @@ manifest and lists every class, including ones absent from a split.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +25,17 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 CLASSES = "classes.csv"
 _SHOWN = 8  # bad rows spelled out in one error line before "and N more"
+# Ids become file names (images/<id>.png, export folders), so they must be plain names: no path
+# separators, no leading dot (hidden files, `.`, `..`), nothing a shell or a filesystem treats specially.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+ID_RULE = "letters, digits, `_`, `-` and `.`, not starting with `.`"
+
+
+def id_problem(rid: str) -> str | None:
+    """Why ``rid`` cannot be an id (None when it can): ids must be plain file names."""
+    if _PLAIN_ID.fullmatch(rid):
+        return None
+    return f"id `{rid}` is not a plain name (allowed: {ID_RULE})"
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -102,7 +114,7 @@ def manifest_problems(
     check_files: bool = True,
     check_hashes: bool = False,
 ) -> list[tuple[str, str]]:
-    """Every problem as ``(id, message)``: duplicate ids, unknown labels or splits, and (with
+    """Every problem as ``(id, message)``: duplicate or non-plain ids, unknown labels or splits, and (with
     ``check_files``) missing or corrupt images and masks, mask/image size mismatches and mask
     values that are not class indices; ``check_hashes`` also re-hashes every image."""
     root = Path(root)
@@ -115,6 +127,8 @@ def manifest_problems(
         rid = row.id
         if not rid:
             problems.append(("(empty)", "a row has an empty id"))
+        elif (bad := id_problem(rid)) is not None:
+            problems.append((rid, bad))
         if int(row.label) not in classes:
             problems.append((rid, f"label {row.label} is not in classes.csv (allowed: {allowed})"))
         if row.split not in SPLITS:

@@ -3,12 +3,17 @@
 * ``phantom``: the built-in seeded ultrasound-style generator (nothing is downloaded, ever);
 * a folder in the BUSI layout: ``images/<id>.png``, ``masks/<id>.png`` (optional),
   ``labels.csv`` (``id,label[,split][,group]``) and ``classes.csv`` (``label,name``);
+* a plain segmentation folder: ``images/`` and ``masks/`` only, paired by file stem, every image
+  of one class (``lesion`` unless ``class_name`` says otherwise), split here;
 * a MedMNIST ``.npz`` (``{train,val,test}_{images,labels}``; no masks);
 * a Hugging Face dataset saved with ``save_to_disk`` (columns named by the config).
 
-Each loader returns rows (dicts with the manifest columns) and the class table. Converted pixels
-are written under the output folder; files that need no conversion are referenced in place.
-Problems are collected over all rows and raised once, naming every bad row.
+In both folder layouts images and masks may be PNG, JPEG, BMP or TIFF (``masks/<id>_mask.png``
+is accepted beside ``masks/<id>.png``). Each loader returns rows (dicts with the manifest columns)
+and the class table. Converted pixels (resized, non-PNG, thresholded) are written under the
+output folder as PNG; files that need no conversion are referenced in place. Ids become file
+names, so every id is checked to be a plain name before anything is written. Problems are
+collected over all rows and raised once, naming every bad row.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import pandas as pd
 
 from augment.config import PrepareConfig
 from augment.data import phantom
-from augment.data.images import read_image, read_mask, resize_image, resize_mask, sha256_file, write_png
-from augment.data.manifest import SPLITS, format_problems, read_classes
+from augment.data.images import MAX_MASK_VALUE, _open, read_image, resize_image, resize_mask, sha256_file, write_png
+from augment.data.manifest import ID_RULE, SPLITS, format_problems, id_problem, read_classes
 from augment.errors import ConfigError, DataError
 from augment.progress import track
 
@@ -31,6 +36,11 @@ Row = dict[str, object]
 DEFAULT_PHANTOM_COUNT = 300
 DEFAULT_PHANTOM_SIZE = 64
 _PHANTOM_ONLY = ("count", "rgb", "priors")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_SUFFIX = "_mask"  # masks/<id>_mask.png, as many public sets name them
+DEFAULT_CLASS_NAME = "lesion"
+_MASK_MODES = ("1", "L", "P", "I", "I;16", "RGB")  # RGB only with three equal channels
+_SHOWN = 5  # file names spelled out in one error line before "and N more"
 
 
 def source_kind(source: str) -> str:
@@ -46,8 +56,8 @@ def source_kind(source: str) -> str:
         if (p / "labels.csv").is_file() or (p / "images").is_dir():
             return "folder"
         raise DataError(
-            f"source `{p}` is a folder but neither the BUSI layout (images/, labels.csv, classes.csv) "
-            "nor a Hugging Face dataset saved with save_to_disk"
+            f"source `{p}` is a folder but neither the BUSI layout (images/, labels.csv, classes.csv), "
+            "a plain segmentation folder (images/, masks/) nor a Hugging Face dataset saved with save_to_disk"
         )
     if not p.exists():
         raise DataError(f"source `{source}` does not exist (allowed: phantom, a folder, a .npz file, a saved HF dataset)")
@@ -57,6 +67,8 @@ def source_kind(source: str) -> str:
 def _write_pair(
     out: Path, rid: str, image: np.ndarray, mask: np.ndarray | None, size: int | None
 ) -> tuple[str, str]:
+    if (bad := id_problem(rid)) is not None:  # loaders check first; this guards the write itself
+        raise DataError(bad)
     if size is not None:
         image = resize_image(image, size)
         mask = None if mask is None else resize_mask(mask, size)
@@ -108,6 +120,9 @@ def _table_problems(table: pd.DataFrame, classes: dict[int, str], has_split: boo
     counts = table["id"].value_counts()
     for rid in sorted(counts.index[counts > 1]):
         problems.append((rid, f"id `{rid}` appears {counts[rid]} times in labels.csv"))
+    for rid in table["id"]:
+        if (bad := id_problem(rid)) is not None:
+            problems.append((rid, bad))
     for rid, label in zip(table["id"], table["label"]):
         if not str(label).strip().isdigit() or int(label) not in classes:
             problems.append((rid, f"label `{label}` is not listed in classes.csv (allowed: {allowed})"))
@@ -118,35 +133,148 @@ def _table_problems(table: pd.DataFrame, classes: dict[int, str], has_split: boo
     return problems
 
 
+def _few(names: list[str]) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _files_by_stem(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Image files in ``folder`` by stem, and the names of its other entries. Hidden entries
+    (``.DS_Store``, editor files) are skipped."""
+    found: dict[str, list[Path]] = {}
+    other: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.setdefault(p.stem, []).append(p)
+        else:
+            other.append(f"{folder.name}/{p.name}")
+    return found, other
+
+
+def _lookup(files: dict[str, list[Path]], rid: str, folder: Path, what: str) -> Path:
+    """The one file for ``rid``: ``<rid>.<ext>`` (masks also ``<rid>_mask.<ext>``). None: the
+    ``.png`` path, so that reading it says which file does not exist; several: a DataError."""
+    hits = files.get(rid, []) + (files.get(rid + MASK_SUFFIX, []) if what == "mask" else [])
+    if len(hits) > 1:
+        raise DataError(f"{what} of `{rid}` is ambiguous: {', '.join(f'`{h}`' for h in hits)}; keep one")
+    return hits[0] if hits else folder / f"{rid}.png"
+
+
+def _plain_records(src: Path, images: dict[str, list[Path]], masks: dict[str, list[Path]], stray: list[str]) -> list[Row]:
+    """Rows of a folder without labels.csv: one per image stem, all label 0, no split."""
+    if stray:
+        raise DataError(
+            f"source `{src}` has {len(stray)} non-image entr{'y' if len(stray) == 1 else 'ies'}: {_few(stray)} "
+            f"(allowed: {', '.join(IMAGE_SUFFIXES)} files; names starting with `.` are skipped)"
+        )
+    no_mask = [f"images/{images[s][0].name}" for s in images if s not in masks and s + MASK_SUFFIX not in masks]
+    no_image = [f"masks/{masks[s][0].name}" for s in masks if s not in images and s.removesuffix(MASK_SUFFIX) not in images]
+    if no_mask or no_image:
+        parts = [f"{len(no_mask)} image(s) have no mask: {_few(no_mask)}"] if no_mask else []
+        parts += [f"{len(no_image)} mask(s) have no image: {_few(no_image)}"] if no_image else []
+        raise DataError(
+            f"source `{src}`: {'; '.join(parts)} (images and masks are paired by file stem: "
+            f"images/<id>.png with masks/<id>.png or masks/<id>{MASK_SUFFIX}.png)"
+        )
+    bad = [s for s in images if id_problem(s) is not None]
+    if bad:
+        raise DataError(f"source `{src}`: {len(bad)} image name(s) are not plain ids: {_few(bad)} (allowed: {ID_RULE}); rename them")
+    return [{"id": s, "label": 0} for s in images]
+
+
+def _mask_values(raw: np.ndarray, what: str, cfg: PrepareConfig) -> tuple[np.ndarray, bool]:
+    """A raw mask array ``(H, W)`` or ``(H, W, 3)`` as ``(H, W)`` uint8 class indices, and
+    whether its values changed (RGB to one channel, ``mask_threshold``, ``binary_masks``)."""
+    changed = False
+    if raw.ndim == 3 and raw.shape[2] == 3:
+        if not ((raw[..., 0] == raw[..., 1]).all() and (raw[..., 0] == raw[..., 2]).all()):
+            raise DataError(
+                f"{what} is RGB with channels that differ; masks must be single-channel class indices "
+                "(colour-coded masks are not supported: save them as grayscale class indices)"
+            )
+        raw, changed = raw[..., 0], True
+    if raw.ndim != 2:
+        raise DataError(f"{what} has shape {raw.shape}; masks must be single-channel class indices")
+    if raw.dtype == bool:  # PIL mode "1": already 0/1
+        return raw.astype(np.uint8), changed
+    if cfg.mask_threshold is not None:
+        return (raw >= cfg.mask_threshold).astype(np.uint8), True
+    if cfg.binary_masks:
+        return (raw != 0).astype(np.uint8), True
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo < 0 or hi > MAX_MASK_VALUE:
+        n = len(np.unique(raw))
+        hint = ("for 0/255 lesion masks use --set binary_masks=true" if n <= 2 else
+                f"it has {n} distinct values, as lossy (JPEG) or anti-aliased masks do: "
+                "use --set mask_threshold=128 to make pixels >= 128 the lesion")
+        raise DataError(f"{what} has values {lo}..{hi}; masks must be class indices 0..{MAX_MASK_VALUE} (0 = background); {hint}")
+    return raw.astype(np.uint8), changed
+
+
+def _read_mask(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, bool]:
+    im = _open(path, "mask")
+    if im.mode not in _MASK_MODES:
+        raise DataError(
+            f"mask `{path}` has PIL mode {im.mode}; masks must be single-channel class indices "
+            "(L, P, I or 1), or RGB with three equal channels"
+        )
+    return _mask_values(np.array(im), f"mask `{path}`", cfg)
+
+
 def load_folder(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
     src = Path(cfg.source)
-    classes = read_classes(src / "classes.csv")
-    table = _read_labels(src / "labels.csv")
-    has_split = "split" in table.columns
+    if not (src / "images").is_dir():
+        raise DataError(f"source `{src}` has no images/ folder (a folder source holds images/<id>.png)")
+    images, stray = _files_by_stem(src / "images")
     has_masks = (src / "masks").is_dir()
-    _finish(_table_problems(table, classes, has_split), f"labels file `{src / 'labels.csv'}`")
+    masks, stray_masks = _files_by_stem(src / "masks") if has_masks else ({}, [])
+    if (src / "labels.csv").is_file():
+        classes = read_classes(src / "classes.csv")
+        table = _read_labels(src / "labels.csv")
+        has_split = "split" in table.columns
+        _finish(_table_problems(table, classes, has_split), f"labels file `{src / 'labels.csv'}`")
+        records = table.to_dict("records")
+    elif (src / "classes.csv").is_file() or not has_masks:
+        raise DataError(
+            f"source `{src}` has images/ but no labels.csv; either add labels.csv (id,label[,split][,group]) and "
+            "classes.csv (label,name), or give images/ and masks/ only (a plain segmentation folder: one class)"
+        )
+    else:
+        records = _plain_records(src, images, masks, stray + stray_masks)
+        classes = {0: cfg.class_name or DEFAULT_CLASS_NAME}
+        has_split = False
 
     rows: list[Row] = []
     problems: list[tuple[str, str]] = []
     sizes: dict[tuple[int, ...], str] = {}
-    for rec in track(table.to_dict("records"), len(table), "reading"):
+    foreground = False
+    for rec in track(records, len(records), "reading"):
         rid = rec["id"]
-        image_path = src / "images" / f"{rid}.png"
-        mask_path = src / "masks" / f"{rid}.png"
+        mask_path, mask, mask_changed = None, None, False
         try:
+            image_path = _lookup(images, rid, src / "images", "image")
             image = read_image(image_path)
-            mask = read_mask(mask_path, binary=cfg.binary_masks) if has_masks else None
+            if has_masks:
+                mask_path = _lookup(masks, rid, src / "masks", "mask")
+                mask, mask_changed = _read_mask(mask_path, cfg)
         except DataError as exc:
             problems.append((rid, str(exc)))
             continue
         if mask is not None and mask.shape != image.shape[:2]:
             problems.append((rid, f"mask `{mask_path}` is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}"))
             continue
+        foreground = foreground or bool(mask is not None and mask.any())
         sizes.setdefault(image.shape[:2], rid)
-        in_place = (cfg.image_size is None or image.shape[:2] == (cfg.image_size,) * 2) and not cfg.binary_masks
+        in_place = (
+            (cfg.image_size is None or image.shape[:2] == (cfg.image_size,) * 2)
+            and image_path.suffix.lower() == ".png"
+            and (mask_path is None or (mask_path.suffix.lower() == ".png" and not mask_changed))
+        )
         if in_place:
             img = os.path.relpath(image_path.resolve(), out.resolve())
-            msk = os.path.relpath(mask_path.resolve(), out.resolve()) if has_masks else ""
+            msk = os.path.relpath(mask_path.resolve(), out.resolve()) if mask_path is not None else ""
         else:
             img, msk = _write_pair(out, rid, image, mask, cfg.image_size)
         rows.append({
@@ -160,6 +288,11 @@ def load_folder(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str
         raise DataError(
             f"source `{src}` has images of different sizes ({ida} is {a[1]}x{a[0]}, {idb} is {b[1]}x{b[0]}); "
             "pass --image-size N to resize them all"
+        )
+    if cfg.mask_threshold is not None and rows and not foreground:
+        raise DataError(
+            f"source `{src}`: mask_threshold={cfg.mask_threshold} leaves every mask empty (no mask pixel is >= "
+            f"{cfg.mask_threshold}); lower it, or leave it unset for masks that already hold class indices"
         )
     return rows, classes
 
@@ -249,6 +382,9 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
     for split, i, rec in track(records, total, "converting"):
         rid = str(rec["id"]) if "id" in rec else f"{split or 'item'}_{i:05d}"
         split = split or (rec[split_col] if split_col else "")
+        if (bad := id_problem(rid)) is not None:
+            problems.append((rid, bad))
+            continue
         image = rec[cfg.image_column]
         if image is None or not hasattr(image, "mode"):
             problems.append((rid, f"column `{cfg.image_column}` does not hold an image"))
@@ -258,15 +394,11 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
             continue
         mask = None
         if mask_col is not None:
-            raw = np.asarray(rec[mask_col])
-            if raw.ndim != 2:
-                problems.append((rid, f"mask has shape {raw.shape}; masks must be single-channel class indices"))
+            try:
+                mask, _ = _mask_values(np.asarray(rec[mask_col]), f"mask in column `{mask_col}`", cfg)
+            except DataError as exc:
+                problems.append((rid, str(exc)))
                 continue
-            mask = (raw != 0).astype(np.uint8) if cfg.binary_masks else raw
-            if mask.min() < 0 or mask.max() > 31:
-                problems.append((rid, f"mask values {int(mask.min())}..{int(mask.max())} are not class indices 0..31"))
-                continue
-            mask = mask.astype(np.uint8)
         arr = np.asarray(image, dtype=np.uint8)
         if mask is not None and mask.shape != arr.shape[:2]:
             problems.append((rid, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {arr.shape[1]}x{arr.shape[0]}"))
@@ -282,11 +414,26 @@ LOADERS = {"phantom": load_phantom, "folder": load_folder, "npz": load_npz, "hf"
 
 
 def check_options(cfg: PrepareConfig, kind: str) -> None:
-    """Phantom-only options given to another source are an error, not silently ignored."""
+    """Options that do not apply to the source are an error, not silently ignored."""
     if kind != "phantom":
         given = [k for k in _PHANTOM_ONLY if getattr(cfg, k) not in (None, False)]
         if given:
             raise ConfigError(f"option(s) {', '.join(given)} apply only to --source phantom, not to `{cfg.source}`")
+    if cfg.mask_threshold is not None:
+        if kind not in ("folder", "hf") or (kind == "folder" and not (Path(cfg.source) / "masks").is_dir()):
+            raise ConfigError(
+                f"option mask_threshold applies only to sources with masks (a folder with masks/, a HF dataset), not to `{cfg.source}`"
+            )
+        if cfg.binary_masks:
+            raise ConfigError("options binary_masks and mask_threshold both binarise masks; set only one (mask_threshold=1 keeps every non-zero pixel)")
+    if cfg.class_name is not None:
+        if kind != "folder":
+            raise ConfigError(f"option class_name applies only to a plain folder of images/ and masks/, not to `{cfg.source}`")
+        if (Path(cfg.source) / "labels.csv").is_file():
+            raise ConfigError(
+                f"option class_name applies only to a folder without labels.csv; `{cfg.source}` has one, "
+                "so its classes are named in classes.csv"
+            )
 
 
 def hash_images(rows: list[Row], out: Path) -> None:
