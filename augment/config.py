@@ -9,6 +9,7 @@ produced and loads back equal.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,14 +125,47 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside ``X | None``, ``Annotated[X, ...]`` (else the annotation)."""
+    if getattr(annotation, "model_fields", None):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if getattr(found, "model_fields", None):
+            return found
+    return annotation
+
+
+def _union_member(annotation: Any, tag: Any) -> Any:
+    """The member of a union of models whose ``family`` (discriminator) default is ``tag``."""
+    for arg in [annotation, *typing.get_args(annotation)]:
+        for member in [arg, *typing.get_args(arg)]:
+            field = getattr(member, "model_fields", {}).get("family")
+            if field is not None and field.default == tag:
+                return member
+    return None
+
+
 def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """Allowed keys at the level of ``loc`` (for unknown-key messages)."""
+    """Allowed keys at the level of ``loc`` (for unknown-key messages); follows optional models
+    and ``dict[str, Model]`` fields (whose keys are names, not fields)."""
     node: Any = model
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if typing.get_origin(node) is dict:
+            node = _model_in(typing.get_args(node)[1])
+            continue
+        tagged = _union_member(node, part)
+        if tagged is not None:  # a discriminated union: pydantic puts the tag in the location
+            node = tagged
+            continue
         fields = getattr(node, "model_fields", None)
         if not fields or part not in fields:
             return ""
-        node = fields[part].annotation
+        annotation = fields[part].annotation
+        node = annotation if typing.get_origin(annotation) is dict or _union_member(annotation, parts[0] if parts else None) \
+            else _model_in(annotation)
     fields = getattr(node, "model_fields", None)
     return ", ".join(fields) if fields else ""
 
@@ -163,7 +197,9 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
 
 def save_json(model: BaseModel, path: str | Path) -> None:
     """Write a config as JSON (the form that lives beside what it produced)."""
-    Path(path).write_text(json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    from augment.output import write_text
+
+    write_text(json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n", path)
 
 
 def load_json(model: type[M], path: str | Path, what: str | None = None) -> M:

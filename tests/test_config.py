@@ -59,3 +59,15 @@ def test_load_yaml_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_yaml(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ({"train": {"phases": {"main": {"lrr": 1}}}}, "unknown key `train.phases.main.lrr` (allowed: max_steps, batch_size, lr,"),
+    ({"generator": {"family": "cvae", "foo": 1}}, "unknown key `generator.cvae.foo` (allowed: family, latent_dim,"),
+])
+def test_unknown_keys_in_nested_maps_and_families_name_what_is_allowed(extra, needle):
+    from augment.generators import TrainConfig
+
+    with pytest.raises(ConfigError) as exc:
+        validate(TrainConfig, {"data": "x", "out": "y", "generator": {"family": "cvae"}, **extra}, "train")
+    assert needle in str(exc.value)
