@@ -12,6 +12,10 @@ Strategies:
   largest remainders, so the counts add up to exactly ``N``.
 ``max_synthetic_per_class`` caps each class (for ``total``, capped excess moves to the other
 classes); ``classes`` limits which classes get synthetic pairs.
+
+``mask_source`` says where masks come from: ``generated`` (the generator makes image and mask
+together) or ``real`` (masks drawn from the generator's own budget subset, each moved by a seeded
+``jitter``, and the generator makes the image for it; needs a mask-conditioned generator).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import Field, StrictFloat, StrictInt, model_validator
 
 from augment.config import Strict
 from augment.errors import ConfigError
+from augment.masks import JitterConfig
 
 Count = StrictInt
 _ONLY = {"target": "target", "ratio": "ratio", "total": "total", "weights": "total"}
@@ -38,6 +43,8 @@ class BalanceConfig(Strict):
     max_synthetic_per_class: Count | None = None
     classes: list[int] | None = None
     seed: int = Field(0, ge=0)
+    mask_source: Literal["generated", "real"] = "generated"
+    jitter: JitterConfig = Field(default_factory=JitterConfig, description="mask_source real: how real masks are moved")
 
     @model_validator(mode="after")
     def _consistent(self) -> "BalanceConfig":

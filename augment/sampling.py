@@ -6,6 +6,13 @@ only when ``--filter`` rejected earlier draws) and always decoded in a batch pad
 same ``batch_size``, so its pixels do not depend on which process or batch made it: one row can
 be regenerated alone from its provenance, byte for byte.
 
+With ``mask_source: real`` (a mask-conditioned generator) sample ``k`` of class ``c`` takes the
+mask of a training row of that class from the generator's own budget (a seeded permutation per
+pass over the class, so every real mask is used equally often), moves it with a seeded jitter
+(:mod:`augment.masks`) and generates the image for it; ``source_mask_id`` and ``jitter_seed``
+are recorded. Sampler settings (``--set sampler.KEY=VALUE``) are validated by the family's own
+``Sampler`` schema and recorded in every row's ``sampler`` column.
+
 Each process appends finished rows to its own journal (``SYN/.journal/rank<r>.jsonl``) after
 both PNGs are renamed into place; a resumed run trusts a journal row only if its files are
 present and hash-equal, and makes the rest again. The manifest is written once, at the end.
@@ -20,6 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,14 +37,14 @@ from pydantic import Field
 from augment.balance import BalanceConfig, plan
 from augment.config import Strict, load_json, load_yaml, save_json, validate
 from augment.data.images import read_mask, sha256_file, write_png
-from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, load_data, write_classes, write_manifest
-from augment.data.splits import select_budget
-from augment.errors import AugmentError, DataError
-from augment.generators.artifact import LoadedGenerator, load_generator
+from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, write_classes, write_manifest
+from augment.errors import AugmentError, ConfigError, DataError
+from augment.generators.artifact import GeneratorRun, LoadedGenerator, load_generator
+from augment.masks import jitter_mask
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed, process_state
 
-PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler"]
+PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler", "source_mask_id", "jitter_seed"]
 JOURNAL = ".journal"
 
 
@@ -50,6 +58,7 @@ class SampleConfig(Strict):
     batch_size: int = Field(16, ge=1)
     filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
     max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
+    sampler: dict[str, Any] = Field(default_factory=dict, description="family sampler settings, checked against its Sampler schema")
 
 
 def load_balance(path: str | Path) -> BalanceConfig:
@@ -68,13 +77,51 @@ def plan_items(table: pd.DataFrame) -> list[Item]:
     return [Item(f"syn_c{int(r['class'])}_{k:06d}", int(r["class"]), k) for _, r in table.iterrows() for k in range(int(r["synthetic"]))]
 
 
-def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def sampler_settings(gen: LoadedGenerator, cfg: SampleConfig):
+    """The family's validated sampler settings for this run (one ConfigError line otherwise)."""
+    return validate(gen.model.Sampler, cfg.sampler, f"sample: sampler ({gen.config.generator.family})")
+
+
+def check_mask_source(gen: LoadedGenerator, mask_source: str) -> None:
+    conditioned = bool(getattr(gen.model, "mask_conditioned", False))
+    if conditioned and mask_source != "real":
+        raise ConfigError(f"generator `{gen.info.path}` makes images for given masks; set `mask_source: real` in the balancing manifest")
+    if not conditioned and mask_source == "real":
+        raise ConfigError(f"generator `{gen.info.path}` makes its own masks; `mask_source: real` needs a mask-conditioned "
+                          "generator (e.g. generator.mode=mask)")
+
+
+def real_masks(info: GeneratorRun) -> dict[int, list[tuple[str, np.ndarray]]]:
+    """Per class, the (id, mask) pairs of the generator's own training rows, in training order."""
+    out: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for r in info.rows.itertuples():
+        out.setdefault(int(r.label), []).append((str(r.id), read_mask(info.data_dir / r.mask)))
+    return out
+
+
+def source_mask(pool: dict[int, list[tuple[str, np.ndarray]]], seed: int, label: int, index: int) -> tuple[str, np.ndarray]:
+    """The real mask behind sample ``index`` of class ``label``: pass ``index // n`` over the
+    class is a seeded permutation of its ``n`` masks, so each is used equally often."""
+    masks = pool.get(label)
+    if not masks:
+        raise DataError(f"class {label} has no real mask in the generator's budget, so mask_source real cannot sample it")
+    n = len(masks)
+    perm = np.random.default_rng(mix_seed(seed, label, index // n, 0x5A5C)).permutation(n)
+    return masks[int(perm[index % n])]
+
+
+def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: int,
+         masks: list[np.ndarray] | None = None, settings=None) -> tuple[np.ndarray, np.ndarray]:
     """Decode up to ``batch_size`` pairs, padded to exactly ``batch_size`` so every pair is made
-    by the same computation. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8."""
+    by the same computation. ``masks`` (n of (H, W) uint8): the given masks of a mask-conditioned
+    generator. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8."""
     n = len(labels)
     pad = batch_size - n
     gens = [torch.Generator().manual_seed(s) for s in seeds] + [torch.Generator().manual_seed(0) for _ in range(pad)]
-    out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens)
+    given = None
+    if masks is not None:
+        given = torch.from_numpy(np.stack(list(masks) + [masks[0]] * pad)).to(torch.int64)
+    out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens, given, settings)
     images = (out.images[:n] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     if images.shape[-1] == 1:
         images = images[..., 0]
@@ -90,20 +137,22 @@ def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndar
     if row.empty:
         raise DataError(f"`{sample_id}` is not in `{syn / MANIFEST}`")
     gen = load_generator(cfg.generator)
-    if gen.weights_sha256 != row["generator_sha256"].iloc[0]:
+    r = row.iloc[0]
+    if gen.weights_sha256 != r["generator_sha256"]:
         raise DataError(f"`{sample_id}` was made by other weights than `{cfg.generator}` holds now")
-    images, masks = draw(gen, [int(row["label"].iloc[0])], [int(row["seed"].iloc[0])], cfg.batch_size)
+    given = None
+    if r["source_mask_id"]:
+        pool = dict((i, m) for ms in real_masks(gen.info).values() for i, m in ms)
+        given = [jitter_mask(pool[r["source_mask_id"]], cfg.balance.jitter, int(r["jitter_seed"]))]
+    images, masks = draw(gen, [int(r["label"])], [int(r["seed"])], cfg.batch_size, given, sampler_settings(gen, cfg))
     return images[0], masks[0]
 
 
 def lesion_ranges(gen: LoadedGenerator) -> dict[int, tuple[float, float]]:
     """Per class, the min and max lesion-area fraction over the real masks the generator saw."""
-    df, _ = load_data(gen.config.data)
-    rows = select_budget(df, gen.config.budget, gen.config.seed)
     areas: dict[int, list[float]] = {}
-    for r in rows.itertuples():
-        m = read_mask(Path(gen.config.data) / r.mask)
-        areas.setdefault(int(r.label), []).append(float((m > 0).mean()))
+    for label, masks in real_masks(gen.info).items():
+        areas[label] = [float((m > 0).mean()) for _, m in masks]
     return {c: (min(a), max(a)) for c, a in areas.items()}
 
 
@@ -156,6 +205,8 @@ def sample(cfg: SampleConfig, resume: bool = False, echo=print) -> Path:
     classes = {int(k): v for k, v in gen.run["classes"].items()}
     real = {int(k): v for k, v in gen.run["class_counts"].items()}
     table = plan(real, cfg.balance, classes)
+    check_mask_source(gen, cfg.balance.mask_source)
+    sampler_settings(gen, cfg)
     seed = cfg.balance.seed if cfg.seed is None else cfg.seed
     if (cfg.out / "run.json").is_file() and load_json(SampleConfig, cfg.out / "sample.json") == cfg:
         if state.is_main_process:
@@ -183,7 +234,9 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
     mine = [it for i, it in enumerate(items) if i % state.num_processes == state.process_index and it.id not in done]
     ranges = lesion_ranges(gen) if cfg.filter else {}
     family = gen.config.generator.family
-    settings = {**gen.model.sampler_settings(), "batch_size": cfg.batch_size}
+    sampler = sampler_settings(gen, cfg)
+    settings = {**sampler.model_dump(mode="json"), "batch_size": cfg.batch_size, "mask_source": cfg.balance.mask_source}
+    pool = real_masks(gen.info) if cfg.balance.mask_source == "real" else None
     journal = open(cfg.out / JOURNAL / f"rank{state.process_index}.jsonl", "a")
     for stray in list((cfg.out / "images").glob(".*.tmp")) + list((cfg.out / "masks").glob(".*.tmp")):
         stray.unlink(missing_ok=True)  # from a kill mid-write; the pair is made again
@@ -194,8 +247,14 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
         while queue:
             batch = [queue.popleft() for _ in range(min(cfg.batch_size, len(queue)))]
             seeds = [mix_seed(seed, it.label, it.index, attempt) for it, attempt in batch]
-            images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size)
-            for (it, attempt), s, image, mask in zip(batch, seeds, images, masks):
+            sources, jitter_seeds, given = [""] * len(batch), [""] * len(batch), None
+            if pool is not None:
+                picked = [source_mask(pool, seed, it.label, it.index) for it, _ in batch]
+                sources = [i for i, _ in picked]
+                jitter_seeds = [mix_seed(seed, it.label, it.index, attempt, 0x717E) for it, attempt in batch]
+                given = [jitter_mask(m, cfg.balance.jitter, js) for (_, m), js in zip(picked, jitter_seeds)]
+            images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size, given, sampler)
+            for (it, attempt), s, image, mask, src, js in zip(batch, seeds, images, masks, sources, jitter_seeds):
                 if cfg.filter and not passes(mask, it.label, ranges):
                     if attempt + 1 >= cfg.max_attempts:
                         raise AugmentError(
@@ -208,7 +267,8 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
                 write_png(image, cfg.out / image_rel)
                 write_png(mask, cfg.out / mask_rel)
                 row = {"id": it.id, "label": it.label, "index": it.index, "seed": s, "attempt": attempt,
-                       "image": image_rel, "mask": mask_rel, "sha256": sha256_file(cfg.out / image_rel)}
+                       "image": image_rel, "mask": mask_rel, "sha256": sha256_file(cfg.out / image_rel),
+                       "source_mask_id": src, "jitter_seed": js}
                 journal.write(json.dumps(row) + "\n")
                 made += 1
                 bar.advance(made, time.time() - t0)
@@ -238,6 +298,7 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
             plan=table.to_dict("records"), seed=seed, generator_run=str(Path(cfg.generator).resolve()),
             generator_family=family, generator_sha256=gen.weights_sha256,
             generator_trained_on_sha256=[t["sha256"] for t in gen.run["trained_on"]],
+            sampler=sampler.model_dump(mode="json"), mask_source=cfg.balance.mask_source,
             n_synthetic=len(df), processes=state.num_processes,
             # Each row's attempt number is how many draws the filter rejected before it.
             dropped_by_filter={str(int(c)): int(n) for c, n in df.groupby("label")["attempt"].sum().items()},

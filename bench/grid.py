@@ -12,8 +12,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from augment.data.dataset import PairDataset  # noqa: E402
-from augment.data.manifest import load_data  # noqa: E402
-from augment.data.splits import select_budget  # noqa: E402
 from augment.generators.artifact import load_generator  # noqa: E402
 
 
@@ -26,9 +24,9 @@ def _show(ax, image: np.ndarray, mask: np.ndarray) -> None:
 
 def sample_grid(run: str | Path, out_png: str | Path, per_class: int = 6, seed: int = 0) -> Path:
     gen = load_generator(run)
-    df, classes = load_data(gen.config.data)
-    budget = select_budget(df, gen.config.budget, gen.config.seed)
-    real = PairDataset(budget, gen.config.data)
+    classes = {int(k): v for k, v in gen.run["classes"].items()}
+    budget = gen.info.rows  # the exact rows the generator was trained on
+    real = PairDataset(budget, gen.info.data_dir)
     fig, axes = plt.subplots(2 * len(classes), per_class, figsize=(1.4 * per_class, 2.9 * len(classes)))
     for r, (label, name) in enumerate(sorted(classes.items())):
         idx = np.flatnonzero(budget["label"].to_numpy() == label)[:per_class]
@@ -39,7 +37,12 @@ def sample_grid(run: str | Path, out_png: str | Path, per_class: int = 6, seed: 
                 _show(ax, item["image"].numpy(), item["mask"].numpy())
             ax.set_axis_off()
         axes[2 * r, 0].set_title(f"real: {name}", fontsize=8, loc="left")
-        s = gen.model.sample(torch.full((per_class,), label), torch.Generator().manual_seed(seed + label))
+        masks = None
+        if gen.model.mask_conditioned:  # the image for each real mask shown above it
+            masks = torch.stack([real[int(i)]["mask"] for i in np.resize(idx, per_class)]) if len(idx) else None
+        if masks is None and gen.model.mask_conditioned:
+            continue
+        s = gen.model.sample(torch.full((per_class,), label), torch.Generator().manual_seed(seed + label), masks)
         for c in range(per_class):
             _show(axes[2 * r + 1, c], s.images[c].numpy(), s.masks[c].numpy())
         axes[2 * r + 1, 0].set_title(f"generated: {name}", fontsize=8, loc="left")

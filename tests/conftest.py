@@ -96,6 +96,22 @@ def tiny_run(phantom_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_mask_run(phantom_dir, tmp_path_factory) -> Path:
+    """A tiny mask-conditioned cVAE (``mode: mask``) trained for a few steps on budget 24."""
+    from augment.api import train
+    from augment.config import validate
+    from augment.generators import TrainConfig
+
+    out = tmp_path_factory.mktemp("tiny_mask_run") / "run"
+    cfg = validate(TrainConfig, {
+        "data": phantom_dir, "out": out, "budget": 24, "seed": 0, "generator": {**TINY_CVAE, "mode": "mask"},
+        "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 1000},
+    }, "train")
+    train(cfg)
+    return out
+
+
 def kill_when(cmd: list[str], ready, timeout: float = 120.0) -> int:
     """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true, return its exit code
     (``-SIGKILL`` when it was killed; anything else means it ended first)."""

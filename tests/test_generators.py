@@ -1,5 +1,7 @@
 """Contract test over the generator registry: a new family is covered by adding it there
-(and a tiny config here; a family without one fails this test on purpose)."""
+(and a tiny config here; a family without one fails this test on purpose). Every mode of a
+family is a variant (``family`` for joint generation, ``family/mask`` for images made for
+given masks)."""
 
 from __future__ import annotations
 
@@ -14,26 +16,47 @@ from augment.generators.artifact import load_generator
 TINY = {
     "cvae": {"base_channels": 4, "max_channels": 8, "latent_dim": 4},
 }
+#: every mode a family has; the contract runs over each
+MODES = {"cvae": ("joint", "mask")}
 LOOP = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1000, "log_every": 1}
+VARIANTS = [f"{f}/{m}" if m != "joint" else f for f in sorted(REGISTRY) for m in MODES.get(f, ("joint",))]
 
 
-@pytest.fixture(scope="module", params=sorted(REGISTRY))
+def test_every_family_has_a_tiny_config_and_its_modes():
+    for family in REGISTRY:
+        assert family in TINY, f"add a tiny config for family `{family}` to TINY"
+        assert family in MODES, f"list the modes of family `{family}` in MODES"
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
 def trained(request, phantom_dir, tmp_path_factory):
-    family = request.param
-    assert family in TINY, f"add a tiny config for family `{family}` to TINY"
+    family, _, mode = request.param.partition("/")
+    extra = {"mode": mode} if mode else {}
     out = tmp_path_factory.mktemp(family) / "run"
     cfg = validate(
         TrainConfig,
-        {"data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": family, **TINY[family]}, "train": LOOP},
+        {"data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": family, **TINY[family], **extra},
+         "train": LOOP},
         "train",
     )
     train(cfg)
     return family, out
 
 
-def _sample(run, labels, seed):
+def _masks(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, size, size, dtype=torch.int64)
+    for i in range(n):
+        r, c = torch.randint(2, size - 6, (2,), generator=g).tolist()
+        masks[i, r:r + 4, c:c + 4] = 1
+    return masks
+
+
+def _sample(run, labels, seed, generator=None, settings=None):
     gen = load_generator(run)
-    return gen.model.sample(torch.tensor(labels), torch.Generator().manual_seed(seed)), gen
+    masks = _masks(len(labels), gen.spec.image_size) if gen.model.mask_conditioned else None
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    return gen.model.sample(torch.tensor(labels), g, masks, settings), gen
 
 
 def test_sample_contract(trained):
@@ -47,6 +70,52 @@ def test_sample_contract(trained):
     assert s.masks.shape == (5, size, size) and s.masks.dtype == torch.int64
     assert int(s.masks.min()) >= 0 and int(s.masks.max()) < gen.spec.mask_classes
     assert s.labels.tolist() == labels and s.labels.dtype == torch.int64
+    if gen.model.mask_conditioned:  # the image is made for the given mask, which comes back unchanged
+        assert torch.equal(s.masks, _masks(5, size))
+
+
+def test_mask_argument_follows_the_mode(trained):
+    _, run = trained
+    gen = load_generator(run)
+    size, labels, g = gen.spec.image_size, torch.tensor([1, 2]), torch.Generator().manual_seed(0)
+    wrong = None if gen.model.mask_conditioned else _masks(2, size)
+    with pytest.raises(ValueError, match="mask"):
+        gen.model.sample(labels, g, wrong)
+
+
+def test_the_mask_conditions_the_image(trained):
+    _, run = trained
+    gen = load_generator(run)
+    if not gen.model.mask_conditioned:
+        pytest.skip("joint mode: the generator makes its own mask")
+    size = gen.spec.image_size
+    a = gen.model.sample(torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=0))
+    b = gen.model.sample(torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=5))
+    assert not torch.equal(a.images, b.images)
+
+
+def test_sampler_settings_have_a_schema_with_defaults(trained):
+    _, run = trained
+    gen = load_generator(run)
+    defaults = gen.model.Sampler()
+    assert isinstance(defaults.model_dump(), dict)
+    a, _ = _sample(run, [1, 2], seed=3)
+    b, _ = _sample(run, [1, 2], seed=3, settings=defaults)
+    assert torch.equal(a.images, b.images)  # no settings = the schema's defaults
+
+
+def test_one_generator_per_item_makes_items_independent_of_the_batch(trained):
+    _, run = trained
+    gen = load_generator(run)
+    size = gen.spec.image_size
+    masks = _masks(4, size) if gen.model.mask_conditioned else None
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    full = gen.model.sample(torch.tensor([0, 1, 2, 1]), gens, masks)
+    # item 2 alone, padded with other items to the same batch size (oneDNN differs across batch sizes)
+    other = [torch.Generator().manual_seed(7) for _ in range(3)]
+    again = gen.model.sample(torch.tensor([2, 0, 0, 0]), [torch.Generator().manual_seed(102)] + other,
+                             None if masks is None else torch.cat([masks[2:3], masks[:3]]))
+    assert torch.equal(full.images[2], again.images[0]) and torch.equal(full.masks[2], again.masks[0])
 
 
 def test_same_seed_same_samples_different_seed_different(trained):

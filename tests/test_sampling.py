@@ -47,7 +47,7 @@ def test_counts_follow_the_plan_and_rows_carry_provenance(syn, tiny_run):
     assert (df["generator_sha256"] == run["weights_sha256"]).all()
     assert df["seed"].astype(int).nunique() == len(df)
     settings = json.loads(df["sampler"].iloc[0])
-    assert settings == {"attempt": 0, "batch_size": 4, "method": "prior", "temperature": 1.0}
+    assert settings == {"attempt": 0, "batch_size": 4, "mask_source": "generated", "temperature": 1.0}
     validate_manifest(df, syn, classes, check_files=True, check_hashes=True)
     info = json.loads((syn / "run.json").read_text())
     assert info["n_synthetic"] == len(df) and info["generator_sha256"] == run["weights_sha256"]
@@ -208,11 +208,11 @@ def test_export_folder_and_combined_training_manifest(syn, phantom_dir, tiny_run
     from augment.api import prepare
     from augment.config import PrepareConfig
 
-    back, _ = load_data(prepare(PrepareConfig(source=str(out), out=tmp_path / "back")), check_files=True)
+    back, _ = load_data(prepare(PrepareConfig(source=str(out), out=tmp_path / "back")).out, check_files=True)
     assert len(back) == len(read_manifest(syn))
 
     gen = json.loads((tiny_run / "run.json").read_text())
-    combined = training_manifest(phantom_dir, syn, tmp_path / "combined", budget=24, seed=0)
+    combined = training_manifest(phantom_dir, syn, tmp_path / "combined")
     df, _ = load_data(combined, check_files=True)
     assert (df["source"] == "real").sum() == 24 and (df["source"] == "synthetic").sum() == len(read_manifest(syn))
     real_hashes = set(df.loc[df["source"] == "real", "sha256"])
@@ -231,3 +231,81 @@ def test_cli_sample_end_to_end(tiny_run, tmp_path):
     res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tmp_path / "nope"), "--balance",
                           str(manifest), "--out", str(tmp_path / "t")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
+
+
+# --- sampler settings and mask-conditioned sampling -------------------------------------------
+
+
+def test_sampler_settings_are_validated_by_the_family_and_recorded(tiny_run, tmp_path):
+    out = sample(_cfg(tiny_run, tmp_path / "t", {"strategy": "ratio", "ratio": 1.0}, sampler={"temperature": 0.5}),
+                 echo=lambda *_: None)
+    df = read_manifest(out)
+    assert {json.loads(s)["temperature"] for s in df["sampler"]} == {0.5}
+    assert json.loads((out / "run.json").read_text())["sampler"] == {"temperature": 0.5}
+    cold = read_manifest(sample(_cfg(tiny_run, tmp_path / "c", {"strategy": "ratio", "ratio": 1.0}), echo=lambda *_: None))
+    assert df["sha256"].tolist() != cold["sha256"].tolist()  # the setting reaches the model
+    image, _ = regenerate(out, df["id"].iloc[0])
+    write_png(image, tmp_path / "r.png")
+    assert sha256_file(tmp_path / "r.png") == df["sha256"].iloc[0]
+    with pytest.raises(ConfigError, match=r"unknown key `steps` \(allowed: temperature\)"):
+        sample(_cfg(tiny_run, tmp_path / "u", sampler={"steps": 20}), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"`temperature`"):
+        sample(_cfg(tiny_run, tmp_path / "n", sampler={"temperature": -1}), echo=lambda *_: None)
+    assert not (tmp_path / "u").exists() and not (tmp_path / "n").exists()
+
+
+def test_cli_set_reaches_the_balance_and_the_sampler(tiny_run, tmp_path):
+    manifest = Path(__file__).resolve().parents[1] / "manifests" / "match_max.yaml"
+    res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tiny_run), "--balance", str(manifest),
+                          "--out", str(tmp_path / "s"), "--set", "balance.classes=[2]", "--set", "sampler.temperature=0.7"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    df = read_manifest(tmp_path / "s")
+    assert set(df["label"]) == {2} and {json.loads(s)["temperature"] for s in df["sampler"]} == {0.7}
+
+
+@pytest.fixture(scope="module")
+def mask_syn(tiny_mask_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mask_syn") / "syn"
+    sample(_cfg(tiny_mask_run, out, {"strategy": "ratio", "ratio": 2.0, "mask_source": "real"}), echo=lambda *_: None)
+    return out
+
+
+def test_real_masks_come_from_the_budget_jittered_and_used_evenly(mask_syn, tiny_mask_run):
+    from augment.generators.artifact import load_run
+    from augment.masks import JitterConfig, jitter_mask
+
+    info = load_run(tiny_mask_run)
+    df = read_manifest(mask_syn)
+    assert set(df["source_mask_id"]) <= set(info.rows["id"])  # never a val/test mask
+    by_label = info.rows.set_index("id")["label"]
+    assert (df["source_mask_id"].map(by_label) == df["label"]).all()  # a mask of the same class
+    # ratio 2: every real mask of a class is used exactly twice
+    assert (df.groupby("source_mask_id").size() == 2).all() and df["source_mask_id"].nunique() == len(info.rows)
+    assert {json.loads(s)["mask_source"] for s in df["sampler"]} == {"real"}
+    moved = 0
+    for r in df.itertuples():
+        src = read_mask(info.data_dir / info.rows.set_index("id").loc[r.source_mask_id, "mask"])
+        expected = jitter_mask(src, JitterConfig(), int(r.jitter_seed))
+        assert np.array_equal(read_mask(mask_syn / r.mask), expected)  # the written mask is the jittered real one
+        moved += not np.array_equal(expected, src)
+    assert moved > len(df) // 2
+
+
+def test_mask_conditioned_row_regenerates_byte_for_byte(mask_syn, tmp_path):
+    df = read_manifest(mask_syn)
+    for rid in df["id"].iloc[[0, -1]]:
+        image, mask = regenerate(mask_syn, rid)
+        write_png(image, tmp_path / "i.png")
+        write_png(mask, tmp_path / "m.png")
+        row = df[df["id"] == rid].iloc[0]
+        assert (tmp_path / "i.png").read_bytes() == (mask_syn / row["image"]).read_bytes()
+        assert (tmp_path / "m.png").read_bytes() == (mask_syn / row["mask"]).read_bytes()
+
+
+def test_mask_source_must_fit_the_generator(tiny_run, tiny_mask_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"makes images for given masks; set `mask_source: real`"):
+        sample(_cfg(tiny_mask_run, tmp_path / "a"), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"`mask_source: real` needs a mask-conditioned generator"):
+        sample(_cfg(tiny_run, tmp_path / "b", {"strategy": "match_max", "mask_source": "real"}), echo=lambda *_: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -5,15 +5,31 @@ Its network is an ``nn.Module`` with:
 
 * ``phases``: names of the training phases, in order (``("main",)`` for one-stage models,
   e.g. ``("autoencoder", "prior")`` for two-stage ones);
-* ``phase_parameters(phase)``: the parameters trained in that phase;
+* ``phase_modules(phase) -> list[nn.Module]``: the submodules trained in that phase (the
+  model itself for one-stage models); the phase trains their parameters. Phases train disjoint
+  parameters: when a phase ends the loop swaps its EMA weights in (when it had EMA), sets its
+  modules' ``requires_grad`` off, keeps them in eval mode and drops their grads, so later phases
+  train against exactly the weights that are saved (and BatchNorm statistics stay as they were);
+* optionally ``on_phase_start(phase, data)``: called by the loop under ``torch.no_grad()`` at
+  the start of every phase, after the earlier phases are frozen, with ``data`` = (images, masks,
+  labels), the whole training set on CPU. It derives state from frozen modules and data (e.g. a
+  latent scale). It is called again when a resumed run restarts inside a phase, and then the
+  checkpoint's weights are loaded after it, so state it writes into the state dict takes its
+  checkpointed value and anything else is recomputed: it must be deterministic;
 * ``forward(images, masks, labels, phase, step, generator) -> (loss, logs)``: the scalar loss
   for one batch at optimizer step ``step`` of that phase, and floats to log (``forward`` rather
   than a named method, so data-parallel wrappers see the call);
-* ``sample(labels, generator) -> Sample``: new pairs conditioned on ``labels``. ``generator``
-  is one ``torch.Generator`` for the batch, or a list with one per label; with a list, item
-  ``i`` depends only on ``generator[i]`` (draw noise with :func:`randn`), so one pair can be
-  regenerated alone, whatever batch it was first made in;
-* ``sampler_settings()``: what besides weights and seed decides a sample (for provenance).
+* ``sample(labels, generator, masks=None, settings=None) -> Sample``: new pairs conditioned on
+  ``labels``. ``generator`` is one ``torch.Generator`` for the batch, or a list with one per
+  label; with a list, item ``i`` depends only on ``generator[i]`` (draw noise with :func:`randn`,
+  tokens with :func:`categorical`), so one pair can be regenerated alone, whatever batch it was
+  first made in. ``masks`` (B, H, W) int64: a family whose ``mask_conditioned`` is true makes
+  the image *for* each given mask (and returns those masks); the others make both and refuse
+  ``masks``. ``settings``: an instance of the family's ``Sampler`` schema (None: its defaults);
+* ``Sampler``: a pydantic schema of the sampling-time settings (temperature, steps, guidance
+  ...); ``augment sample --set sampler.KEY=VALUE`` is validated by it and every row's
+  provenance records it;
+* ``mask_conditioned``: whether ``sample`` needs real masks (``mask_source: real``).
 
 Tensor contract shared by all families: ``images`` (B, C, H, W) float32 in [0, 1]; ``masks``
 (B, H, W) int64 class indices; ``labels`` (B,) int64 class labels. Randomness always comes in
@@ -54,7 +70,7 @@ class Sample:
 class GeneratorModel(Protocol):
     phases: tuple[str, ...]
 
-    def phase_parameters(self, phase: str) -> list[torch.nn.Parameter]: ...
+    def phase_modules(self, phase: str) -> list[torch.nn.Module]: ...
 
     def forward(
         self,
@@ -66,9 +82,16 @@ class GeneratorModel(Protocol):
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Sample: ...
+    Sampler: type[Strict]
+    mask_conditioned: bool
 
-    def sampler_settings(self) -> dict[str, object]: ...
+    def sample(
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator | Sequence[torch.Generator],
+        masks: torch.Tensor | None = None,
+        settings: Strict | None = None,
+    ) -> Sample: ...
 
 
 def randn(
@@ -81,6 +104,27 @@ def randn(
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
     return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+
+
+def categorical(logits: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per position from ``softmax(logits)``: logits (B, ..., K) -> (B, ...) int64.
+
+    Gumbel-max over uniform noise from :func:`uniform`, so with one generator per item,
+    row ``i`` depends only on ``generator[i]`` (token priors stay regenerable one row at a time).
+    """
+    u = uniform(tuple(logits.shape), generator, logits.device).clamp_(1e-20, 1.0 - 1e-7)
+    return (logits.float() - torch.log(-torch.log(u))).argmax(-1)
+
+
+def uniform(
+    shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Uniform [0, 1) noise of ``shape`` (batch first), like :func:`randn`."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
 
 
 def one_hot_masks(masks: torch.Tensor, mask_classes: int) -> torch.Tensor:

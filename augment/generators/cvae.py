@@ -6,6 +6,12 @@ a per-channel bias at every level, so the class cannot be ignored). The image li
 Gaussian with a fixed ``image_sigma`` (a small sigma keeps the KL from washing out detail), the
 mask likelihood categorical; masks are argmax'd at sampling time.
 
+``mode: mask`` makes the image *for a given mask* instead (the route published low-data ablations
+favour over joint generation, e.g. semantic-image-synthesis data augmentation): the decoder gets
+the one-hot mask, area-downsampled, at every level (a learned projection added to the features,
+in the spirit of SPADE, Park et al. 2019) and at its head, and outputs only the image; the
+sampler then takes real masks from the generator's own budget (``mask_source: real``).
+
 Defaults were chosen on BUSI at 64 px with a budget of 64 (see bench/train_cvae.py): with
 ``image_sigma=0.1`` and a 64-d latent the reconstructions were near perfect but prior samples
 were incoherent texture with fragmented masks (the aggregate posterior left the prior);
@@ -36,6 +42,12 @@ class CVAEConfig(Strict):
     mask_weight: float = Field(2.0, ge=0)
     kl_weight: float = Field(1.0, ge=0)
     kl_warmup_steps: int = Field(300, ge=0, description="linear KL weight warm-up from 0 (avoids early posterior collapse)")
+    mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
+
+
+class CVAESampler(Strict):
+    """Sampling-time settings (``augment sample --set sampler.temperature=0.8``)."""
+
     temperature: float = Field(1.0, gt=0, description="prior std at sampling time")
 
 
@@ -64,6 +76,7 @@ def levels_for(size: int) -> int:
 
 class CVAE(nn.Module):
     phases = ("main",)
+    Sampler = CVAESampler
 
     def __init__(self, config: CVAEConfig, spec: DataSpec) -> None:
         super().__init__()
@@ -83,13 +96,16 @@ class CVAE(nn.Module):
         self.from_latent = nn.Linear(config.latent_dim + n, flat)
         self.up = nn.ModuleList(_block(widths[i + 1], widths[i], False, sides[i] <= deep) for i in reversed(range(depth)))
         self.up_label = nn.ModuleList(nn.Embedding(n, widths[i]) for i in reversed(range(depth)))
-        self.head = nn.Conv2d(widths[0], c + k, 3, 1, 1)
+        self.mask_conditioned = config.mode == "mask"
+        if self.mask_conditioned:
+            self.up_mask = nn.ModuleList(nn.Conv2d(k, widths[i], 3, 1, 1) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0] + (k if self.mask_conditioned else 0), c if self.mask_conditioned else c + k, 3, 1, 1)
         self.widths = widths
 
-    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
+    def phase_modules(self, phase: str) -> list[nn.Module]:
         if phase != "main":
             raise ValueError(f"cvae has one phase, `main`, not `{phase}`")
-        return list(self.parameters())
+        return [self]
 
     def encode(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mu, logvar), each (B, latent_dim)."""
@@ -101,12 +117,20 @@ class CVAE(nn.Module):
         mu, logvar = self.to_stats(h.flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, latent_dim), (B,) -> images (B, C, H, W) in [0, 1], mask logits (B, K, H, W)."""
+    def decode(
+        self, z: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, latent_dim), (B,)[, masks (B, H, W) int64 in mask mode] -> images (B, C, H, W) in
+        [0, 1] and mask logits (B, K, H, W) (None in mask mode: the mask was given)."""
         onehot = F.one_hot(labels, self.spec.num_classes).float()
         h = F.silu(self.from_latent(torch.cat([z, onehot], 1))).view(-1, self.widths[-1], self.side, self.side)
-        for block, emb in zip(self.up, self.up_label):
+        cond = one_hot_masks(masks, self.spec.mask_classes).to(h.dtype) if self.mask_conditioned else None
+        for i, (block, emb) in enumerate(zip(self.up, self.up_label)):
             h = block(h) + emb(labels)[:, :, None, None]
+            if cond is not None:
+                h = h + self.up_mask[i](F.adaptive_avg_pool2d(cond, h.shape[-1]))
+        if cond is not None:
+            return torch.sigmoid(self.head(torch.cat([h, cond], 1))), None
         out = self.head(h)
         c = self.spec.channels
         return torch.sigmoid(out[:, :c]), out[:, c:]
@@ -115,13 +139,16 @@ class CVAE(nn.Module):
         mu, logvar = self.encode(images, masks, labels)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * torch.exp(0.5 * logvar)
-        recon, mask_logits = self.decode(z, labels)
+        recon, mask_logits = self.decode(z, labels, masks)
         cfg = self.config
         pixels = images.shape[-1] * images.shape[-2]
         # Per-image sums (the ELBO), averaged over the batch, then divided by the pixel count
         # only to keep logged numbers readable; Adam is invariant to that scale.
         image_nll = ((recon.float() - images) ** 2).sum(dim=(1, 2, 3)) / (2 * cfg.image_sigma**2)
-        mask_nll = F.cross_entropy(mask_logits.float(), masks, reduction="none").sum(dim=(1, 2))
+        if mask_logits is None:  # mask mode: the mask is given, not generated
+            mask_nll = torch.zeros_like(image_nll)
+        else:
+            mask_nll = F.cross_entropy(mask_logits.float(), masks, reduction="none").sum(dim=(1, 2))
         kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=1)
         beta = cfg.kl_weight * (min(1.0, step / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0)
         loss = (image_nll + cfg.mask_weight * mask_nll + beta * kl).mean() / pixels
@@ -133,14 +160,19 @@ class CVAE(nn.Module):
         }
         return loss, logs
 
-    def sampler_settings(self) -> dict[str, object]:
-        """What, besides the weights and the seed, decides a sample (recorded as provenance)."""
-        return {"method": "prior", "temperature": self.config.temperature}
-
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, generator) -> Sample:
+    def sample(self, labels: torch.Tensor, generator, masks: torch.Tensor | None = None,
+               settings: CVAESampler | None = None) -> Sample:
+        """Prior samples: z ~ N(0, temperature^2 I), decoded with the label (and the given mask
+        in mask mode). See :mod:`augment.generators.base` for the contract."""
+        settings = settings or CVAESampler()
         labels = labels.to(torch.int64)
+        if self.mask_conditioned != (masks is not None):
+            need = "needs masks (mask_source: real)" if self.mask_conditioned else "makes its own masks (mask_source: generated)"
+            raise ValueError(f"this cvae ({self.config.mode} mode) {need}")
         device = next(self.parameters()).device
         z = randn((len(labels), self.config.latent_dim), generator, device)
-        images, mask_logits = self.decode(z * self.config.temperature, labels.to(device))
-        return Sample(images=images.float().clamp(0, 1).cpu(), masks=mask_logits.argmax(1).cpu(), labels=labels.cpu())
+        given = None if masks is None else masks.to(device=device, dtype=torch.int64)
+        images, mask_logits = self.decode(z * settings.temperature, labels.to(device), given)
+        out_masks = given if mask_logits is None else mask_logits.argmax(1)
+        return Sample(images=images.float().clamp(0, 1).cpu(), masks=out_masks.cpu(), labels=labels.cpu())
