@@ -23,11 +23,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
@@ -36,14 +34,15 @@ from safetensors.torch import load_file, save_file
 from augment.config import Strict
 from augment.data.dataset import to_tensor
 from augment.data.images import read_image, read_mask, sha256_file
+from augment.data.guard import check_trained_on
 from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, manifest_problems, write_classes, write_manifest
-from augment.data.splits import select_budget
-from augment.downstream import SmallCNN, dice_per_image, predict_masks, train_classifier, train_segmenter
+from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit_tensors, predict_masks
 from augment.errors import DataError
+from augment.generators.artifact import load_run
 from augment.metrics import (
     copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
-from augment.runinfo import write_json
+from augment.runinfo import run_record, write_json
 
 
 class AuditConfig(Strict):
@@ -79,14 +78,8 @@ def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.Data
     run = json.loads(run_path.read_text())
     bad = syn.loc[syn["generator_sha256"] != run["generator_sha256"], "id"].tolist()
     problems += [f"{i}: generator_sha256 differs from run.json" for i in bad]
-    hashes = {sha256_file(data / p): s for p, s in zip(real["image"], real["split"])}
     trained = run["generator_trained_on_sha256"]
-    foreign = [h for h in trained if h not in hashes]
-    heldout = [h for h in trained if hashes.get(h) in ("val", "test")]
-    if foreign:
-        raise DataError(f"`{syn_dir}` comes from a generator trained on {len(foreign)} image(s) that are not in `{data}`; audit it against its own data")
-    if heldout:
-        raise DataError(f"`{syn_dir}` comes from a generator that saw {len(heldout)} val/test image(s) of `{data}`")
+    check_trained_on(trained, real, data, f"`{syn_dir}`")
     info.update(generator_sha256=run["generator_sha256"], generator_trained_on=len(trained),
                 generator_saw_only_train=True, problems=problems, ok=not problems)
     return info
@@ -94,7 +87,7 @@ def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.Data
 
 def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int, cfg: AuditConfig) -> tuple[SmallCNN, dict]:
     """The label classifier trained on the real train split, cached by (manifest hash, steps, seed)."""
-    key = f"{sha256_file(data / MANIFEST)[:16]}-s{cfg.encoder_steps}-seed{cfg.seed}"
+    key = f"{sha256_file(data / MANIFEST)[:16]}-s{cfg.encoder_steps}-seed{cfg.seed}-v2"
     cache = data / ".cache" / f"encoder-{key}"
     record = {"kind": "SmallCNN label classifier", "trained_on": "real train split", "n_train": len(train_labels),
               "steps": cfg.encoder_steps, "seed": cfg.seed, "cache": str(cache)}
@@ -103,7 +96,9 @@ def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.T
         model.load_state_dict(load_file(cache / "encoder.safetensors"))
         return model.eval(), {**record, "cached": True}
     t = time.time()
-    model = train_classifier(train_images, train_labels, num_classes, steps=cfg.encoder_steps, seed=cfg.seed)
+    shapes = Shapes(train_images.shape[1], num_classes, 2)
+    model = fit_tensors("classification", train_images, None, train_labels, shapes,
+                        TaskConfig(steps=cfg.encoder_steps, batch_size=32), cfg.seed)
     cache.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, cache / "encoder.safetensors")
     record.update(cached=False, train_seconds=round(time.time() - t, 2))
@@ -155,10 +150,11 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
     for name, (a, b, s) in extractors.items():
         note = {"note": f"fewer samples than feature dimensions ({a.shape[1]}): biased upwards, compare with the baseline"} \
             if min(n_syn, n_te) <= a.shape[1] else {}
-        rows.append(_row("frechet_distance", name, frechet_distance(s, a), frechet_distance(b, a), n_tr, n_syn,
+        syn_names, base_names = ("synthetic set", "real train set"), ("real test set", "real train set")
+        rows.append(_row("frechet_distance", name, frechet_distance(s, a, names=syn_names), frechet_distance(b, a, names=base_names), n_tr, n_syn,
                          baseline_is=f"real test ({n_te}) vs real train ({n_tr})", **note))
         kid_opts = {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "seed": cfg.seed}
-        (k, k_sd), (kb, kb_sd) = kid(s, a, **kid_opts), kid(b, a, **kid_opts)
+        (k, k_sd), (kb, kb_sd) = kid(s, a, names=syn_names, **kid_opts), kid(b, a, names=base_names, **kid_opts)
         rows.append(_row("kid", name, k, kb, n_tr, n_syn, std=k_sd, baseline_std=kb_sd,
                          baseline_is=f"real test ({n_te}) vs real train ({n_tr})"))
 
@@ -196,11 +192,12 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
     consistency = None
     if has_masks:
         run = json.loads((syn_dir / "run.json").read_text())
-        gen_cfg = json.loads((Path(run["generator_run"]) / "config.json").read_text())
-        budget = select_budget(real, gen_cfg["budget"], gen_cfg["seed"])
+        budget = load_run(run["generator_run"]).rows
         bx, bm = _tensors(budget, data)
         mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
-        seg = train_segmenter(bx, bm, mask_classes, steps=cfg.segmenter_steps, seed=cfg.seed)
+        seg = fit_tensors("segmentation", bx, bm, torch.tensor(budget["label"].to_numpy()),
+                          Shapes(bx.shape[1], max(classes) + 1, mask_classes),
+                          TaskConfig(steps=cfg.segmenter_steps, batch_size=16), cfg.seed)
         val_df = real[real["split"] == "val"].reset_index(drop=True)
         vx, vm = _tensors(val_df, data)
         d_syn = dice_per_image(predict_masks(seg, syn_x), syn_m)
@@ -238,7 +235,7 @@ def _row(metric, extractor, value, baseline, n_real, n_syn, **extra) -> dict:
 
 def audit(cfg: AuditConfig, echo=print) -> Path:
     """``augment audit``: write ``AUD/audit.json`` (+ ``nearest.csv``) and return ``AUD``."""
-    from augment.api import _claim_output, _publish
+    from augment.output import building
 
     started = time.time()
     data, syn_dir = Path(cfg.data), Path(cfg.synthetic)
@@ -249,8 +246,7 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
     if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
         raise DataError(f"--inception-weights `{cfg.inception_weights}` does not exist")
     provenance = check_provenance(data, real, syn_dir, syn, classes)
-    tmp = _claim_output(Path(cfg.out), cfg.overwrite)
-    try:
+    with building(Path(cfg.out), cfg.overwrite) as tmp:
         report, nearest = _measure(cfg, data, real, classes, syn_dir, syn)
         report["provenance"] = provenance
         report["wall_seconds"] = round(time.time() - started, 2)
@@ -262,10 +258,9 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
             kept_dir.mkdir()
             write_manifest(combine([(keep, syn_dir)], Path(cfg.out) / "synthetic_without_copies"), kept_dir / MANIFEST)
             write_classes(classes, kept_dir / CLASSES)
-        _publish(tmp, Path(cfg.out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(run_record("audit", cfg.model_dump(mode="json"), started, synthetic_run=provenance.get("generator_sha256"),
+                              data_manifest_sha256=sha256_file(data / MANIFEST), n_synthetic=len(syn),
+                              copies=len(report["copies"]), provenance_ok=provenance["ok"]), tmp / "run.json")
     return Path(cfg.out)
 
 

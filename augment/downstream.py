@@ -1,17 +1,44 @@
-"""Task models trained on real (and synthetic) pairs: a MONAI UNet segmenter and a small CNN
-classifier. Fixed step budgets, seeded, no global RNG. The audit uses them too: the classifier
-as the default domain feature encoder, the segmenter to check synthetic masks against images.
+"""Task models trained on real (and synthetic) pairs, through one small task registry and one
+trainer: the evaluation arms and the audit's helper models all go through :func:`fit`.
 
-Tensors: images (N, C, H, W) float32 in [0, 1]; masks (N, H, W) int64; labels (N,) int64.
+* ``segmentation``: MONAI 2D UNet (four levels), Dice + cross-entropy (MONAI ``DiceCELoss``);
+  scored by Dice over images with a lesion, the false-positive rate over images whose mask is
+  empty, and Dice over all images (the val selection metric).
+* ``classification``: :class:`SmallCNN`, class-weighted cross-entropy; scored by balanced
+  accuracy (the selection metric), macro-F1, recall of the rarest class and macro AUROC.
+
+Fixed step budgets, batches from one seeded epoch shuffler (:func:`epoch_batches`), no global
+RNG. Tensors: images (N, C, H, W) float32 in [0, 1]; masks (N, H, W) int64; labels (N,) int64.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from augment.config import Strict
 from augment.seeding import mix_seed
+
+#: draw_batch(indices) -> (images, masks or None, labels) for one training step
+BatchFn = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+class TaskConfig(Strict):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    eval_every: int = Field(50, ge=1, description="steps between val checks")
+    selection: Literal["best_val", "last"] = "best_val"
+    base_channels: int = Field(16, ge=4)
 
 
 class SmallCNN(nn.Module):
@@ -36,42 +63,6 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int):
-    """Seeded index batches, epoch after epoch (a pure function of the seed)."""
-    step, epoch = 0, 0
-    while step < steps:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
-        for i in range(0, n, batch_size):
-            if step >= steps:
-                return
-            idx = perm[i:i + batch_size]
-            if len(idx) < min(batch_size, n):
-                break
-            yield step, idx
-            step += 1
-        epoch += 1
-
-
-def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300, batch_size: int = 32,
-    lr: float = 1e-3, seed: int = 0, width: int = 16, class_weighted: bool = True,
-) -> SmallCNN:
-    """A SmallCNN trained with (class-weighted) cross-entropy; returned in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SmallCNN(images.shape[1], num_classes, width)
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    weight = (counts.sum() / counts.clamp(min=1) / num_classes) if class_weighted else None
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _, idx in _batches(len(labels), batch_size, steps, seed):
-        loss = F.cross_entropy(model(images[idx]), labels[idx], weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
 def segmenter(channels: int, mask_classes: int, base: int = 16) -> nn.Module:
     """MONAI's 2D UNet with four levels."""
     from monai.networks.nets import UNet
@@ -80,25 +71,20 @@ def segmenter(channels: int, mask_classes: int, base: int = 16) -> nn.Module:
                 channels=(base, base * 2, base * 4, base * 8), strides=(2, 2, 2), num_res_units=1)
 
 
-def train_segmenter(
-    images: torch.Tensor, masks: torch.Tensor, mask_classes: int, steps: int = 300, batch_size: int = 16,
-    lr: float = 1e-3, seed: int = 0, base: int = 16,
-) -> nn.Module:
-    """MONAI UNet trained with Dice + cross-entropy (MONAI DiceCELoss); returned in eval mode."""
-    from monai.losses import DiceCELoss
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = segmenter(images.shape[1], mask_classes, base)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _, idx in _batches(len(masks), batch_size, steps, seed):
-        loss = loss_fn(model(images[idx]), masks[idx].unsqueeze(1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+def epoch_batches(n: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """``steps`` index batches: seeded permutations of ``range(n)`` laid end to end, each epoch
+    cut into full batches of ``min(batch_size, n)`` (a short tail is dropped). A pure function of
+    its arguments: the one shuffler of every task model."""
+    size = min(batch_size, n)
+    out, epoch = [], 0
+    while len(out) < steps:
+        perm = np.random.default_rng(mix_seed(seed, epoch)).permutation(n)
+        for s in range(0, n - size + 1, size):
+            out.append(perm[s:s + size])
+            if len(out) == steps:
+                break
+        epoch += 1
+    return out
 
 
 @torch.no_grad()
@@ -112,3 +98,132 @@ def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p, t = (pred > 0).flatten(1).float(), (target > 0).flatten(1).float()
     inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def seg_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Dice over images with a lesion; false-positive rate over images whose mask is empty."""
+    lesion = target.flatten(1).gt(0).any(1)
+    dice = dice_per_image(pred, target)
+    fpr = pred[~lesion].flatten(1).gt(0).any(1).float().mean() if (~lesion).any() else torch.tensor(float("nan"))
+    return {"dice": float(dice[lesion].mean()) if lesion.any() else float("nan"), "fpr": float(fpr),
+            "dice_all": float(dice.mean())}
+
+
+def cls_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, rare: int) -> dict[str, float]:
+    from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
+
+    pred = logits.argmax(1)
+    recall = multiclass_recall(pred, labels, num_classes, average=None)
+    present = torch.bincount(labels, minlength=num_classes) > 0
+    return {
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(multiclass_f1_score(pred, labels, num_classes, average="macro")),
+        "minority_recall": float(recall[rare]),
+        "auroc": float(multiclass_auroc(logits.softmax(1), labels, num_classes, average="macro")),
+    }
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What a task model is built for: image channels, class labels, mask values, the rarest class."""
+
+    channels: int
+    num_classes: int
+    mask_classes: int
+    rare: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """One downstream task: how its model is built, its loss, its scores and which score picks
+    the checkpoint on val. ``reported`` are the scores that go into results tables."""
+
+    name: str
+    build: Callable[[Shapes, int], nn.Module]
+    loss: Callable[[Shapes, torch.Tensor], Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]]
+    score: Callable[[nn.Module, Shapes, torch.Tensor, torch.Tensor | None, torch.Tensor], dict[str, float]]
+    selection_metric: str
+    reported: tuple[str, ...]
+    needs_masks: bool
+
+
+def _seg_loss(shapes: Shapes, train_labels: torch.Tensor):
+    from monai.losses import DiceCELoss
+
+    fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    return lambda model, x, m, y: fn(model(x), m.unsqueeze(1))
+
+
+def _cls_loss(shapes: Shapes, train_labels: torch.Tensor):
+    counts = torch.bincount(train_labels, minlength=shapes.num_classes).float()
+    weight = counts.sum() / counts.clamp(min=1) / shapes.num_classes
+    return lambda model, x, m, y: F.cross_entropy(model(x), y, weight=weight)
+
+
+@torch.no_grad()
+def _seg_score(model, shapes, x, m, y):
+    return seg_metrics(predict_masks(model, x), m)
+
+
+@torch.no_grad()
+def _cls_score(model, shapes, x, m, y):
+    logits = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
+    return cls_metrics(logits, y, shapes.num_classes, shapes.rare)
+
+
+TASKS: dict[str, Task] = {
+    "segmentation": Task("segmentation", lambda s, w: segmenter(s.channels, s.mask_classes, w), _seg_loss, _seg_score,
+                         "dice_all", ("dice", "fpr"), True),
+    "classification": Task("classification", lambda s, w: SmallCNN(s.channels, s.num_classes, w), _cls_loss, _cls_score,
+                           "balanced_accuracy", ("balanced_accuracy", "macro_f1", "minority_recall", "auroc"), False),
+}
+
+
+@dataclass
+class Fitted:
+    model: nn.Module  # in eval mode, with the selected checkpoint's weights
+    selected_step: int
+    val_score: float | None
+    seconds: float
+
+
+def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: torch.Tensor, cfg: TaskConfig, seed: int,
+        val: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None) -> Fitted:
+    """Train ``task``'s model for ``cfg.steps`` AdamW steps on ``n`` examples drawn by
+    ``draw_batch`` (batches from :func:`epoch_batches`); with ``val`` and ``selection:
+    best_val`` keep the checkpoint with the best ``task.selection_metric`` on val (checked every
+    ``eval_every`` steps and at the end), otherwise the last one."""
+    t = time.time()
+    with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
+        torch.manual_seed(mix_seed(seed, 0x7A5C))
+        model = task.build(shapes, cfg.base_channels)
+    loss_fn = task.loss(shapes, train_labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    select = val is not None and cfg.selection == "best_val"
+    best, best_state, best_step = -np.inf, None, cfg.steps
+    for step, idx in enumerate(epoch_batches(n, cfg.batch_size, cfg.steps, seed), start=1):
+        model.train()
+        x, m, y = draw_batch(idx)
+        loss = loss_fn(model, x, m, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if select and (step % cfg.eval_every == 0 or step == cfg.steps):
+            model.eval()
+            value = task.score(model, shapes, *val)[task.selection_metric]
+            if value > best:
+                best, best_state, best_step = value, copy.deepcopy(model.state_dict()), step
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return Fitted(model.eval(), best_step, float(best) if select else None, time.time() - t)
+
+
+def fit_tensors(task_name: str, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor, shapes: Shapes,
+                cfg: TaskConfig, seed: int) -> nn.Module:
+    """A task model trained on in-memory tensors without augmentation or val selection (the
+    audit's domain encoder and mask-consistency segmenter); returned in eval mode."""
+    def draw_batch(idx: np.ndarray):
+        i = torch.from_numpy(idx)
+        return images[i], (None if masks is None else masks[i]), labels[i]
+
+    return fit(TASKS[task_name], shapes, draw_batch, len(labels), labels, cfg.model_copy(update={"selection": "last"}), seed).model

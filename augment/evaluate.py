@@ -1,7 +1,8 @@
 """Downstream evaluation: does synthetic data help a task model on untouched real test data?
 
-For one synthetic set (made from a generator trained on a label budget), train the same task
-model on each arm, with each seed, and test on the real test split:
+For one synthetic set (made from a generator trained on a label budget), or for a label budget
+alone (the generator-independent arms, shared by every generator in a pipeline), train the same
+task model (:mod:`augment.downstream`) on each arm, with each seed, and test on the real test split:
 
 * ``real``: the budget subset the generator was trained on;
 * ``real+classic``: the same, with classic paired augmentation (albumentations);
@@ -14,7 +15,9 @@ recorded (``best_val`` by default; ``last`` inflates the classic gain, see DESIG
 Segmentation: MONAI UNet, Dice + CE; Dice over test images with a lesion, false-positive rate over
 test images whose mask is empty. Classification: SmallCNN, class-weighted CE; balanced accuracy,
 macro-F1, recall of the rarest class, macro one-vs-rest AUROC. Each (task, arm, seed) result is
-its own JSON file, so an interrupted evaluation resumes where it stopped.
+its own JSON file, so an interrupted evaluation resumes where it stopped. The real rows are the
+exact rows the generator was trained on (:func:`augment.generators.artifact.load_run`), and a
+generator that saw any val or test image of the data is refused (by sha256).
 """
 
 from __future__ import annotations
@@ -28,40 +31,36 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from augment.classic import ClassicConfig, classic_transform
-from augment.config import Strict, save_json
+from augment.config import Strict, load_json, save_json
 from augment.data.dataset import to_tensor
+from augment.data.guard import check_trained_on
 from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data
 from augment.data.splits import select_budget
-from augment.downstream import SmallCNN, dice_per_image, predict_masks, segmenter
-from augment.errors import DataError
-from augment.runinfo import write_json
+from augment.downstream import TASKS, Shapes, TaskConfig, fit
+from augment.errors import ConfigError, DataError
+from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
 
 ARMS = ("real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic")
 Arm = Literal["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
-
-
-class TaskConfig(Strict):
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    eval_every: int = Field(50, ge=1, description="steps between val checks")
-    selection: Literal["best_val", "last"] = "best_val"
-    base_channels: int = Field(16, ge=4)
+SHARED_ARMS = ("real", "real+classic")  # no synthetic data: the same for every generator
+NO_GENERATOR = "none"
 
 
 class EvaluateConfig(Strict):
     data: Path
-    synthetic: Path
+    synthetic: Path | None = Field(None, description="synthetic set (from augment sample); without it only real arms")
+    budget: int | None = Field(None, ge=1, description="without --synthetic: the label budget (default: the whole train split)")
+    budget_seed: int = Field(0, ge=0, description="without --synthetic: which budget subset (the generator's seed)")
+    generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
     out: Path
     task: Literal["segmentation", "classification", "both"] = "segmentation"
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
@@ -79,6 +78,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(images (N, C, H, W) float32 [0, 1], masks (N, H, W) int64 or None, labels (N,) int64)."""
+        x = torch.stack([to_tensor(i) for i in self.images])
+        m = None if self.masks is None else torch.from_numpy(self.masks).to(torch.int64)
+        return x, m, torch.from_numpy(self.labels)
+
 
 def _concat(a: Split, b: Split) -> Split:
     out = copy.copy(a)
@@ -89,143 +94,92 @@ def _concat(a: Split, b: Split) -> Split:
     return out
 
 
-def _tensor_images(images: np.ndarray) -> torch.Tensor:
-    return torch.stack([to_tensor(i) for i in images]) if len(images) else torch.zeros(0)
+def batch_fn(split: Split, augment):
+    """draw_batch for :func:`augment.downstream.fit`: uint8 pixels, optionally augmented, as tensors."""
+    def draw(idx: np.ndarray):
+        images, masks = [], []
+        for i in idx:
+            image, mask = split.images[i], None if split.masks is None else split.masks[i]
+            if augment is not None:
+                image, mask = augment(image, mask)
+            images.append(to_tensor(image))
+            if mask is not None:
+                masks.append(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64))
+        return torch.stack(images), (torch.stack(masks) if masks else None), torch.from_numpy(split.labels[idx])
+
+    return draw
 
 
-def _batch(split: Split, idx: np.ndarray, augment) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    images, masks = [], []
-    for i in idx:
-        image, mask = split.images[i], None if split.masks is None else split.masks[i]
-        if augment is not None:
-            image, mask = augment(image, mask)
-        images.append(to_tensor(image))
-        if mask is not None:
-            masks.append(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64))
-    y = torch.from_numpy(split.labels[idx])
-    return torch.stack(images), (torch.stack(masks) if masks else None), y
-
-
-def _order(n: int, batch: int, steps: int, seed: int):
-    """Seeded index batches, reshuffled every epoch; a pure function of (n, batch, steps, seed)."""
-    out, epoch = [], 0
-    while len(out) < steps:
-        perm = np.random.default_rng(mix_seed(seed, epoch)).permutation(n)
-        for s in range(0, n - min(batch, n) + 1, min(batch, n)):
-            out.append(perm[s:s + min(batch, n)])
-            if len(out) == steps:
-                break
-        epoch += 1
-    return out
-
-
-def seg_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Dice over images with a lesion; false-positive rate over images whose mask is empty."""
-    lesion = target.flatten(1).gt(0).any(1)
-    dice = dice_per_image(pred, target)
-    fpr = pred[~lesion].flatten(1).gt(0).any(1).float().mean() if (~lesion).any() else torch.tensor(float("nan"))
-    return {"dice": float(dice[lesion].mean()) if lesion.any() else float("nan"), "fpr": float(fpr),
-            "dice_all": float(dice.mean())}
-
-
-def cls_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, rare: int) -> dict[str, float]:
-    from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
-
-    pred = logits.argmax(1)
-    recall = multiclass_recall(pred, labels, num_classes, average=None)
-    present = torch.bincount(labels, minlength=num_classes) > 0
-    return {
-        "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(multiclass_f1_score(pred, labels, num_classes, average="macro")),
-        "minority_recall": float(recall[rare]),
-        "auroc": float(multiclass_auroc(logits.softmax(1), labels, num_classes, average="macro")),
-    }
-
-
-def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, num_classes: int, mask_classes: int,
-              rare: int, seed: int, augment) -> dict:
+def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment) -> dict:
     """Train one task model on ``train``, select on ``val``, return test metrics and the record."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(mix_seed(seed, 0x7A5C))
-        if task == "segmentation":
-            from monai.losses import DiceCELoss
+    fitted = fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), cfg, seed,
+                 val=val.tensors())
+    metrics = TASKS[task].score(fitted.model, shapes, *test.tensors())
+    return {"metrics": metrics, "selected_step": fitted.selected_step, "val_score": fitted.val_score, "n_train": len(train),
+            "train_seconds": round(fitted.seconds, 2)}
 
-            model = segmenter(train.images.shape[-1] if train.images.ndim == 4 else 1, mask_classes, cfg.base_channels)
-            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        else:
-            model = SmallCNN(train.images.shape[-1] if train.images.ndim == 4 else 1, num_classes, cfg.base_channels)
-            counts = np.bincount(train.labels, minlength=num_classes).astype(np.float32)
-            weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    val_x, test_x = _tensor_images(val.images), _tensor_images(test.images)
 
-    def score(x: torch.Tensor, split: Split) -> tuple[float, dict]:
-        model.eval()
-        with torch.no_grad():
-            if task == "segmentation":
-                m = seg_metrics(predict_masks(model, x), torch.from_numpy(split.masks).to(torch.int64))
-                return m["dice_all"], m
-            logits = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
-            m = cls_metrics(logits, torch.from_numpy(split.labels), num_classes, rare)
-            return m["balanced_accuracy"], m
+def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """The real training rows (the generator's own, or a budget subset), the synthetic rows and
+    what the record says about where they came from."""
+    from augment.generators.artifact import load_run
 
-    best, best_state, best_step, t = -1.0, None, 0, time.time()
-    for step, idx in enumerate(_order(len(train), cfg.batch_size, cfg.steps, seed), start=1):
-        model.train()
-        x, m, y = _batch(train, idx, augment)
-        if task == "segmentation":
-            loss = loss_fn(model(x), m.unsqueeze(1))
-        else:
-            loss = F.cross_entropy(model(x), y, weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cfg.selection == "best_val" and (step % cfg.eval_every == 0 or step == cfg.steps):
-            value, _ = score(val_x, val)
-            if value > best:
-                best, best_state, best_step = value, copy.deepcopy(model.state_dict()), step
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_step = cfg.steps
-    _, metrics = score(test_x, test)
-    return {"metrics": metrics, "selected_step": best_step, "val_score": best, "n_train": len(train),
-            "train_seconds": round(time.time() - t, 2)}
+    needs = [a for a in cfg.arms if a not in SHARED_ARMS]
+    if cfg.synthetic is None:
+        if needs:
+            raise ConfigError(f"evaluate: arm `{needs[0]}` needs --synthetic (without it: {', '.join(SHARED_ARMS)})")
+        rows = select_budget(real, cfg.budget, cfg.budget_seed)
+        return rows, None, {"budget": cfg.budget, "generator_seed": cfg.budget_seed, "generator": cfg.generator_name or NO_GENERATOR}
+    if cfg.budget is not None:
+        raise ConfigError("evaluate: `budget` comes from the synthetic set's generator; give one or the other")
+    syn_dir = Path(cfg.synthetic)
+    syn, syn_classes = load_data(syn_dir)
+    if syn_classes != classes:
+        raise DataError(f"`{syn_dir}` and `{cfg.data}` have different classes.csv")
+    if "source" not in syn.columns or not (syn["source"] == "synthetic").all() or not (syn_dir / "run.json").is_file():
+        raise DataError(f"`{syn_dir}` is not a synthetic set made by `augment sample` (no run.json or rows without source=synthetic)")
+    try:
+        record = json.loads((syn_dir / "run.json").read_text())
+        gen_path, trained = record["generator_run"], record["generator_trained_on_sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"`{syn_dir / 'run.json'}` is not a sampling record (corrupt or from another tool)") from None
+    check_trained_on(trained, real, Path(cfg.data), f"`{syn_dir}`")
+    run = load_run(gen_path)
+    return run.rows, syn, {"budget": run.config.budget, "generator_seed": run.config.seed,
+                           "generator": cfg.generator_name or run.family, "generator_run": str(run.path)}
 
 
 def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
-    """``augment evaluate``: every (task, arm, seed) on one synthetic set; writes
-    ``EVAL/results.csv`` (one row per task, budget, arm, seed, metric) and ``EVAL/run.json``."""
+    """``augment evaluate``: every (task, arm, seed); writes ``EVAL/results.csv`` (one row per
+    task, budget, generator, arm, seed, metric) and ``EVAL/run.json``. Finished (task, arm, seed)
+    results in ``EVAL/runs/`` are reused, so an interrupted evaluation resumes."""
     started = time.time()
     real, classes = load_data(cfg.data)
-    syn, syn_classes = load_data(cfg.synthetic)
-    if syn_classes != classes:
-        raise DataError(f"`{cfg.synthetic}` and `{cfg.data}` have different classes.csv")
-    run = json.loads((Path(cfg.synthetic) / "run.json").read_text()) if (Path(cfg.synthetic) / "run.json").is_file() else None
-    if run is None:
-        raise DataError(f"`{cfg.synthetic}` has no run.json: evaluate needs a synthetic set made by `augment sample`")
-    gen_cfg = json.loads((Path(run["generator_run"]) / "config.json").read_text())
-    budget, gen_seed = gen_cfg["budget"], gen_cfg["seed"]
-    budget_df = select_budget(real, budget, gen_seed)
+    real_rows, syn, origin = _sources(cfg, real, classes)
     tasks = ["segmentation", "classification"] if cfg.task == "both" else [cfg.task]
     has_masks = bool((real["mask"] != "").all())
     if "segmentation" in tasks and not has_masks:
         raise DataError(f"`{cfg.data}` has images without masks; use --task classification")
-    root, syn_root = Path(cfg.data), Path(cfg.synthetic)
+    root = Path(cfg.data)
     parts = {
-        "real": Split(budget_df, root, has_masks),
-        "synthetic": Split(syn, syn_root, has_masks),
+        "real": Split(real_rows, root, has_masks),
         "val": Split(real[real["split"] == "val"], root, has_masks),
         "test": Split(real[real["split"] == "test"], root, has_masks),
     }
+    if syn is not None:
+        parts["synthetic"] = Split(syn, Path(cfg.synthetic), has_masks)
     if not len(parts["val"]) or not len(parts["test"]):
         raise DataError(f"`{cfg.data}` needs non-empty val and test splits for a downstream evaluation")
     num_classes = max(classes) + 1
-    mask_classes = max(2, int(max(parts["real"].masks.max(), parts["synthetic"].masks.max())) + 1) if has_masks else 2
+    highest = max(int(p.masks.max()) for p in parts.values() if p.masks is not None and len(p)) if has_masks else 0
     counts = np.bincount(parts["real"].labels, minlength=num_classes)
     rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    channels = parts["real"].images.shape[-1] if parts["real"].images.ndim == 4 else 1
+    shapes = Shapes(channels, num_classes, max(2, highest + 1), rare)
 
     out = Path(cfg.out)
+    if (out / "config.json").is_file() and _fixed(load_json(EvaluateConfig, out / "config.json")) != _fixed(cfg):
+        raise DataError(f"`{out}` holds an evaluation with other settings (see its config.json); choose another --out")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     save_json(cfg, out / "config.json")
     rows = []
@@ -237,25 +191,32 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
                 if path.is_file():
                     result = json.loads(path.read_text())
                 else:
-                    if arm in ("real", "real+classic"):
+                    if arm in SHARED_ARMS:
                         train = parts["real"]
                     elif arm == "synthetic":
                         train = parts["synthetic"]
                     else:
                         train = _concat(parts["real"], parts["synthetic"])
                     augment = classic_transform(cfg.classic, seed=mix_seed(seed, 0xC1A5)) if arm.endswith("classic") else None
-                    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, num_classes, mask_classes, rare, seed, augment)
-                    result.update(task=task, arm=arm, seed=seed, budget=budget)
+                    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
+                    result.update(task=task, arm=arm, seed=seed, budget=origin["budget"], generator=origin["generator"])
                     write_json(result, path)
                     echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
-                for metric, value in result["metrics"].items():
-                    if metric == "dice_all":
-                        continue
-                    rows.append({"task": task, "budget": budget, "arm": arm, "seed": seed, "metric": metric, "value": value})
+                for metric in TASKS[task].reported:
+                    rows.append({"task": task, "budget": origin["budget"], "generator": origin["generator"], "arm": arm,
+                                 "seed": seed, "metric": metric, "value": result["metrics"][metric]})
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
-    write_json({"stage": "evaluate", "config": cfg.model_dump(mode="json"), "budget": budget, "generator_seed": gen_seed,
-                "rare_class": rare, "checkpoint_rule": {t: (cfg.segmentation if t == "segmentation" else cfg.classification).selection for t in tasks},
-                "n_test": len(parts["test"]), "n_val": len(parts["val"]), "n_real": len(parts["real"]),
-                "n_synthetic": len(parts["synthetic"]), "wall_seconds": round(time.time() - started, 2)}, out / "run.json")
+    write_json(run_record("evaluate", cfg.model_dump(mode="json"), started, **origin,
+                rare_class=rare, checkpoint_rule={t: (cfg.segmentation if t == "segmentation" else cfg.classification).selection for t in tasks},
+                n_test=len(parts["test"]), n_val=len(parts["val"]), n_real=len(parts["real"]),
+                n_synthetic=len(parts["synthetic"]) if syn is not None else 0, real_ids=parts["real"].ids), out / "run.json")
     return out
+
+
+def _fixed(cfg: EvaluateConfig) -> dict:
+    """What must not change when an evaluation folder is resumed (arms and seeds may grow)."""
+    d = cfg.model_dump(mode="json")
+    for key in ("arms", "seeds", "out"):
+        d.pop(key)
+    return d

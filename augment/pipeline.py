@@ -1,30 +1,45 @@
 """``augment run pipelines/X.yaml``: prepare -> train -> sample -> audit -> evaluate -> report for
-every label budget and seed, skipping stages whose outputs are complete and resuming the rest.
+every generator, label budget and seed, skipping stages whose outputs are complete and resuming
+the rest.
 
-Layout: ``OUT/data``, ``OUT/runs/b{budget}_s{seed}/{generator,synthetic,audit,evaluate}``, and the
-report in ``OUT/`` (``report.json``, ``report.md``, ``report.html``, ``figures/``, ``tables/``).
-A stage is complete when its ``run.json`` (``audit.json`` for the audit) exists; it is then
-checked against the spec and skipped, or refused when the spec changed.
+A spec names one generator (``generator: {family: cvae, ...}``) or several side by side
+(``generators: {cvae: {family: cvae}, cvae_mask: {family: cvae, mode: mask, balance: {mask_source:
+real}}}``); an entry may override ``train``, ``balance`` (merged over the spec's) and ``sampler``.
+``generator_seeds`` (default: ``seeds``) are the seeds generators are trained with; task seed
+``seeds[i]`` uses generator seed ``generator_seeds[i % len]`` and that seed's budget subset, so
+a user can train fewer generators than task models. The arms without synthetic data (``real``,
+``real+classic``) are trained once per (budget, seed) and shared by every generator.
+
+Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synthetic,audit}``;
+``OUT/evaluate/b{budget}_s{seed}/{real,<name>}``; the report in ``OUT/`` (``report.json``,
+``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
+complete when its ``run.json`` (``audit.json`` for the audit) exists; it is then skipped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from augment.balance import BalanceConfig
 from augment.classic import ClassicConfig
 from augment.config import Strict, load_json, load_yaml, merge, save_json, validate
+from augment.downstream import TaskConfig
 from augment.errors import ConfigError, DataError
-from augment.evaluate import ARMS, Arm, TaskConfig
+from augment.evaluate import ARMS, SHARED_ARMS, Arm
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
+from augment.runinfo import run_record, write_json
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RESERVED = ("real", "none")
 
 
 class DataSpec(Strict):
@@ -47,42 +62,108 @@ class AuditSpec(Strict):
 
 class EvaluateSpec(Strict):
     task: Literal["segmentation", "classification", "both"] = "segmentation"
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
 
 
+class GeneratorSpec(Strict):
+    """One generator of a pipeline, resolved: its family config, loop, balancing plan and sampler."""
+
+    generator: GeneratorConfig
+    train: LoopConfig = Field(default_factory=LoopConfig)
+    balance: BalanceConfig
+    sampler: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _masks_agree(self) -> "GeneratorSpec":
+        mode = getattr(self.generator, "mode", "joint")
+        if mode == "mask" and self.balance.mask_source != "real":
+            raise ValueError("a generator in mask mode makes images for given masks: set its balance.mask_source to real")
+        if mode != "mask" and self.balance.mask_source == "real":
+            raise ValueError("balance.mask_source real needs a mask-conditioned generator (mode: mask)")
+        return self
+
+
 class PipelineConfig(Strict):
     name: str = "pipeline"
     data: DataSpec
-    generator: GeneratorConfig
+    generators: dict[str, GeneratorSpec] = Field(min_length=1)
     train: LoopConfig = Field(default_factory=LoopConfig)
     budgets: list[int] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    generator_seeds: list[int] | None = Field(None, min_length=1, description="seeds generators are trained with (default: seeds)")
     balance: BalanceConfig
     sample: SampleSpec = Field(default_factory=SampleSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
+    @field_validator("generators")
+    @classmethod
+    def _plain_names(cls, value: dict[str, GeneratorSpec]) -> dict[str, GeneratorSpec]:
+        for name in value:
+            if not NAME.match(name) or name in RESERVED:
+                raise ValueError(f"generator name {name!r} must be a plain folder name (letters, digits, _ . -; "
+                                 f"not {' or '.join(RESERVED)})")
+        return value
+
+    def generator_seed(self, seed: int) -> int:
+        """The generator seed (and budget subset) that task seed ``seed`` uses."""
+        gseeds = self.generator_seeds or self.seeds
+        return gseeds[self.seeds.index(seed) % len(gseeds)]
+
+
+def _balance_file(ref: str, spec_path: Path) -> dict:
+    tried = [Path(ref), spec_path.parent / ref, spec_path.parent.parent / ref]
+    for cand in tried:
+        if cand.is_file():
+            return load_yaml(cand)
+    raise ConfigError(f"pipeline `{spec_path}`: balance manifest `{ref}` does not exist (looked in: {', '.join(map(str, tried))})")
+
 
 def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """A pipeline spec; ``balance`` may name a manifest file (relative to the spec's folder or
-    the working directory) instead of holding one inline."""
+    """A pipeline spec (see the module docstring). Keys are checked before anything is looked
+    up, so a typo is reported as a typo; ``balance`` may name a manifest file (relative to the
+    working directory, the spec's folder or its parent)."""
+    path = Path(path)
     spec = merge(load_yaml(path), overrides or {})
+    allowed = set(PipelineConfig.model_fields) | {"generator"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(f"pipeline `{path}`: unknown key `{unknown[0]}` (allowed: {', '.join(sorted(allowed))})")
+    if "generator" in spec:
+        if "generators" in spec:
+            raise ConfigError(f"pipeline `{path}`: give `generator` (one) or `generators` (several), not both")
+        one = spec.pop("generator")
+        spec["generators"] = {one.get("family", "generator") if isinstance(one, dict) else "generator": one}
     if isinstance(spec.get("balance"), str):
-        ref = Path(spec["balance"])
-        for cand in (ref, Path(path).parent / ref, Path(path).parent.parent / ref):
-            if cand.is_file():
-                spec["balance"] = load_yaml(cand)
-                break
-        else:
-            raise ConfigError(f"pipeline `{path}`: balance manifest `{ref}` does not exist")
+        spec["balance"] = _balance_file(spec["balance"], path)
+    if isinstance(spec.get("generators"), dict):
+        resolved = {}
+        for name, entry in spec["generators"].items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"pipeline `{path}`: generators.{name} must be a mapping (e.g. {{family: cvae}})")
+            entry = dict(entry)
+            balance = entry.pop("balance", {})
+            if isinstance(balance, str):
+                balance = _balance_file(balance, path)
+            resolved[name] = {
+                "generator": entry,
+                "train": merge(spec.get("train") or {}, entry.pop("train", None) or {}),
+                "balance": merge(spec.get("balance") or {}, balance or {}),
+                "sampler": entry.pop("sampler", None) or {},
+            }
+        spec["generators"] = resolved
     return validate(PipelineConfig, spec, f"pipeline `{path}`")
 
 
 def _done(folder: Path, marker: str = "run.json") -> bool:
     return (folder / marker).is_file()
+
+
+def generator_dir(out: Path, name: str, budget: int, gseed: int) -> Path:
+    return out / "generators" / name / f"b{budget}_g{gseed}"
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
@@ -97,11 +178,11 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "pipeline.json"
-    if saved.is_file() and load_json(PipelineConfig, saved) != cfg:
+    if saved.is_file():
         old = load_json(PipelineConfig, saved).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
         changed = [k for k in new if new[k] != old.get(k)]
-        if set(changed) - {"budgets", "seeds"}:
+        if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
             raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
     save_json(cfg, saved)
     timings: dict[str, float] = {}
@@ -119,52 +200,78 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     prep = PrepareConfig(source=cfg.data.source, out=data, image_size=cfg.data.image_size, count=cfg.data.count,
                          seed=cfg.data.seed, overwrite=not _done(data))
     stage("prepare", data, lambda: prepare(prep))
+    ev = cfg.evaluate
+    shared = [a for a in ev.arms if a in SHARED_ARMS]
+    own = [a for a in ev.arms if a not in SHARED_ARMS]
     # Seeds outermost: an interrupted run already holds whole budget curves for the first seeds.
     for seed in cfg.seeds:
+        gseed = cfg.generator_seed(seed)
         for budget in cfg.budgets:
-            run = out / "runs" / f"b{budget}_s{seed}"
-            tag = f"budget {budget} seed {seed}"
-            gen = run / "generator"
-            tcfg = TrainConfig(data=data, out=gen, budget=budget, seed=seed, generator=cfg.generator, train=cfg.train)
-            stage(f"train ({tag})", gen, lambda: train(tcfg, resume=True))
-            syn = run / "synthetic"
-            scfg = SampleConfig(generator=gen, balance=cfg.balance, out=syn, seed=seed, batch_size=cfg.sample.batch_size,
-                                filter=cfg.sample.filter)
-            stage(f"sample ({tag})", syn, lambda: sample(scfg, resume=True, echo=lambda *_: None))
-            if cfg.audit.enabled:
-                acfg = AuditConfig(data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
-                                   segmenter_steps=cfg.audit.segmenter_steps, seed=seed, overwrite=True)
-                stage(f"audit ({tag})", run / "audit", lambda: audit(acfg, echo=lambda *_: None), marker="audit.json")
-            ecfg = EvaluateConfig(data=data, synthetic=syn, out=run / "evaluate", task=cfg.evaluate.task, arms=cfg.evaluate.arms,
-                                  seeds=[seed], segmentation=cfg.evaluate.segmentation,
-                                  classification=cfg.evaluate.classification, classic=cfg.evaluate.classic)
-            stage(f"evaluate ({tag})", run / "evaluate", lambda: evaluate(ecfg, echo=lambda *_: None))
+            where = out / "evaluate" / f"b{budget}_s{seed}"
+            common = dict(data=data, task=ev.task, seeds=[seed], segmentation=ev.segmentation,
+                          classification=ev.classification, classic=ev.classic)
+            if shared:
+                rcfg = EvaluateConfig(out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
+                stage(f"evaluate real arms (budget {budget} seed {seed})", where / "real", lambda: evaluate(rcfg, echo=lambda *_: None))
+            for name, spec in cfg.generators.items():
+                tag = f"{name} budget {budget} gseed {gseed}"
+                run = generator_dir(out, name, budget, gseed)
+                tcfg = TrainConfig(data=data, out=run / "generator", budget=budget, seed=gseed, generator=spec.generator, train=spec.train)
+                stage(f"train ({tag})", run / "generator", lambda: train(tcfg, resume=True))
+                syn = run / "synthetic"
+                scfg = SampleConfig(generator=run / "generator", balance=spec.balance, out=syn, seed=gseed,
+                                    batch_size=cfg.sample.batch_size, filter=cfg.sample.filter, sampler=spec.sampler)
+                stage(f"sample ({tag})", syn, lambda: sample(scfg, resume=True, echo=lambda *_: None))
+                if cfg.audit.enabled:
+                    acfg = AuditConfig(data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
+                                       segmenter_steps=cfg.audit.segmenter_steps, seed=gseed, overwrite=True)
+                    stage(f"audit ({tag})", run / "audit", lambda: audit(acfg, echo=lambda *_: None), marker="audit.json")
+                if own:
+                    ecfg = EvaluateConfig(out=where / name, synthetic=syn, arms=own, generator_name=name, **common)
+                    stage(f"evaluate ({name} budget {budget} seed {seed})", where / name, lambda: evaluate(ecfg, echo=lambda *_: None))
     t = time.time()
     build_report(cfg, out)
     timings["report"] = round(time.time() - t, 2)
-    (out / "timings.json").write_text(json.dumps({"wall_seconds": round(time.time() - started, 2), "stages": timings}, indent=2))
+    by_kind: dict[str, float] = {}
+    for name, seconds in timings.items():
+        kind = name.split(" (")[0]
+        by_kind[kind] = round(by_kind.get(kind, 0.0) + seconds, 2)
+    timing = {"wall_seconds": round(time.time() - started, 2), "by_stage": by_kind, "stages": timings}
+    write_json(timing, out / "timings.json")
+    write_json(run_record("run", cfg.model_dump(mode="json"), started, generators=list(cfg.generators),
+                          generator_seeds=cfg.generator_seeds or cfg.seeds, timings=timing), out / "run.json")
     return out
 
 
 def build_report(cfg: PipelineConfig, out: Path) -> Path:
-    """Collect every run's audit and evaluation into the report."""
+    """Collect every generator's audits and every evaluation into the report: Dice vs budget per
+    family beside the shared real arms, quality per family, a sample grid per family."""
     from augment.data.images import read_image, read_mask
     from augment.data.manifest import load_data
-    from augment.data.splits import select_budget
-    from augment.report import _png, figure_class_balance, figure_grid, figure_metric_vs_budget, summarize, write_report
+    from augment.generators.artifact import load_run
+    from augment.report import _png, figure_class_balance, figure_grid, figure_metric_vs_budget, write_report
 
     quality, frames = [], []
-    for budget in cfg.budgets:
-        for seed in cfg.seeds:
-            run = out / "runs" / f"b{budget}_s{seed}"
-            if (run / "audit" / "audit.json").is_file():
-                rep = json.loads((run / "audit" / "audit.json").read_text())
-                quality += [{"budget": budget, "seed": seed, **r} for r in rep["metrics"]]
-                quality.append({"budget": budget, "seed": seed, "metric": "copies", "extractor": "pixels+domain",
-                                "value": len(rep["copies"]), "baseline": None, "n_real": None, "n_synthetic": None})
-            if (run / "evaluate" / "results.csv").is_file():
-                frames.append(pd.read_csv(run / "evaluate" / "results.csv"))
-    downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "budget", "arm", "seed", "metric", "value"])
+    for name in cfg.generators:
+        for budget in cfg.budgets:
+            for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
+                audit_json = generator_dir(out, name, budget, gseed) / "audit" / "audit.json"
+                if audit_json.is_file():
+                    rep = json.loads(audit_json.read_text())
+                    tag = {"generator": name, "budget": budget, "seed": gseed}
+                    quality += [{**tag, **r} for r in rep["metrics"]]
+                    quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
+                                    "baseline": None, "n_real": None, "n_synthetic": None})
+    for seed in cfg.seeds:
+        for budget in cfg.budgets:
+            for sub in ["real", *cfg.generators]:
+                results = out / "evaluate" / f"b{budget}_s{seed}" / sub / "results.csv"
+                if results.is_file():
+                    frames.append(pd.read_csv(results))
+    columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
+    downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    from augment.report import summarize
+
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
     figures: dict[str, bytes] = {}
     for task in downstream["task"].unique() if len(downstream) else []:
@@ -172,26 +279,37 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
         figures[f"{task}_{main}_vs_budget"] = _png(figure_metric_vs_budget(summary, task, main))
         if task == "segmentation":
             figures["segmentation_fpr_vs_budget"] = _png(figure_metric_vs_budget(summary, task, "fpr"))
-    first = out / "runs" / f"b{cfg.budgets[-1]}_s{cfg.seeds[0]}"
-    if (first / "synthetic" / "plan.csv").is_file():
-        figures["class_balance"] = _png(figure_class_balance(pd.read_csv(first / "synthetic" / "plan.csv")))
-        df, classes = load_data(out / "data")
-        real_rows = select_budget(df, cfg.budgets[-1], cfg.seeds[0])
-        syn, _ = load_data(first / "synthetic")
 
-        def items(frame, root):
-            return [(read_image(root / r.image), read_mask(root / r.mask) if r.mask else None, int(r.label)) for r in frame.itertuples()]
+    def items(frame, root):
+        return [(read_image(root / r.image), read_mask(root / r.mask) if r.mask else None, int(r.label)) for r in frame.itertuples()]
 
-        rng = np.random.default_rng(0)
-        syn_pick = syn.iloc[rng.permutation(len(syn))].groupby("label").head(6)
-        figures["samples_real_vs_synthetic"] = _png(figure_grid(items(real_rows.groupby("label").head(6), out / "data"),
-                                                                 items(syn_pick, first / "synthetic"), classes))
+    budget, gseed = cfg.budgets[-1], cfg.generator_seed(cfg.seeds[0])
+    for name in cfg.generators:
+        run = generator_dir(out, name, budget, gseed)
+        if not (run / "synthetic" / "run.json").is_file():
+            continue
+        figures[f"class_balance_{name}"] = _png(figure_class_balance(pd.read_csv(run / "synthetic" / "plan.csv")))
+        info = load_run(run / "generator")
+        syn, classes = load_data(run / "synthetic")
+        pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(6)
+        fig = figure_grid(items(info.rows.groupby("label").head(6), info.data_dir), items(pick, run / "synthetic"), classes)
+        fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=9)
+        figures[f"samples_{name}"] = _png(fig)
     seg = cfg.evaluate.segmentation
+    gens = "; ".join(
+        f"{name}: {spec.generator.family}" + (f" ({spec.generator.mode} mode)" if hasattr(spec.generator, "mode") else "")
+        + f", {spec.train.max_steps} steps, balance {spec.balance.strategy}, masks {spec.balance.mask_source}"
+        for name, spec in cfg.generators.items()
+    )
+    gseeds = cfg.generator_seeds or cfg.seeds
     protocol = (
-        f"{cfg.generator.family} generator, budgets {cfg.budgets}, seeds {cfg.seeds}, balance {cfg.balance.strategy}. "
+        f"Generators: {gens}. Budgets {cfg.budgets}, task seeds {cfg.seeds}, generator seeds {gseeds}"
+        + (" (the pipeline seeds)" if cfg.generator_seeds is None else " (task seed i uses generator seed i mod their count, and its budget subset)")
+        + f". The arms real and real+classic use no synthetic data and are shared by every generator. "
         f"Task models: segmentation MONAI UNet ({seg.base_channels}, {2 * seg.base_channels}, {4 * seg.base_channels}, "
         f"{8 * seg.base_channels}), DiceCE, AdamW {seg.lr}, batch {seg.batch_size}, {seg.steps} steps, checkpoint rule "
         f"`{seg.selection}` (val checked every {seg.eval_every} steps). Test = the untouched real test split. "
         "Dice over test images with a lesion; fpr = share of test images with an empty mask on which the model paints any lesion."
     )
-    return write_report(out, quality, downstream, figures, {"name": cfg.name, "protocol": protocol})
+    return write_report(out, quality, downstream, figures, {"name": cfg.name, "protocol": protocol,
+                                                            "generators": list(cfg.generators), "generator_seeds": gseeds})

@@ -2,9 +2,11 @@
 ``summary``), ``report.md``, a self-contained ``report.html`` (figures embedded), ``figures/``
 and ``tables/``.
 
-Summaries are plain functions over the downstream rows: per (task, budget, arm, metric) the mean
-and its 95% confidence interval over seeds (Student t), and the paired difference (same budget,
-same seed) against ``real`` and against ``real+classic`` with its own interval.
+Summaries are plain functions over the downstream rows: per (task, budget, generator, arm,
+metric) the mean and its 95% confidence interval over seeds (Student t), and the paired
+difference (same budget, same seed) against ``real`` and against ``real+classic`` with its own
+interval. ``real`` and ``real+classic`` use no synthetic data: they are one shared reference
+(generator ``none``) for every generator of a pipeline.
 """
 
 from __future__ import annotations
@@ -35,52 +37,113 @@ def mean_ci(values) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def _clip(ci: tuple[float, float, float], lo: float, hi: float) -> tuple[float, float, float]:
-    """Every metric here lives in [0, 1] (deltas in [-1, 1]); a t-interval from 2-3 seeds can
-    overshoot, and a bound outside the metric's range says nothing."""
+#: metrics with a bounded range: their intervals are clipped to it (deltas to +-its width).
+#: A metric not named here (a distance, a loss) is never clipped.
+METRIC_RANGE = {m: (0.0, 1.0) for m in ("dice", "fpr", "dice_all", "balanced_accuracy", "macro_f1", "minority_recall", "auroc")}
+ARM_ORDER = ["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
+SHARED_ARMS = ("real", "real+classic")
+
+
+def _clip(ci: tuple[float, float, float], metric: str, delta: bool = False) -> tuple[float, float, float]:
+    """A t-interval from 2-3 seeds can overshoot a bounded metric's range, and a bound outside
+    it says nothing; unbounded metrics are left alone."""
+    if metric not in METRIC_RANGE:
+        return ci
+    lo, hi = METRIC_RANGE[metric]
+    if delta:
+        lo, hi = lo - hi, hi - lo
     m, a, b = ci
     return m, (a if math.isnan(a) else max(a, lo)), (b if math.isnan(b) else min(b, hi))
 
 
+def with_generator(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a ``generator`` column where the shared arms say ``none`` (older results without
+    the column get ``synthetic`` for the others); duplicate shared-arm rows are dropped."""
+    rows = rows.copy()
+    if "generator" not in rows.columns:
+        rows["generator"] = "synthetic"
+    rows["generator"] = rows["generator"].fillna("synthetic").astype(str)
+    rows.loc[rows["arm"].isin(SHARED_ARMS), "generator"] = "none"
+    return rows.drop_duplicates(["task", "budget", "generator", "arm", "seed", "metric"])
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, budget, arm, metric): n, mean, ci_low, ci_high, and the paired deltas
-    ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high). Intervals are clipped
-    to the metric's range ([0, 1], deltas [-1, 1])."""
+    """One row per (task, budget, generator, arm, metric): n, mean, ci_low, ci_high, and the
+    paired deltas ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high) against
+    the shared ``real`` / ``real+classic`` arms. Intervals of bounded metrics are clipped to the
+    metric's range (:data:`METRIC_RANGE`)."""
+    rows = with_generator(rows)
     out = []
-    keys = ["task", "budget", "metric"]
-    for (task, budget, metric), group in rows.groupby(keys, sort=True):
-        by_arm = {arm: g.set_index("seed")["value"] for arm, g in group.groupby("arm")}
-        for arm, series in by_arm.items():
-            m, lo, hi = _clip(mean_ci(series.to_numpy()), 0.0, 1.0)
-            rec = {"task": task, "budget": int(budget), "arm": arm, "metric": metric, "n": int(series.notna().sum()),
-                   "mean": m, "ci_low": lo, "ci_high": hi}
+    for (task, budget, metric), group in rows.groupby(["task", "budget", "metric"], sort=True):
+        series = {key: g.set_index("seed")["value"] for key, g in group.groupby(["generator", "arm"])}
+        refs = {arm: series.get(("none", arm)) for arm in SHARED_ARMS}
+        for (generator, arm), values in series.items():
+            m, lo, hi = _clip(mean_ci(values.to_numpy()), metric)
+            rec = {"task": task, "budget": int(budget), "generator": generator, "arm": arm, "metric": metric,
+                   "n": int(values.notna().sum()), "mean": m, "ci_low": lo, "ci_high": hi}
             for ref, name in (("real", "delta_vs_real"), ("real+classic", "delta_vs_classic")):
-                if ref in by_arm and arm != ref:
-                    paired = (series - by_arm[ref]).dropna()
-                    d, dlo, dhi = _clip(mean_ci(paired.to_numpy()), -1.0, 1.0)
+                if refs[ref] is not None and arm != ref:
+                    paired = (values - refs[ref]).dropna()
+                    d, dlo, dhi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
                     rec.update({name: d, f"{name}_ci_low": dlo, f"{name}_ci_high": dhi})
             out.append(rec)
-    order = {a: i for i, a in enumerate(["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"])}
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
-    return frame.sort_values(["task", "metric", "budget", "arm"], key=lambda s: s.map(order) if s.name == "arm" else s).reset_index(drop=True)
+    order = {a: i for i, a in enumerate(ARM_ORDER)}
+    frame["_g"] = frame["generator"].ne("none")
+    frame["_a"] = frame["arm"].map(order)
+    frame = frame.sort_values(["task", "metric", "budget", "_g", "generator", "_a"]).drop(columns=["_g", "_a"])
+    return frame.reset_index(drop=True)
 
 
-def _fmt(m: float, lo: float, hi: float) -> str:
-    if math.isnan(m):
+def row_label(generator: str, arm: str) -> str:
+    return arm if generator == "none" else f"{generator}: {arm}"
+
+
+def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
+    if m is None or math.isnan(m):
         return "–"
-    return f"{m:.3f}" if math.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    f = "+.3f" if signed else ".3f"
+    return f"{m:{f}}" if math.isnan(lo) else f"{m:{f}} [{lo:{f}}, {hi:{f}}]"
 
 
 def summary_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Arms (rows) x budgets (columns) of ``mean [95% CI]`` for one metric."""
+    """Arms (rows: ``real``, ``real+classic``, then ``generator: arm``) x budgets (columns) of
+    ``mean [95% CI]`` for one metric."""
     part = summary[summary["metric"] == metric]
     if part.empty:
         return pd.DataFrame()
-    cells = part.assign(cell=[_fmt(r.mean, r.ci_low, r.ci_high) for r in part.itertuples()])
-    table = cells.pivot(index="arm", columns="budget", values="cell")
-    return table.reindex([a for a in ["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"] if a in table.index])
+    labels = [row_label(g, a) for g, a in zip(part["generator"], part["arm"])]
+    cells = part.assign(row=labels, cell=[_fmt(r.mean, r.ci_low, r.ci_high) for r in part.itertuples()])
+    table = cells.pivot(index="row", columns="budget", values="cell")
+    table.index.name = "arm"
+    return table.reindex(list(dict.fromkeys(labels)))
+
+
+def delta_table(summary: pd.DataFrame, metric: str, ref: str = "classic") -> pd.DataFrame:
+    """Generator arms (rows) x budgets of the paired delta vs ``real+classic`` (``ref="classic"``)
+    or ``real`` (``ref="real"``), ``mean [95% CI]``."""
+    col = f"delta_vs_{ref}"
+    part = summary[(summary["metric"] == metric) & summary.get(col, pd.Series(dtype=float)).notna()] if col in summary else summary.iloc[0:0]
+    if part.empty:
+        return pd.DataFrame()
+    labels = [row_label(g, a) for g, a in zip(part["generator"], part["arm"])]
+    cells = part.assign(row=labels, cell=[_fmt(getattr(r, col), getattr(r, f"{col}_ci_low"), getattr(r, f"{col}_ci_high"), signed=True)
+                                          for r in part.itertuples()])
+    table = cells.pivot(index="row", columns="budget", values="cell")
+    table.index.name = f"delta vs {'real+classic' if ref == 'classic' else 'real'}"
+    return table.reindex(list(dict.fromkeys(labels)))
+
+
+def quality_table(quality: list[dict]) -> pd.DataFrame:
+    """Audit metrics per (generator, budget): value and real-vs-real baseline, means over seeds."""
+    q = pd.DataFrame(quality)
+    if "generator" not in q.columns:
+        q["generator"] = "synthetic"
+    q = q.assign(value=pd.to_numeric(q["value"], errors="coerce"), baseline=pd.to_numeric(q["baseline"], errors="coerce"))
+    keys = [k for k in ("generator", "budget", "metric", "extractor") if k in q.columns]
+    return q.groupby(keys, sort=False)[["value", "baseline"]].mean()
 
 
 def _png(fig) -> bytes:
@@ -96,18 +159,24 @@ def figure_metric_vs_budget(summary: pd.DataFrame, task: str, metric: str):
     import matplotlib.pyplot as plt
 
     part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for arm, g in part.groupby("arm", sort=False):
-        g = g.sort_values("budget")
-        ax.plot(g["budget"], g["mean"], marker="o", label=arm)
-        if g["ci_low"].notna().any():
-            ax.fill_between(g["budget"], g["ci_low"], g["ci_high"], alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(part["budget"].unique()), [str(b) for b in sorted(part["budget"].unique())])
-    ax.set_xlabel("label budget (real training images)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task}: {metric} on the real test split (mean, 95% CI)")
-    ax.legend(fontsize=7)
+    generators = [g for g in dict.fromkeys(part["generator"]) if g != "none"] or ["none"]
+    fig, axes = plt.subplots(1, len(generators), figsize=(5.2 * len(generators), 3.6), squeeze=False, sharey=True)
+    budgets = sorted(part["budget"].unique())
+    for ax, generator in zip(axes[0], generators):
+        # each panel: the shared real arms (dashed) and this generator's arms
+        for (gen, arm), g in part[part["generator"].isin(["none", generator])].groupby(["generator", "arm"], sort=False):
+            g = g.sort_values("budget")
+            line = ax.plot(g["budget"], g["mean"], marker="o", linestyle="--" if gen == "none" else "-", label=arm)[0]
+            if g["ci_low"].notna().any():
+                ax.fill_between(g["budget"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("label budget (real training images)")
+        ax.set_title(generator if generator != "none" else "real arms", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{task}: {metric} on the real test split (mean, 95% CI over seeds)", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -172,12 +241,12 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     for metric in metrics:
         md += [f"## {metric} (mean [95% CI] over seeds, real test split)", "", "```",
                summary_table(summary, metric).to_string(), "```", ""]
-    if len(summary):
-        deltas = summary[summary["arm"] != "real"][["task", "budget", "arm", "metric", "delta_vs_real", "delta_vs_classic"]]
-        md += ["## Paired differences (same budget and seed)", "", "```", deltas.to_string(index=False, float_format="%.3f"), "```", ""]
+        deltas = delta_table(summary, metric)
+        if len(deltas):
+            md += [f"### {metric}: paired delta vs real+classic (same budget and seed)", "", "```", deltas.to_string(), "```", ""]
     if quality:
-        q = pd.DataFrame(quality)
-        md += ["## Quality and memorisation audit", "", "```", q.to_string(index=False, float_format="%.4g"), "```", ""]
+        md += ["## Quality and memorisation audit (mean over seeds)", "", "```",
+               quality_table(quality).to_string(float_format="%.4g"), "```", ""]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(meta, summary, metrics, quality, figures))
     return out
@@ -201,15 +270,19 @@ def _html(meta: dict, summary: pd.DataFrame, metrics: list[str], quality: list[d
     for metric in metrics:
         parts.append(f"<h2>{html.escape(metric)}: mean [95% CI] over seeds, real test split</h2>")
         parts.append(summary_table(summary, metric).to_html(escape=True))
+        deltas = delta_table(summary, metric)
+        if len(deltas):
+            parts.append(f"<h3>{html.escape(metric)}: paired delta vs real+classic (same budget and seed)</h3>")
+            parts.append(deltas.to_html(escape=True))
     parts.append("<h2>Figures</h2>")
     parts += [img(name) for name in figures]
     if len(summary):
         parts.append("<h2>Paired differences vs real and vs real+classic (same budget and seed)</h2>")
-        cols = ["task", "budget", "arm", "metric", "delta_vs_real", "delta_vs_real_ci_low", "delta_vs_real_ci_high",
+        cols = ["task", "budget", "generator", "arm", "metric", "delta_vs_real", "delta_vs_real_ci_low", "delta_vs_real_ci_high",
                 "delta_vs_classic", "delta_vs_classic_ci_low", "delta_vs_classic_ci_high"]
         parts.append(summary[summary["arm"] != "real"][[c for c in cols if c in summary]].to_html(index=False, float_format="%.3f"))
     if quality:
-        parts.append("<h2>Quality and memorisation audit</h2>")
-        parts.append(pd.DataFrame(quality).to_html(index=False, float_format="%.4g"))
+        parts.append("<h2>Quality and memorisation audit (mean over seeds; baseline = real vs real)</h2>")
+        parts.append(quality_table(quality).to_html(float_format="%.4g"))
     parts.append("</body></html>")
     return "\n".join(parts)

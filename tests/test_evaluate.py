@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from augment.config import validate
-from augment.evaluate import EvaluateConfig, cls_metrics, evaluate, seg_metrics
+from augment.errors import ConfigError, DataError
+from augment.downstream import cls_metrics, seg_metrics
+from augment.evaluate import EvaluateConfig, evaluate
 from augment.sampling import SampleConfig, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +108,63 @@ evaluate: {{segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channel
     assert html.count("data:image/png;base64,") >= 4 and "dice" in html
     assert "dice" in res.stdout and "report.html" in res.stdout
     again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("[skip]") == 1 + 4 * 4 and "[run]" not in again.stdout
+    # prepare + per (budget, seed): real arms, train, sample, audit, generator arms
+    assert again.returncode == 0 and again.stdout.count("[skip]") == 1 + 4 * 5 and "[run]" not in again.stdout
     changed = subprocess.run(cmd + ["--set", "generator.latent_dim=8"], capture_output=True, text=True)
-    assert changed.returncode == 2 and "different pipeline spec (changed: generator)" in changed.stderr
+    assert changed.returncode == 2 and "different pipeline spec (changed: generators)" in changed.stderr
+
+
+def test_real_arms_need_no_synthetic_set_and_use_the_budget_subset(phantom_dir, tmp_path):
+    from augment.data.manifest import load_data
+    from augment.data.splits import select_budget
+
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "out": tmp_path / "r", "budget": 24, "budget_seed": 0,
+                                    "arms": ["real"], "seeds": [0], "segmentation": TINY_TASK}, "evaluate")
+    evaluate(cfg, echo=lambda *_: None)
+    rows = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert set(rows["generator"]) == {"none"} and set(rows["arm"]) == {"real"}
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    df, _ = load_data(phantom_dir)
+    assert run["real_ids"] == select_budget(df, 24, 0)["id"].tolist() and run["n_synthetic"] == 0
+    assert run["git_commit"] is None or len(run["git_commit"]) == 40
+    with pytest.raises(ConfigError, match=r"arm `real\+synthetic` needs --synthetic"):
+        evaluate(validate(EvaluateConfig, {"data": phantom_dir, "out": tmp_path / "x", "arms": ["real", "real+synthetic"]}, "e"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_real_rows_are_the_generators_own(phantom_dir, syn, tiny_run, tmp_path):
+    from augment.generators.artifact import load_run
+
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "synthetic": syn, "out": tmp_path / "g", "arms": ["real"],
+                                    "seeds": [0], "segmentation": TINY_TASK}, "evaluate")
+    evaluate(cfg, echo=lambda *_: None)
+    run = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert run["real_ids"] == load_run(tiny_run).rows["id"].tolist() and run["generator"] == "cvae"
+
+
+def test_a_generator_that_saw_test_images_is_refused(phantom_dir, syn, tmp_path):
+    import shutil
+
+    from augment.data.images import sha256_file
+    from augment.data.manifest import load_data
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(syn, leaky)
+    record = json.loads((leaky / "run.json").read_text())
+    df, _ = load_data(phantom_dir)
+    test_image = df[df["split"] == "test"]["image"].iloc[0]
+    record["generator_trained_on_sha256"].append(sha256_file(phantom_dir / test_image))
+    (leaky / "run.json").write_text(json.dumps(record))
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "synthetic": leaky, "out": tmp_path / "e", "arms": ["real+synthetic"],
+                                    "seeds": [0], "segmentation": TINY_TASK}, "evaluate")
+    with pytest.raises(DataError, match=r"saw 1 val/test image\(s\)"):
+        evaluate(cfg, echo=lambda *_: None)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_real_folder_is_not_a_synthetic_set(phantom_dir, tmp_path):
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "synthetic": phantom_dir, "out": tmp_path / "e", "arms": ["real+synthetic"],
+                                    "seeds": [0], "segmentation": TINY_TASK}, "evaluate")
+    with pytest.raises(DataError, match=r"is not a synthetic set made by `augment sample`"):
+        evaluate(cfg, echo=lambda *_: None)
+    assert not (tmp_path / "e").exists()

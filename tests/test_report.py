@@ -41,7 +41,7 @@ def test_paired_deltas_use_the_same_seed():
 
 def test_summary_table_and_files(tmp_path):
     table = summary_table(summarize(_rows()), "dice")
-    assert list(table.index) == ["real", "real+classic", "real+synthetic"] and list(table.columns) == [16]
+    assert list(table.index) == ["real", "real+classic", "synthetic: real+synthetic"] and list(table.columns) == [16]
     assert table.loc["real", 16].startswith("0.350 [")
     out = write_report(tmp_path, [{"metric": "kid", "extractor": "domain", "value": 0.1, "baseline": 0.05, "n_real": 5, "n_synthetic": 5}],
                        _rows(), {"fig": b"\x89PNG fake"}, {"name": "t", "protocol": "p"})
@@ -58,3 +58,41 @@ def test_intervals_are_clipped_to_the_metric_range():
                          for s, v in enumerate([0.0, 1.0])])
     r = summarize(rows).iloc[0]
     assert r["mean"] == 0.5 and r["ci_low"] == 0.0 and r["ci_high"] == 1.0
+
+
+def _two_generators():
+    rows = []
+    for seed, (r, c, a, b) in enumerate([(0.30, 0.40, 0.45, 0.38), (0.35, 0.42, 0.44, 0.40), (0.40, 0.47, 0.52, 0.45)]):
+        rows += [{"task": "segmentation", "budget": 16, "generator": "none", "arm": "real", "seed": seed, "metric": "dice", "value": r},
+                 {"task": "segmentation", "budget": 16, "generator": "none", "arm": "real+classic", "seed": seed, "metric": "dice", "value": c},
+                 {"task": "segmentation", "budget": 16, "generator": "ldm", "arm": "real+synthetic+classic", "seed": seed, "metric": "dice", "value": a},
+                 {"task": "segmentation", "budget": 16, "generator": "cvae", "arm": "real+synthetic+classic", "seed": seed, "metric": "dice", "value": b}]
+    return pd.DataFrame(rows)
+
+
+def test_generators_are_compared_against_the_shared_real_arms():
+    from augment.report import delta_table
+
+    s = summarize(_two_generators()).set_index(["generator", "arm"])
+    assert s.loc[("ldm", "real+synthetic+classic"), "delta_vs_classic"] == pytest.approx((0.05 + 0.02 + 0.05) / 3)
+    assert s.loc[("cvae", "real+synthetic+classic"), "delta_vs_classic"] == pytest.approx((-0.02 - 0.02 - 0.02) / 3)
+    table = summary_table(summarize(_two_generators()), "dice")
+    assert list(table.index) == ["real", "real+classic", "cvae: real+synthetic+classic", "ldm: real+synthetic+classic"]
+    deltas = delta_table(summarize(_two_generators()), "dice")
+    assert deltas.loc["ldm: real+synthetic+classic", 16].startswith("+0.040 [")
+    assert deltas.loc["cvae: real+synthetic+classic", 16].startswith("-0.020")
+
+
+def test_shared_arms_repeated_by_several_evaluations_count_once():
+    rows = _two_generators()
+    dup = rows[rows["arm"] == "real"].assign(generator="cvae")  # a standalone evaluate labels them with its family
+    s = summarize(pd.concat([rows, dup]))
+    real = s[(s["arm"] == "real")]
+    assert len(real) == 1 and real["n"].item() == 3 and real["generator"].item() == "none"
+
+
+def test_unbounded_metrics_are_not_clipped():
+    rows = pd.DataFrame([{"task": "segmentation", "budget": 8, "arm": "real", "seed": s, "metric": "hausdorff", "value": v}
+                         for s, v in enumerate([0.5, 9.0])])
+    r = summarize(rows).iloc[0]
+    assert r["ci_low"] < 0 and r["ci_high"] > 9  # a t-interval over 2 seeds, untouched

@@ -53,6 +53,20 @@ def assert_no_heldout(train_rows: pd.DataFrame, manifest: pd.DataFrame, root: Pa
     return trained
 
 
+def check_trained_on(trained_sha256: list[str], manifest: pd.DataFrame, root: Path, what: str) -> None:
+    """Every image a generator trained on (by recorded sha256) must be a train-split image of the
+    dataset at ``root`` (files re-hashed from disk); ``what`` names the synthetic set in errors."""
+    split_of = {sha256_file(root / p): s for p, s in zip(manifest["image"], manifest["split"])}
+    foreign = [h for h in trained_sha256 if h not in split_of]
+    heldout = [h for h in trained_sha256 if split_of.get(h) in ("val", "test")]
+    if heldout:
+        raise DataError(f"{what} comes from a generator that saw {len(heldout)} val/test image(s) of `{root}`; "
+                        "it cannot be evaluated on that data")
+    if foreign:
+        raise DataError(f"{what} comes from a generator trained on {len(foreign)} image(s) that are not in `{root}`; "
+                        "use it with its own data")
+
+
 def load_training_set(data_dir: str | Path, budget: int | None, seed: int) -> TrainingSet:
     root = Path(data_dir)
     manifest, classes = load_data(root)

@@ -1,0 +1,105 @@
+"""Pipeline specs: several generators side by side, shared real arms, generator seeds, and the
+checks a copied spec meets before anything runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from augment.errors import ConfigError
+from augment.pipeline import load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+BALANCE = ROOT / "manifests" / "match_max.yaml"
+TINY = "base_channels: 4, max_channels: 8, latent_dim: 4"
+
+
+def _spec(tmp_path, body: str) -> Path:
+    p = tmp_path / "p.yaml"
+    p.write_text(f"data: {{source: phantom, image_size: 16, count: 60, seed: 1}}\nbudgets: [12]\nbalance: {BALANCE}\n" + body)
+    return p
+
+
+def test_one_generator_is_shorthand_and_entries_override_train_balance_sampler(tmp_path):
+    one = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\ntrain: {max_steps: 7}\n"))
+    assert list(one.generators) == ["cvae"] and one.generators["cvae"].train.max_steps == 7
+    many = load_pipeline(_spec(tmp_path, f"""train: {{max_steps: 7, batch_size: 4}}
+generators:
+  a: {{family: cvae, {TINY}}}
+  b: {{family: cvae, mode: mask, train: {{max_steps: 9}}, balance: {{mask_source: real}}, sampler: {{temperature: 0.8}}}}
+"""))
+    a, b = many.generators["a"], many.generators["b"]
+    assert a.train.max_steps == 7 and b.train.max_steps == 9 and b.train.batch_size == 4  # merged over the spec's train
+    assert a.balance.mask_source == "generated" and b.balance.mask_source == "real" and b.balance.strategy == "match_max"
+    assert b.sampler == {"temperature": 0.8} and b.generator.mode == "mask"
+
+
+def test_a_typo_is_reported_before_the_balance_file_is_looked_up(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text("data: {source: phantom}\ngenerator: {family: cvae}\nbudgetz: [16]\nbalance: nowhere/missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"unknown key `budgetz`"):
+        load_pipeline(spec)
+    spec.write_text("data: {source: phantom}\ngenerator: {family: cvae}\nbudgets: [16]\nbalance: nowhere/missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"balance manifest `nowhere/missing.yaml` does not exist \(looked in"):
+        load_pipeline(spec)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("generators: {'../x': {family: cvae}}\n", "must be a plain folder name"),
+    ("generators: {real: {family: cvae}}\n", "must be a plain folder name"),
+    ("generators: {m: {family: cvae, mode: mask}}\n", "set its balance.mask_source to real"),
+    ("generators: {j: {family: cvae, balance: {mask_source: real}}}\n", "needs a mask-conditioned generator"),
+    ("generators: {j: {family: gan}}\n", "has unknown 'family' 'gan' (allowed: 'cvae')"),
+    ("generator: {family: cvae}\ngenerators: {j: {family: cvae}}\n", "not both"),
+])
+def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_pipeline(_spec(tmp_path, body))
+
+
+def test_generator_seeds_map_task_seeds(tmp_path):
+    cfg = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\nseeds: [0, 1, 2]\ngenerator_seeds: [5, 6]\n"))
+    assert [cfg.generator_seed(s) for s in cfg.seeds] == [5, 6, 5]
+    cfg = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\nseeds: [3, 4]\n"))
+    assert [cfg.generator_seed(s) for s in cfg.seeds] == [3, 4]
+
+
+def test_two_generators_side_by_side_share_the_real_arms(tmp_path):
+    spec = _spec(tmp_path, f"""name: side by side
+train: {{max_steps: 4, batch_size: 8, checkpoint_every: 2}}
+generators:
+  joint: {{family: cvae, {TINY}}}
+  masked: {{family: cvae, mode: mask, {TINY}, balance: {{mask_source: real}}}}
+seeds: [0, 1]
+generator_seeds: [0]
+audit: {{encoder_steps: 5, segmenter_steps: 5}}
+evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}}}
+""")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # one generator per family and budget (generator seed 0 only), shared arms once per (budget, seed)
+    assert sorted(p.name for p in (out / "generators" / "joint").iterdir()) == ["b12_g0"]
+    for seed in (0, 1):
+        assert sorted(p.name for p in (out / "evaluate" / f"b12_s{seed}").iterdir()) == ["joint", "masked", "real"]
+        real = json.loads((out / "evaluate" / f"b12_s{seed}" / "real" / "run.json").read_text())
+        gen = json.loads((out / "evaluate" / f"b12_s{seed}" / "masked" / "run.json").read_text())
+        assert real["real_ids"] == gen["real_ids"]  # the same budget subset as the generator's
+    rows = pd.read_csv(out / "tables" / "downstream.csv")
+    assert set(zip(rows["generator"], rows["arm"])) == {("none", "real"), ("none", "real+classic"),
+                                                         ("joint", "real+synthetic+classic"), ("masked", "real+synthetic+classic")}
+    rep = json.loads((out / "report.json").read_text())
+    assert {r["generator"] for r in rep["quality"]} == {"joint", "masked"}
+    assert "generator seeds [0]" in rep["meta"]["protocol"]
+    assert (out / "figures" / "samples_joint.png").is_file() and (out / "figures" / "samples_masked.png").is_file()
+    assert "masked: real+synthetic+classic" in res.stdout and "paired delta vs real+classic" in res.stdout
+    timings = json.loads((out / "timings.json").read_text())
+    assert {"prepare", "train", "sample", "audit", "evaluate", "evaluate real arms", "report"} <= set(timings["by_stage"])
+    syn = pd.read_csv(out / "generators" / "masked" / "b12_g0" / "synthetic" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert (syn["source_mask_id"] != "").all() and (pd.read_csv(out / "generators" / "joint" / "b12_g0" / "synthetic" / "manifest.csv",
+                                                                 dtype=str, keep_default_na=False)["source_mask_id"] == "").all()
