@@ -1,16 +1,21 @@
-"""Stage functions: the Python API behind every CLI verb.
+"""The Python API: one function per CLI verb, and the only module the CLI calls.
 
-Each takes a validated config, writes one self-describing output folder, and returns its path.
-Output appears all at once (built in a sibling temporary folder, then renamed), so a failed or
-interrupted stage leaves nothing half-written behind.
+``prepare``, ``train``, ``sample``, ``audit``, ``evaluate``, ``run`` and ``report`` each take a
+validated config (the classes are importable from here: ``augment.api.SampleConfig`` ...),
+write one self-describing output folder with its ``run.json`` (config, inputs' hashes, versions,
+git commit, timings) and return a :class:`StageResult`. Output is written through
+:mod:`augment.output`: whole folders appear at once (built beside, then renamed) or, for the
+stages that resume in place (train, sample, evaluate), their ``run.json`` is written last.
 """
 
 from __future__ import annotations
 
-import shutil
+import importlib
+import json
 import time
-import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,25 +31,35 @@ from augment.data.manifest import (
 from augment.data.sources import LOADERS, check_options, hash_images, source_kind
 from augment.data.splits import stratified_group_split
 from augment.errors import DataError
+from augment.output import building
 from augment.runinfo import run_record, write_json
 
-
-def _claim_output(out: Path, overwrite: bool) -> Path:
-    """A fresh temporary folder beside ``out`` (same parent, so relative paths stay valid)."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output `{out}` exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"output `{out}` already exists and is not empty; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
+#: config classes re-exported (imported on first use, so `augment --help` stays fast)
+_CONFIGS = {
+    "PrepareConfig": "augment.config", "TrainConfig": "augment.generators", "SampleConfig": "augment.sampling",
+    "AuditConfig": "augment.audit", "EvaluateConfig": "augment.evaluate", "PipelineConfig": "augment.pipeline",
+}
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+def __getattr__(name: str):
+    if name in _CONFIGS:
+        return getattr(importlib.import_module(_CONFIGS[name]), name)
+    raise AttributeError(f"module 'augment.api' has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage made: its output folder, its record (``run.json``, ``audit.json`` for the
+    audit) and a short human summary (what the CLI prints)."""
+
+    out: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+def _record(out: Path, name: str = "run.json") -> dict[str, Any]:
+    path = Path(out) / name
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def duplicate_images_across_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -57,18 +72,19 @@ def duplicate_images_across_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
-def prepare(cfg: PrepareConfig) -> Path:
+def prepare(cfg: PrepareConfig) -> StageResult:
     """``augment prepare``: turn ``cfg.source`` into ``cfg.out/manifest.csv`` + ``classes.csv``.
 
     Splits from the source are kept; otherwise a seeded, stratified split keeps each group on
-    one side. Writes ``run.json`` with the config, counts and versions. Returns ``cfg.out``.
+    one side. Writes ``run.json`` with the config, counts and versions.
     """
+    from augment.data.manifest import counts_table
+
     started = time.time()
     kind = source_kind(cfg.source)
     check_options(cfg, kind)
     out = Path(cfg.out)
-    tmp = _claim_output(out, cfg.overwrite)
-    try:
+    with building(out, cfg.overwrite) as tmp:
         rows, classes = LOADERS[kind](cfg, tmp)
         if not rows:
             raise DataError(f"source `{cfg.source}` holds no images")
@@ -100,11 +116,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             ),
             tmp / "run.json",
         )
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        table = counts_table(df, classes).to_string()
+    return StageResult(out, _record(out), f"{table}\nwrote {out / MANIFEST} ({len(df)} images)")
 
 
 def _check_run_folder(cfg, resume: bool) -> None:
@@ -143,7 +156,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def train(cfg, resume: bool = False) -> Path:
+def train(cfg, resume: bool = False) -> StageResult:
     """``augment train``: fit a generator family on the label-budget subset of the train split.
 
     Works as one CPU process or under ``accelerate launch`` / ``torchrun`` (data parallel). The
@@ -170,7 +183,7 @@ def train(cfg, resume: bool = False) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build(cfg.generator, spec)
-    state = make_accelerator(cfg.train, len(model.phases))
+    state = make_accelerator(cfg.train, model.phases)
     out = Path(cfg.out)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,23 +221,35 @@ def train(cfg, resume: bool = False) -> Path:
             out / RUN,
         )
     state.wait_for_everyone()
-    return out
+    record = _record(out, RUN)
+    summary = (f"trained {record.get('family')} for {record.get('steps')} steps on {record.get('n_train')} images "
+               f"in {record.get('loop_seconds', 0):.1f} s ({record.get('steps_per_s', 0):.2f} steps/s); wrote {out}") if record else ""
+    return StageResult(out, record, summary)
 
 
-def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path,
-                      budget: int | None = None, seed: int = 0) -> Path:
-    """One training manifest for any downstream trainer: the real label-budget subset (rows keep
-    ``source=real``) plus a synthetic set (with its provenance), paths relative to ``out_dir``."""
+def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path) -> Path:
+    """One training manifest for any downstream trainer: the real rows the synthetic set's
+    generator was trained on (rows keep ``source=real``) plus the synthetic set (with its
+    provenance), paths relative to ``out_dir``."""
+    import json
+
+    from augment.data.guard import check_trained_on
     from augment.data.manifest import combine, load_data, read_classes, read_manifest
-    from augment.data.splits import select_budget
+    from augment.generators.artifact import load_run
 
     real, classes = load_data(data_dir)
     syn = read_manifest(synthetic_dir)
     if read_classes(Path(synthetic_dir) / CLASSES) != classes:
         raise DataError(f"`{synthetic_dir}` and `{data_dir}` have different classes.csv")
+    record_path = Path(synthetic_dir) / "run.json"
+    if not record_path.is_file():
+        raise DataError(f"`{synthetic_dir}` has no run.json: it is not a synthetic set made by `augment sample`")
+    record = json.loads(record_path.read_text())
+    check_trained_on(record["generator_trained_on_sha256"], real, Path(data_dir), f"`{synthetic_dir}`")
+    rows = load_run(record["generator_run"]).rows
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    merged = combine([(select_budget(real, budget, seed), data_dir), (syn, synthetic_dir)], out)
+    merged = combine([(real[real["id"].isin(rows["id"])], data_dir), (syn, synthetic_dir)], out)
     write_manifest(merged, out / MANIFEST)
     write_classes(classes, out / CLASSES)
     return out
@@ -233,12 +258,13 @@ def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: 
 def export_folder(data_dir: str | Path, out: str | Path) -> Path:
     """Copy a dataset or synthetic set into the BUSI folder layout (images/, masks/,
     labels.csv with id,label,split,group and any provenance columns, classes.csv)."""
+    import shutil
+
     from augment.data.manifest import load_data
 
     df, classes = load_data(data_dir, check_files=True)
     out = Path(out)
-    tmp = _claim_output(out, overwrite=False)
-    try:
+    with building(out, overwrite=False) as tmp:
         (tmp / "images").mkdir()
         if (df["mask"] != "").any():
             (tmp / "masks").mkdir()
@@ -249,8 +275,107 @@ def export_folder(data_dir: str | Path, out: str | Path) -> Path:
         keep = ["id", "label", "split", "group"] + [c for c in df.columns if c not in COLUMNS]
         df[keep].to_csv(tmp / "labels.csv", index=False)
         write_classes(classes, tmp / CLASSES)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def export(data_dir: str | Path, out: str | Path, format: str = "hf") -> StageResult:
+    """``augment export``: a dataset or synthetic set as a saved HF dataset (``hf``) or a folder
+    in the BUSI layout (``folder``, see :func:`export_folder`)."""
+    from augment.data.hf import save_hf
+    from augment.errors import ConfigError
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"output `{out}` already exists; choose another --out")
+    if format == "hf":
+        save_hf(data_dir, out)
+        return StageResult(out, {}, f"wrote Hugging Face dataset {out}")
+    export_folder(data_dir, out)
+    return StageResult(out, {}, f"wrote folder {out} (images/, masks/, labels.csv, classes.csv)")
+
+
+def validate_data(data_dir: str | Path) -> StageResult:
+    """``augment validate``: every file present, sizes, mask values and sha256 as recorded."""
+    from augment.data.manifest import read_classes, read_manifest
+
+    d = Path(data_dir)
+    df = read_manifest(d / MANIFEST)
+    validate_manifest(df, d, read_classes(d / CLASSES), check_files=True, check_hashes=True)
+    return StageResult(d, {}, f"{d / MANIFEST}: {len(df)} rows, all files present, sizes and hashes match")
+
+
+def sample(cfg, resume: bool = False, echo=print) -> StageResult:
+    """``augment sample``: a synthetic set under a balancing manifest (see :mod:`augment.sampling`)."""
+    from augment.sampling import sample as run_sampling
+
+    out = run_sampling(cfg, resume=resume, echo=echo)
+    record = _record(out)
+    dropped = sum(record.get("dropped_by_filter", {}).values())
+    extra = f"; the filter dropped and redrew {dropped}" if cfg.filter else ""
+    summary = (f"wrote {record.get('n_synthetic', '?')} synthetic pairs to {out} "
+               f"({record.get('samples_per_s_this_session', 0):.1f} samples/s{extra})")
+    return StageResult(out, record, summary)
+
+
+def audit(cfg, echo=print) -> StageResult:
+    """``augment audit``: quality, diversity, memorisation and provenance (see :mod:`augment.audit`)."""
+    from augment.audit import audit as run_audit
+    from augment.audit import summary
+
+    out = run_audit(cfg, echo=echo)
+    record = _record(out, "audit.json")
+    return StageResult(out, record, f"{summary(record)}\nwrote {out / 'audit.json'} and {out / 'nearest.csv'}")
+
+
+def evaluate(cfg, echo=print) -> StageResult:
+    """``augment evaluate``: task models on each arm and seed, tested on the real test split."""
+    from augment.evaluate import evaluate as run_evaluation
+    from augment.report import summarize
+
+    out = run_evaluation(cfg, echo=echo)
+    summary = summarize(pd.read_csv(out / "results.csv"))
+    cols = ["task", "budget", "generator", "arm", "metric", "n", "mean", "ci_low", "ci_high", "delta_vs_real", "delta_vs_classic"]
+    table = summary[[c for c in cols if c in summary.columns]].to_string(index=False, float_format="%.3f")
+    return StageResult(out, _record(out), f"{table}\nwrote {out / 'results.csv'}")
+
+
+def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=print) -> StageResult:
+    """``augment run``: a pipeline spec end to end (see :mod:`augment.pipeline`), then the report."""
+    from augment.pipeline import load_pipeline, run_pipeline
+
+    cfg = load_pipeline(spec, overrides)
+    result = Path(run_pipeline(cfg, out, echo=echo))
+    timings = json.loads((result / "timings.json").read_text())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings["by_stage"].items())
+    text = _report_text(result)
+    return StageResult(result, timings, f"{text}\nwrote {result / 'report.html'} ({timings['wall_seconds']:.0f} s this run: {stages})")
+
+
+def report(out: str | Path) -> StageResult:
+    """``augment report``: rebuild the report of an ``augment run`` output folder."""
+    from augment.config import load_json
+    from augment.errors import ConfigError
+    from augment.pipeline import PipelineConfig, build_report
+
+    out = Path(out)
+    if not (out / "pipeline.json").is_file():
+        raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
+    build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
+    return StageResult(out, _record(out, "report.json"), f"{_report_text(out)}\nwrote {out / 'report.html'}")
+
+
+def _report_text(out: Path) -> str:
+    """The summary tables of a pipeline report: per metric, arms x budgets, then the paired
+    delta of each generator's arms vs real+classic."""
+    from augment.report import delta_table, summarize, summary_table
+
+    rows = pd.read_csv(out / "tables" / "downstream.csv")
+    if not len(rows):
+        return "no downstream results yet"
+    summary, parts = summarize(rows), []
+    for metric in dict.fromkeys(summary["metric"]):
+        parts += [f"\n{metric} (mean [95% CI] over seeds, real test split)", summary_table(summary, metric).to_string()]
+        deltas = delta_table(summary, metric)
+        if len(deltas):
+            parts += [f"\n{metric}: paired delta vs real+classic (mean [95% CI], same budget and seed)", deltas.to_string()]
+    return "\n".join(parts)

@@ -4,10 +4,8 @@ the output went. Any :class:`AugmentError` becomes one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from augment.errors import AugmentError, ConfigError
@@ -35,56 +33,41 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override any option, e.g. --set split.val=0.15 (repeatable)")
 
 
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from rich.console import Console
+def _main_process() -> bool:
+    """Under a multi-process launcher only rank 0 prints (``RANK`` is set by torchrun/accelerate)."""
+    return os.environ.get("RANK", "0") == "0"
 
-    from augment.api import prepare
-    from augment.config import PrepareConfig, validate
-    from augment.data.manifest import counts_table, load_data
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from augment import api
+    from augment.config import validate
 
     data = _config_from(args, {
         "source": args.source, "out": args.out, "image_size": args.image_size,
         "seed": args.seed, "count": args.count, "rgb": args.rgb or None,
         "overwrite": args.overwrite or None,
     })
-    cfg = validate(PrepareConfig, data, "prepare")
-    out = prepare(cfg)
-    df, classes = load_data(out)
-    console = Console()
-    console.print(counts_table(df, classes).to_string())
-    record = json.loads((out / "run.json").read_text())
-    for a, b in record["duplicate_images_across_splits"]:
+    result = api.prepare(validate(api.PrepareConfig, data, "prepare"))
+    print(result.summary)
+    for a, b in result.record.get("duplicate_images_across_splits", []):
         print(f"warning: `{a}` and `{b}` are byte-identical images in different splits (leakage; consider dropping one)", file=sys.stderr)
-    print(f"wrote {out / 'manifest.csv'} ({len(df)} images)")
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from augment.data.manifest import CLASSES, MANIFEST, read_classes, read_manifest, validate_manifest
+    from augment import api
 
-    d = Path(args.data)
-    df = read_manifest(d / MANIFEST)
-    validate_manifest(df, d, read_classes(d / CLASSES), check_files=True, check_hashes=True)
-    print(f"{d / MANIFEST}: {len(df)} rows, all files present, sizes and hashes match")
+    print(api.validate_data(args.data).summary)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from augment.api import export_folder
-    from augment.data.hf import save_hf
+    from augment import api
 
-    out = Path(args.out)
-    if out.exists():
-        raise ConfigError(f"output `{out}` already exists; choose another --out")
-    if args.format == "hf":
-        save_hf(args.data, out)
-        print(f"wrote Hugging Face dataset {out}")
-    else:
-        export_folder(args.data, out)
-        print(f"wrote folder {out} (images/, masks/, labels.csv, classes.csv)")
+    print(api.export(args.data, args.out, args.format).summary)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from augment.config import validate
-    from augment.sampling import SampleConfig, load_balance, sample
+    from augment import api
+    from augment.config import load_yaml, merge, validate
 
     if not args.balance:
         raise ConfigError("--balance is required (a balancing manifest, e.g. manifests/match_max.yaml)")
@@ -92,98 +75,60 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "generator": args.generator, "out": args.out, "seed": args.seed,
         "batch_size": args.batch_size, "filter": args.filter or None,
     })
-    data["balance"] = load_balance(args.balance).model_dump()
-    cfg = validate(SampleConfig, data, "sample")
-    out = sample(cfg, resume=args.resume)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-        dropped = sum(run.get("dropped_by_filter", {}).values())
-        extra = f"; the filter dropped and redrew {dropped}" if cfg.filter else ""
-        print(f"wrote {run.get('n_synthetic', '?')} synthetic pairs to {out} "
-              f"({run.get('samples_per_s_this_session', 0):.1f} samples/s{extra})")
+    given = data.get("balance") or {}  # --set balance.KEY=VALUE wins over the manifest file
+    if not isinstance(given, dict):
+        raise ConfigError("--balance names the manifest file; change its keys with --set balance.KEY=VALUE")
+    data["balance"] = merge(load_yaml(args.balance), given)
+    result = api.sample(validate(api.SampleConfig, data, "sample"), resume=args.resume)
+    if _main_process():
+        print(result.summary)
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from augment.audit import AuditConfig, audit, summary
+    from augment import api
     from augment.config import validate
 
-    cfg = validate(AuditConfig, _config_from(args, {
+    cfg = validate(api.AuditConfig, _config_from(args, {
         "data": args.data, "synthetic": args.synthetic, "out": args.out,
         "inception_weights": args.inception_weights, "drop_copies": args.drop_copies or None,
         "overwrite": args.overwrite or None,
     }), "audit")
-    out = audit(cfg)
-    print(summary(json.loads((out / "audit.json").read_text())))
-    print(f"wrote {out / 'audit.json'} and {out / 'nearest.csv'}")
+    print(api.audit(cfg).summary)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from augment import api
     from augment.config import validate
-    from augment.evaluate import EvaluateConfig, evaluate
-    from augment.report import summarize
 
-    cfg = validate(EvaluateConfig, _config_from(args, {
-        "data": args.data, "synthetic": args.synthetic, "out": args.out, "task": args.task,
+    cfg = validate(api.EvaluateConfig, _config_from(args, {
+        "data": args.data, "synthetic": args.synthetic, "out": args.out, "task": args.task, "budget": args.budget,
     }), "evaluate")
-    out = evaluate(cfg)
-    import pandas as pd
-
-    summary = summarize(pd.read_csv(out / "results.csv"))
-    print(summary[["task", "budget", "arm", "metric", "n", "mean", "ci_low", "ci_high", "delta_vs_real", "delta_vs_classic"]]
-          .to_string(index=False, float_format="%.3f"))
-    print(f"wrote {out / 'results.csv'}")
+    print(api.evaluate(cfg).summary)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from augment import api
     from augment.config import parse_overrides
-    from augment.pipeline import load_pipeline, run_pipeline
-    from augment.report import summarize, summary_table
 
-    cfg = load_pipeline(args.spec, parse_overrides(args.set))
-    out = run_pipeline(cfg, args.out)
-    import pandas as pd
-
-    rows = pd.read_csv(out / "tables" / "downstream.csv")
-    if len(rows):
-        summary = summarize(rows)
-        for metric in dict.fromkeys(summary["metric"]):
-            print(f"\n{metric} (mean [95% CI] over seeds, real test split)")
-            print(summary_table(summary, metric).to_string())
-    timings = json.loads((out / "timings.json").read_text())
-    print(f"\nwrote {out / 'report.html'} ({timings['wall_seconds']:.0f} s)")
+    print(api.run(args.spec, args.out, parse_overrides(args.set)).summary)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from augment.config import load_json
-    from augment.pipeline import PipelineConfig, build_report
+    from augment import api
 
-    out = Path(args.out)
-    if not (out / "pipeline.json").is_file():
-        raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
-    build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
-    print(f"wrote {out / 'report.html'}")
+    print(api.report(args.out).summary)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from augment.api import train
+    from augment import api
     from augment.config import validate
-    from augment.generators import TrainConfig
 
     cli = {"data": args.data, "out": args.out, "budget": args.budget, "seed": args.seed}
     if args.generator:
         cli["generator"] = {"family": args.generator}
-    cfg = validate(TrainConfig, _config_from(args, cli), "train")
-    out = train(cfg, resume=args.resume)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # the run's state, already initialised by train()
-        run = json.loads((out / "run.json").read_text())
-        print(
-            f"trained {run['family']} for {run['steps']} steps on {run['n_train']} images "
-            f"in {run['loop_seconds']:.1f} s ({run['steps_per_s']:.2f} steps/s); wrote {out}"
-        )
+    result = api.train(validate(api.TrainConfig, _config_from(args, cli), "train"), resume=args.resume)
+    if _main_process():
+        print(result.summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,8 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("prepare", help="turn a source into a canonical dataset folder (manifest.csv)",
-                       description="Turn phantom, a BUSI-layout folder, a MedMNIST .npz or a saved HF dataset into DATA/manifest.csv.")
-    p.add_argument("--source", help="phantom | FOLDER | FILE.npz | saved HF dataset folder")
+                       description="Turn phantom, a folder (BUSI layout: images/, masks/, labels.csv, classes.csv; or plain "
+                                   "images/ + masks/ paired by file stem, one class `lesion`, renamed with --set class_name=NAME), "
+                                   "a MedMNIST .npz or a saved HF dataset into DATA/manifest.csv. Lossy (JPEG) masks: "
+                                   "--set mask_threshold=128; 0/255 masks: --set binary_masks=true.")
+    p.add_argument("--source", help="phantom | FOLDER (BUSI layout, or plain images/ + masks/) | FILE.npz | saved HF dataset folder")
     p.add_argument("--out", help="output folder DATA")
     p.add_argument("--image-size", type=int, help="resize to N x N (images bilinear, masks nearest)")
     p.add_argument("--seed", type=int, help="seed for the phantom and for splits (default 0)")
@@ -242,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train task models on each arm and test them on the real test split",
                        description="Downstream evaluation of one synthetic set: arms x seeds, tested on DATA's test split.")
     p.add_argument("--data", help="prepared dataset folder DATA")
-    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample)")
+    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample); without it only the real arms run")
+    p.add_argument("--budget", type=int, help="without --synthetic: the label budget of the real arms (default: all train)")
     p.add_argument("--out", help="output folder EVAL (resumes when it exists)")
     p.add_argument("--task", choices=["segmentation", "classification", "both"], help="default: segmentation")
     _add_common(p)

@@ -3,16 +3,17 @@ git commit, timings), so the next stage can check its inputs against it."""
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from augment.output import write_json
+
+__all__ = ["git_commit", "package_versions", "run_record", "write_json"]
 
 _PACKAGES = ("augment", "torch", "numpy", "pandas", "pillow", "diffusers", "monai", "accelerate", "datasets", "pydantic")
 
@@ -39,18 +40,6 @@ def git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> None:
-    """Atomic JSON write (temp file in the same folder, then rename)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_record(stage: str, config: dict[str, Any], started: float, **fields: Any) -> dict[str, Any]:

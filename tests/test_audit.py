@@ -102,7 +102,7 @@ def test_synthetic_set_from_other_data_is_refused(planted, tmp_path):
     from augment.api import prepare
     from augment.config import PrepareConfig
 
-    other = prepare(PrepareConfig(source="phantom", out=tmp_path / "other", image_size=16, count=30, seed=99))
+    other = prepare(PrepareConfig(source="phantom", out=tmp_path / "other", image_size=16, count=30, seed=99)).out
     with pytest.raises(DataError, match=r"trained on .* image\(s\) that are not in"):
         audit(validate(AuditConfig, {"data": other, "synthetic": planted[0], "out": tmp_path / "a", **FAST}, "audit"))
     assert not (tmp_path / "a").exists()

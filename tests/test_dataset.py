@@ -40,7 +40,7 @@ def test_rgb_channels_first(tmp_path):
     from augment.api import prepare
     from augment.config import PrepareConfig
 
-    out = prepare(PrepareConfig(source="phantom", out=tmp_path / "rgb", image_size=8, count=6, rgb=True))
+    out = prepare(PrepareConfig(source="phantom", out=tmp_path / "rgb", image_size=8, count=6, rgb=True)).out
     df, _ = load_data(out)
     item = PairDataset(df, out)[0]
     raw = read_image(out / df["image"].iloc[0])
@@ -73,4 +73,4 @@ def _npz_data(tmp_path):
         arrays[f"{split}_images"] = np.full((3, 8, 8, 3), 100, np.uint8)
         arrays[f"{split}_labels"] = np.array([[0], [1], [1]])
     np.savez(tmp_path / "x.npz", **arrays)
-    return prepare(PrepareConfig(source=str(tmp_path / "x.npz"), out=tmp_path / "out"))
+    return prepare(PrepareConfig(source=str(tmp_path / "x.npz"), out=tmp_path / "out")).out

@@ -27,7 +27,7 @@ def test_features(phantom_dir):
 def test_round_trip(phantom_dir, tmp_path):
     save_hf(phantom_dir, tmp_path / "hf")
     # The saved dataset must stand alone: it holds the PNG bytes, not paths back to our files.
-    back = prepare(PrepareConfig(source=str(tmp_path / "hf"), out=tmp_path / "back"))
+    back = prepare(PrepareConfig(source=str(tmp_path / "hf"), out=tmp_path / "back")).out
     a, ca = load_data(phantom_dir)
     b, cb = load_data(back, check_files=True)
     assert ca == cb
@@ -46,7 +46,7 @@ def test_dataset_dict_source_with_validation_split(tmp_path):
             features=datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["neg", "pos"])}),
         )
     datasets.DatasetDict({"train": part(6), "validation": part(2), "test": part(3)}).save_to_disk(str(tmp_path / "hf"))
-    out = prepare(PrepareConfig(source=str(tmp_path / "hf"), out=tmp_path / "out", image_column="img", label_column="y"))
+    out = prepare(PrepareConfig(source=str(tmp_path / "hf"), out=tmp_path / "out", image_column="img", label_column="y")).out
     df, classes = load_data(out, check_files=True)
     assert classes == {0: "neg", 1: "pos"}
     assert df["split"].value_counts().to_dict() == {"train": 6, "test": 3, "val": 2}

@@ -14,7 +14,7 @@ from tests.conftest import shared
 
 def test_busi_keeps_source_splits_and_resizes(tmp_path):
     src = shared("busi")
-    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "busi", image_size=64))
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "busi", image_size=64)).out
     df, classes = load_data(out, check_files=True)
     assert classes == {0: "normal", 1: "benign", 2: "malignant"}
     counts = df.groupby(["split", "label"]).size().unstack().to_dict("index")
@@ -32,7 +32,7 @@ def test_busi_keeps_source_splits_and_resizes(tmp_path):
 
 def test_retinamnist_npz(tmp_path):
     src = shared("medmnist/retinamnist.npz")
-    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "retina"))
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "retina")).out
     df, classes = load_data(out)
     assert len(classes) == 5 and len(df) == 1600
     train = df[df["split"] == "train"]["label"].value_counts().sort_index().tolist()

@@ -20,7 +20,7 @@ from tests.conftest import write_folder
 
 
 def _prepare(source, out, **kw) -> Path:
-    return prepare(PrepareConfig(source=str(source), out=out, **kw))
+    return prepare(PrepareConfig(source=str(source), out=out, **kw)).out
 
 
 def test_phantom_source_writes_valid_manifest(phantom_dir):

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from augment.api import prepare, train
 from augment.config import PrepareConfig, validate
-from augment.errors import DataError
+from augment.errors import ConfigError, DataError
 from augment.generators import TrainConfig
 from augment.generators.loop import DataOrder, LoopConfig, TrainingError, lr_at, make_accelerator, train_loop
 from tests.conftest import kill_when, write_folder
@@ -64,8 +64,8 @@ class _Exploding(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(1))
 
-    def phase_parameters(self, phase):
-        return [self.w]
+    def phase_modules(self, phase):
+        return [self]
 
     def forward(self, images, masks, labels, phase, step, generator):
         loss = (self.w * images.mean()) ** 2
@@ -76,7 +76,13 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     cfg = LoopConfig(max_steps=10, batch_size=2, checkpoint_every=100)
     data = (torch.rand(4, 1, 8, 8), torch.zeros(4, 8, 8, dtype=torch.int64), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(TrainingError, match=r"loss became nan at step 3 \(phase `main`\)"):
-        train_loop(make_accelerator(cfg, 1), _Exploding(), data, cfg, 0, tmp_path, resume=False)
+        train_loop(make_accelerator(cfg, _Exploding.phases), _Exploding(), data, cfg, 0, tmp_path, resume=False)
+
+
+def test_unknown_phase_is_refused_before_the_run_folder_is_made(phantom_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.phases has unknown phase `prior` \(this generator's phases: `main`\)"):
+        train(_cfg(phantom_dir, tmp_path / "run", phases={"prior": {"max_steps": 1}}))
+    assert not (tmp_path / "run").exists()
 
 
 def test_leaked_heldout_image_is_refused(tmp_path):
@@ -85,7 +91,7 @@ def test_leaked_heldout_image_is_refused(tmp_path):
     train_id = labels.loc[labels["split"] == "train", "id"].iloc[0]
     test_id = labels.loc[labels["split"] == "test", "id"].iloc[0]
     shutil.copy(src / "images" / f"{test_id}.png", src / "images" / f"{train_id}.png")
-    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data"))
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data")).out
     with pytest.raises(DataError, match=rf"training image {train_id} is byte-identical to test image {test_id}"):
         train(_cfg(data, tmp_path / "run", max_steps=1))
     assert not (tmp_path / "run").exists()
@@ -104,7 +110,7 @@ def test_image_changed_after_prepare_is_refused(phantom_dir, tmp_path):
 
 def test_classification_only_data_is_refused(tmp_path):
     src = write_folder(tmp_path / "src", {0: 8, 1: 8}, masks=False)
-    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data"))
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data")).out
     with pytest.raises(DataError, match=r"has no mask for .* training image"):
         train(_cfg(data, tmp_path / "run", max_steps=1))
 

@@ -8,8 +8,6 @@ Arrays here are numpy ``uint8``: images ``(H, W)`` grayscale or ``(H, W, 3)`` RG
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +79,10 @@ def write_png(array: np.ndarray, path: str | Path) -> None:
     p = Path(path)
     if array.dtype != np.uint8:
         raise TypeError(f"write_png needs uint8, got {array.dtype}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(array).save(fh, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from augment.output import atomic_path
+
+    with atomic_path(p) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def resize_image(array: np.ndarray, size: int) -> np.ndarray:
