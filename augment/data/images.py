@@ -28,7 +28,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str) -> Image.Image:
     if not path.is_file():
         raise DataError(f"{what} `{path}` does not exist")
     try:
@@ -42,7 +42,7 @@ def _open(path: Path, what: str) -> Image.Image:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an 8-bit grayscale or RGB image: ``(H, W)`` or ``(H, W, 3)`` uint8."""
     p = Path(path)
-    im = _open(p, "image")
+    im = open_image(p, "image")
     if im.mode not in IMAGE_MODES:
         raise DataError(
             f"image `{p}` has PIL mode {im.mode}; allowed: 8-bit grayscale (L) or RGB "
@@ -58,7 +58,7 @@ def read_mask(path: str | Path, binary: bool = False) -> np.ndarray:
     it such a mask is an error rather than a silent coercion.
     """
     p = Path(path)
-    im = _open(p, "mask")
+    im = open_image(p, "mask")
     if im.mode not in ("1", "L", "P", "I", "I;16"):
         raise DataError(f"mask `{p}` has PIL mode {im.mode}; masks must be single-channel class indices (L, P, I or 1)")
     arr = np.array(im)
