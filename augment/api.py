@@ -78,9 +78,11 @@ def prepare(cfg: PrepareConfig) -> StageResult:
     Splits from the source are kept; otherwise a seeded, stratified split keeps each group on
     one side. Writes ``run.json`` with the config, counts and versions.
     """
-    from augment.data.manifest import counts_table
+    from augment.data.manifest import HELDOUT, counts_table, read_references, references_digest
+    from augment.data.sources import check_out_apart
 
     started = time.time()
+    check_out_apart(cfg.source, cfg.out)
     kind = source_kind(cfg.source)
     check_options(cfg, kind)
     out = Path(cfg.out)
@@ -95,9 +97,10 @@ def prepare(cfg: PrepareConfig) -> StageResult:
         if (df["split"] == "").all():
             df["split"] = stratified_group_split(df, cfg.split.model_dump(), seed=cfg.seed)
             split_from = "stratified_group_split"
+        write_manifest(df, tmp / MANIFEST)  # first: it records the in-place references the check allows
         validate_manifest(df, tmp, classes, check_files=False)
-        write_manifest(df, tmp / MANIFEST)
         write_classes(classes, tmp / CLASSES)
+        references = read_references(tmp)
         counts = {
             split: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
             for split, part in df.groupby("split")
@@ -113,6 +116,8 @@ def prepare(cfg: PrepareConfig) -> StageResult:
                 counts=counts,
                 has_masks=bool((df["mask"] != "").any()),
                 duplicate_images_across_splits=duplicate_images_across_splits(df),
+                heldout_ids={s: sorted(df.loc[df["split"] == s, "id"]) for s in HELDOUT},
+                in_place_references={"count": len(references), "sha256": references_digest(references)},
             ),
             tmp / "run.json",
         )

@@ -412,3 +412,38 @@ def test_cli_prepares_a_plain_folder(tmp_path, capsys):
     assert main(["prepare", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "mask_threshold=128" in err and not (tmp_path / "bad").exists()
+
+
+# ---- mask values are bounded by the number of classes ----
+
+
+@pytest.mark.parametrize("value,ok", [(3, True), (4, False)])
+def test_folder_mask_values_above_the_class_count(folder, tmp_path, value, ok):
+    m = np.zeros((12, 12), np.uint8)
+    m[:3] = value
+    Image.fromarray(m).save(folder / "masks" / "c1_000.png")
+    if ok:
+        load_data(_prepare(folder, tmp_path / "out"), check_files=True)
+    else:
+        _expect(tmp_path, folder, rf"c1_000: mask `.*c1_000.png` has value {value}; with 3 class\(es\) in classes.csv "
+                r"masks hold 0\.\.3 \(0 = background\)")
+
+
+def test_plain_folder_masks_are_binary(tmp_path):
+    write_plain(tmp_path / "src", n=6)
+    for p in (tmp_path / "src" / "masks").iterdir():
+        Image.fromarray((np.asarray(Image.open(p)) > 0).astype(np.uint8) * 2).save(p)
+    _expect(tmp_path, tmp_path / "src", r"mask `.*` has value 2; with 1 class\(es\) in classes.csv masks hold 0\.\.1")
+
+
+def test_hf_mask_values_above_the_class_count(tmp_path):
+    import datasets
+
+    masks = [np.zeros((8, 8), np.uint8), np.full((8, 8), 5, np.uint8)]
+    datasets.Dataset.from_dict(
+        {"id": ["a", "b"], "image": [np.zeros((8, 8), np.uint8)] * 2, "mask": masks, "label": [0, 1]},
+        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(), "mask": datasets.Image(),
+                                    "label": datasets.ClassLabel(names=["x", "y"])}),
+    ).save_to_disk(str(tmp_path / "hf"))
+    _expect(tmp_path, tmp_path / "hf", r"b: mask in column `mask` has value 5; with 2 class\(es\) in classes.csv masks hold 0\.\.2")
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.config import PrepareConfig
-from augment.data.images import MAX_MASK_VALUE, resize_image, resize_mask, write_png
+from augment.data.images import MAX_MASK_VALUE, mask_class_problem, resize_image, resize_mask, write_png
 from augment.data.manifest import format_problems, id_problem
 from augment.errors import DataError
 
@@ -34,9 +34,10 @@ def finish(problems: list[tuple[str, str]], where: str) -> None:
         raise DataError(format_problems(problems, where))
 
 
-def mask_values(raw: np.ndarray, what: str, cfg: PrepareConfig) -> tuple[np.ndarray, bool]:
+def mask_values(raw: np.ndarray, what: str, cfg: PrepareConfig, n_classes: int) -> tuple[np.ndarray, bool]:
     """A raw mask array ``(H, W)`` or ``(H, W, 3)`` as ``(H, W)`` uint8 class indices, and
-    whether its values changed (RGB to one channel, ``mask_threshold``, ``binary_masks``)."""
+    whether its values changed (RGB to one channel, ``mask_threshold``, ``binary_masks``).
+    Values must be ``0..n_classes`` (0 = background; ``n_classes`` rows in classes.csv)."""
     changed = False
     if raw.ndim == 3 and raw.shape[2] == 3:
         if not ((raw[..., 0] == raw[..., 1]).all() and (raw[..., 0] == raw[..., 2]).all()):
@@ -60,4 +61,6 @@ def mask_values(raw: np.ndarray, what: str, cfg: PrepareConfig) -> tuple[np.ndar
                 f"it has {n} distinct values, as lossy (JPEG) or anti-aliased masks do: "
                 "use --set mask_threshold=128 to make pixels >= 128 the lesion")
         raise DataError(f"{what} has values {lo}..{hi}; masks must be class indices 0..{MAX_MASK_VALUE} (0 = background); {hint}")
+    if (bad := mask_class_problem(raw, what, n_classes)) is not None:
+        raise DataError(bad)
     return raw.astype(np.uint8), changed

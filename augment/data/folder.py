@@ -110,14 +110,14 @@ def _plain_records(src: Path, images: dict[str, list[Path]], masks: dict[str, li
     return [{"id": s, "label": 0} for s in images]
 
 
-def _read_mask(path: Path, cfg: PrepareConfig) -> tuple[np.ndarray, bool]:
+def _read_mask(path: Path, cfg: PrepareConfig, n_classes: int) -> tuple[np.ndarray, bool]:
     im = open_image(path, "mask")
     if im.mode not in _MASK_MODES:
         raise DataError(
             f"mask `{path}` has PIL mode {im.mode}; masks must be single-channel class indices "
             "(L, P, I or 1), or RGB with three equal channels"
         )
-    return mask_values(np.array(im), f"mask `{path}`", cfg)
+    return mask_values(np.array(im), f"mask `{path}`", cfg, n_classes)
 
 
 def load_folder(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
@@ -155,7 +155,7 @@ def load_folder(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str
             image = read_image(image_path)
             if has_masks:
                 mask_path = _lookup(masks, rid, src / "masks", "mask")
-                mask, mask_changed = _read_mask(mask_path, cfg)
+                mask, mask_changed = _read_mask(mask_path, cfg, len(classes))
         except DataError as exc:
             problems.append((rid, str(exc)))
             continue

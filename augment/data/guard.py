@@ -1,8 +1,10 @@
 """The generator's training set, and the proof that it holds no val or test image.
 
 Only the label-budget subset of the train split is ever loaded for a generator. Every image is
-re-hashed from disk (the manifest is not trusted) and compared with the hashes of every val and
-test image file; one match stops the run.
+re-hashed from disk (the manifest is not trusted) and compared with every val and test image,
+both by file bytes and by decoded pixels (a re-encoded copy has other bytes but the same
+pixels); one match stops the run. Rows that were val or test when the set was prepared cannot
+have become train rows (checked by :func:`augment.data.manifest.load_data`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pandas as pd
 import torch
 
 from augment.data.dataset import to_tensor
-from augment.data.images import read_image, read_mask, sha256_file
+from augment.data.images import mask_class_problem, pixel_sha256, read_image, read_mask, sha256_file
 from augment.data.manifest import MANIFEST, load_data
 from augment.data.splits import select_budget
 from augment.errors import DataError
@@ -33,20 +35,24 @@ class TrainingSet:
 
 
 def assert_no_heldout(train_rows: pd.DataFrame, manifest: pd.DataFrame, root: Path) -> list[dict[str, str]]:
-    """Hash every training image and every val/test image from disk; raise on any overlap or on
-    a training file that no longer matches its manifest hash. Returns ``[{"id", "sha256"}]``."""
-    heldout = {}
+    """Hash every training image and every val/test image from disk, as file bytes and as decoded
+    pixels; raise on any overlap or on a training file that no longer matches its manifest hash.
+    Returns ``[{"id", "sha256"}]`` (file hashes)."""
+    by_bytes, by_pixels = {}, {}
     for row in manifest[manifest["split"].isin(["val", "test"])].itertuples():
-        heldout.setdefault(sha256_file(root / row.image), (row.id, row.split))
+        by_bytes.setdefault(sha256_file(root / row.image), (row.id, row.split))
+        by_pixels.setdefault(pixel_sha256(read_image(root / row.image)), (row.id, row.split))
     trained = []
     for row in train_rows.itertuples():
         sha = sha256_file(root / row.image)
         if sha != row.sha256:
             raise DataError(f"image `{row.image}` ({row.id}) changed since prepare: its sha256 no longer matches the manifest")
-        if sha in heldout:
-            other, split = heldout[sha]
+        same = "byte-identical to" if sha in by_bytes else "pixel-identical to (a re-encoded copy of)"
+        hit = by_bytes.get(sha) or by_pixels.get(pixel_sha256(read_image(root / row.image)))
+        if hit is not None:
+            other, split = hit
             raise DataError(
-                f"training image {row.id} is byte-identical to {split} image {other}; "
+                f"training image {row.id} is {same} {split} image {other}; "
                 "a generator must never see val or test images (fix the split or drop one of them)"
             )
         trained.append({"id": row.id, "sha256": sha})
@@ -88,6 +94,8 @@ def load_training_set(data_dir: str | Path, budget: int | None, seed: int) -> Tr
             )
         images.append(image)
         masks.append(read_mask(root / row.mask))
+        if (bad := mask_class_problem(masks[-1], f"mask `{row.mask}` ({row.id})", len(classes))) is not None:
+            raise DataError(bad)
     if images[0].shape[0] != images[0].shape[1]:
         raise DataError(f"images are {images[0].shape[1]}x{images[0].shape[0]}; generators need square images (prepare --image-size N)")
     return TrainingSet(

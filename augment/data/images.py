@@ -28,6 +28,24 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def pixel_sha256(array: np.ndarray) -> str:
+    """sha256 of decoded pixels (dtype, shape and bytes): equal for a re-encoded copy of an image
+    (other PNG compression, metadata or format) whose file bytes, and so :func:`sha256_file`, differ."""
+    h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def mask_class_problem(mask: np.ndarray, what: str, n_classes: int) -> str | None:
+    """Why ``mask`` cannot belong to a dataset of ``n_classes`` label classes (None when it can):
+    its values must be ``0..n_classes`` (0 = background, at most one value per class)."""
+    hi = int(mask.max()) if mask.size else 0
+    if hi <= n_classes:
+        return None
+    return (f"{what} has value {hi}; with {n_classes} class(es) in classes.csv masks hold 0..{n_classes} "
+            "(0 = background)")
+
+
 def open_image(path: Path, what: str) -> Image.Image:
     if not path.is_file():
         raise DataError(f"{what} `{path}` does not exist")

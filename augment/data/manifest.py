@@ -4,10 +4,20 @@ Columns: ``id, image, mask, label, split, group, sha256``. ``mask`` is empty for
 masks (MedMNIST). ``sha256`` is the hash of the image file's bytes; later stages use it to prove
 that a generator never saw a val or test image. ``classes.csv`` (``label,name``) sits beside the
 manifest and lists every class, including ones absent from a split.
+
+Paths stay inside the manifest's folder. The one exception is a file referenced where it lies
+(prepare keeps source files that need no conversion in place; combined training manifests point
+into their parts): :func:`write_manifest` records every such outside reference with its sha256 in
+``references.json`` beside the manifest, and a path outside the folder that is not recorded there
+(an absolute path, ``..``, a symlink out) is refused. ``prepare`` also records in ``run.json``
+the digest of those references and which rows were val or test, so that a hand-edited manifest
+cannot move a held-out row into the train split.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -16,13 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment.data.images import read_image, read_mask, sha256_file
+from augment.data.images import mask_class_problem, read_image, read_mask, sha256_file
 from augment.errors import DataError
 
 COLUMNS = ["id", "image", "mask", "label", "split", "group", "sha256"]
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 CLASSES = "classes.csv"
+REFERENCES = "references.json"  # files outside the folder that the manifest may point to
+RUN = "run.json"
+HELDOUT = ("val", "test")
 _SHOWN = 8  # bad rows spelled out in one error line before "and N more"
 # Ids become file names (images/<id>.png, export folders), so they must be plain names: no path
 # separators, no leading dot (hidden files, `.`, `..`), nothing a shell or a filesystem treats specially.
@@ -45,12 +58,85 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
-    """Write the canonical columns first (extra columns, e.g. provenance, follow) atomically."""
+    """Write the canonical columns first (extra columns, e.g. provenance, follow) atomically, and
+    record the files it references outside its folder in ``references.json`` (see the module)."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest frame lacks columns {missing}")
+    path = Path(path)
+    refs = outside_references(df, path.parent)
+    sidecar = path.parent / REFERENCES
+    if refs:
+        from augment.output import write_json
+
+        write_json({"references": refs}, sidecar)  # before the manifest: never an unrecorded reference
+    else:
+        sidecar.unlink(missing_ok=True)
     extra = [c for c in df.columns if c not in COLUMNS]
-    _atomic_csv(df[COLUMNS + extra], Path(path))
+    _atomic_csv(df[COLUMNS + extra], path)
+
+
+def _outside(rel: str, root: Path, real_root: Path) -> bool:
+    """Whether ``rel`` (a manifest path) resolves, symlinks followed, outside ``root``."""
+    return Path(rel).is_absolute() or not (root / rel).resolve().is_relative_to(real_root)
+
+
+def outside_references(df: pd.DataFrame, root: str | Path) -> dict[str, str]:
+    """``{path: sha256}`` of the relative image and mask paths of ``df`` that lie outside ``root``."""
+    root = Path(root)
+    real_root = root.resolve()
+    refs = {}
+    for rel in [*df["image"], *df["mask"]]:
+        if rel and not Path(rel).is_absolute() and rel not in refs and _outside(rel, root, real_root):
+            if not (root / rel).is_file():
+                raise DataError(f"manifest path `{rel}` (relative to `{root}`) does not exist")
+            refs[rel] = sha256_file(root / rel)
+    return dict(sorted(refs.items()))
+
+
+def references_digest(refs: dict[str, str]) -> str:
+    """One sha256 over the sorted ``path sha256`` lines: what ``prepare`` records in run.json."""
+    lines = "".join(f"{p} {h}\n" for p, h in sorted(refs.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{what} `{path}` is not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} `{path}` is not a JSON object")
+    return data
+
+
+def read_references(root: str | Path) -> dict[str, str]:
+    """The recorded outside references of the manifest in ``root`` (``{}`` when none)."""
+    p = Path(root) / REFERENCES
+    if not p.is_file():
+        return {}
+    refs = _read_json(p, "references file").get("references")
+    if not isinstance(refs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in refs.items()):
+        raise DataError(f"references file `{p}` has no `references` object of path -> sha256 (re-run the stage that wrote it)")
+    return refs
+
+
+def prepare_record(root: str | Path) -> dict | None:
+    """What ``prepare`` recorded about the manifest in ``root``: ``{"heldout": {id: split},
+    "references_sha256": str}``, or None when ``root`` was not made by ``prepare`` (a synthetic
+    set, a combined manifest). A prepare record without them is an error, not a skipped check."""
+    p = Path(root) / RUN
+    if not p.is_file():
+        return None
+    record = _read_json(p, "run record")
+    if record.get("stage") != "prepare":
+        return None
+    heldout, refs = record.get("heldout_ids"), record.get("in_place_references")
+    if (not isinstance(heldout, dict) or not all(isinstance(v, list) for v in heldout.values())
+            or not isinstance(refs, dict) or not isinstance(refs.get("sha256"), str)):
+        raise DataError(f"`{p}` does not record which rows were val/test and which files are referenced in place "
+                        "(written by an older `augment prepare`); re-run prepare")
+    return {"heldout": {str(i): s for s, ids in heldout.items() for i in ids}, "references_sha256": refs["sha256"]}
 
 
 def write_classes(classes: dict[int, str], path: str | Path) -> None:
@@ -109,10 +195,19 @@ def manifest_problems(
     check_files: bool = True,
     check_hashes: bool = False,
 ) -> list[tuple[str, str]]:
-    """Every problem as ``(id, message)``: duplicate or non-plain ids, unknown labels or splits, and (with
-    ``check_files``) missing or corrupt images and masks, mask/image size mismatches and mask
-    values that are not class indices; ``check_hashes`` also re-hashes every image."""
+    """Every problem as ``(id, message)``: duplicate or non-plain ids, unknown labels or splits,
+    paths outside ``root`` that are not recorded references, val/test rows of a prepared set moved
+    to train, and (with ``check_files``) missing or corrupt images and masks, mask/image size
+    mismatches and mask values above the number of classes; ``check_hashes`` also re-hashes every
+    image and every recorded outside reference."""
     root = Path(root)
+    real_root = root.resolve()
+    refs = read_references(root)
+    record = prepare_record(root)
+    if record is not None and references_digest(refs) != record["references_sha256"]:
+        raise DataError(f"the in-place references of `{root}` ({REFERENCES}) are not those prepare recorded in {RUN}; "
+                        "re-run prepare")
+    heldout = record["heldout"] if record is not None else {}
     problems: list[tuple[str, str]] = []
     dup = df["id"][df["id"].duplicated(keep=False)]
     for i in sorted(set(dup)):
@@ -130,15 +225,26 @@ def manifest_problems(
             problems.append((rid, f"split `{row.split}` is not one of {', '.join(SPLITS)}"))
         if not row.group:
             problems.append((rid, "group is empty (use the id when images are independent)"))
-        if not check_files:
-            continue
+        if row.split == "train" and rid in heldout:
+            problems.append((rid, f"split is `train` but row {rid} was `{heldout[rid]}` at prepare time (recorded in {RUN}); "
+                                  "val and test rows never become training data (re-run prepare for a new split)"))
+        escapes = [(col, rel) for col, rel in (("image", row.image), ("mask", row.mask))
+                   if rel and (Path(rel).is_absolute() or (rel not in refs and _outside(rel, root, real_root)))]
+        for col, rel in escapes:
+            problems.append((rid, _escape_message(col, rel, root)))
+        if escapes or not check_files:
+            continue  # an escaping path is never opened
         try:
             image = read_image(root / row.image)
         except DataError as exc:
             problems.append((rid, str(exc)))
             continue
-        if check_hashes and sha256_file(root / row.image) != row.sha256:
-            problems.append((rid, f"image `{row.image}` does not match its sha256 in the manifest"))
+        if check_hashes:
+            sha = sha256_file(root / row.image)
+            if sha != row.sha256:
+                problems.append((rid, f"image `{row.image}` does not match its sha256 in the manifest"))
+            elif row.image in refs and sha != refs[row.image]:
+                problems.append((rid, f"image `{row.image}` does not match the sha256 recorded in {REFERENCES}"))
         if row.mask:
             try:
                 mask = read_mask(root / row.mask)
@@ -147,7 +253,19 @@ def manifest_problems(
                 continue
             if mask.shape != image.shape[:2]:
                 problems.append((rid, f"mask `{row.mask}` is {_hw(mask)} but its image is {_hw(image)}"))
+            if (bad := mask_class_problem(mask, f"mask `{row.mask}`", len(classes))) is not None:
+                problems.append((rid, bad))
+            if check_hashes and row.mask in refs and sha256_file(root / row.mask) != refs[row.mask]:
+                problems.append((rid, f"mask `{row.mask}` does not match the sha256 recorded in {REFERENCES}"))
     return problems
+
+
+def _escape_message(col: str, rel: str, root: Path) -> str:
+    allowed = (f"paths must be relative and stay inside `{root}`; only the in-place references "
+               f"recorded in {REFERENCES} may point outside it")
+    if Path(rel).is_absolute():
+        return f"{col} `{rel}` is an absolute path ({allowed})"
+    return f"{col} `{rel}` resolves to `{(root / rel).resolve()}`, outside the dataset folder ({allowed})"
 
 
 def _hw(a: np.ndarray) -> str:
@@ -169,7 +287,8 @@ def validate_manifest(df: pd.DataFrame, root: str | Path, classes: dict[int, str
 
 
 def load_data(data_dir: str | Path, check_files: bool = False) -> tuple[pd.DataFrame, dict[int, str]]:
-    """A prepared dataset folder as ``(manifest, classes)``, validated."""
+    """A prepared dataset folder as ``(manifest, classes)``, validated (paths inside the folder or
+    recorded references, held-out rows still held out; files too with ``check_files``)."""
     d = Path(data_dir)
     df = read_manifest(d / MANIFEST)
     classes = read_classes(d / CLASSES)

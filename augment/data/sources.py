@@ -59,6 +59,25 @@ def source_kind(source: str) -> str:
     raise DataError(f"source `{source}` is not a supported source (allowed: phantom, a folder, a .npz file, a saved HF dataset)")
 
 
+def check_out_apart(source: str, out: str | Path) -> None:
+    """Refuse an output folder that is the source, contains it or lies inside it (paths compared
+    resolved, so symlinks and ``..`` count): ``--overwrite`` would delete the source, and an output
+    inside it would become part of it. Called before anything is written or deleted."""
+    if source == "phantom":
+        return
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if dst == src:
+        where = f"is the source `{source}` itself"
+    elif src.is_relative_to(dst):
+        where = f"contains the source `{source}`"
+    elif dst.is_relative_to(src):
+        where = f"lies inside the source `{source}`"
+    else:
+        return
+    raise ConfigError(f"output `{out}` {where}; prepare never writes into or over its source "
+                      "(choose an --out outside the source folder)")
+
+
 def load_phantom(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
     count = cfg.count or DEFAULT_PHANTOM_COUNT
     size = cfg.image_size or DEFAULT_PHANTOM_SIZE
@@ -173,7 +192,7 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
         mask = None
         if mask_col is not None:
             try:
-                mask, _ = mask_values(np.asarray(rec[mask_col]), f"mask in column `{mask_col}`", cfg)
+                mask, _ = mask_values(np.asarray(rec[mask_col]), f"mask in column `{mask_col}`", cfg, len(classes))
             except DataError as exc:
                 problems.append((rid, str(exc)))
                 continue

@@ -1,0 +1,285 @@
+"""Routes by which val/test data could reach a generator, files outside a dataset could be read
+or exported, and prepare could destroy its own source: each is refused with one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, PngImagePlugin
+
+from augment.api import prepare, validate_data
+from augment.cli import main
+from augment.config import PrepareConfig, validate
+from augment.data.guard import load_training_set
+from augment.data.images import sha256_file
+from augment.data.manifest import REFERENCES, load_data, read_manifest
+from augment.errors import ConfigError, DataError
+from tests.conftest import TINY_CVAE, write_folder
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def _edit(d: Path, **changes) -> pd.DataFrame:
+    """Hand-edit the manifest in ``d``: ``changes`` maps a column to ``{row index: value}``."""
+    df = read_manifest(d)
+    for col, values in changes.items():
+        for i, v in values.items():
+            df.loc[i, col] = v
+    df.to_csv(d / "manifest.csv", index=False)
+    return df
+
+
+def _secret(tmp_path: Path) -> Path:
+    p = tmp_path / "secret.png"
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(p)
+    return p
+
+
+# ---- 1. manifest paths never leave the dataset folder unless prepare recorded them ----------
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../secret.png", "images/../../../secret.png"])
+def test_hand_edited_path_outside_the_folder_is_refused(phantom_dir, tmp_path, path):
+    d = _copy(phantom_dir, tmp_path / "w")  # tmp_path/w/data: ../../secret.png is tmp_path/secret.png
+    _secret(tmp_path)
+    rid = _edit(d, image={0: path})["id"][0]
+    what = "is an absolute path" if path.startswith("/") else r"resolves to `.*secret.png`, outside the dataset folder"
+    with pytest.raises(DataError, match=rf"{rid}: image `{re.escape(path)}` {what} \(paths must be relative and stay inside"):
+        load_data(d)
+    with pytest.raises(DataError, match=rf"{rid}: image `{re.escape(path)}`"):
+        validate_data(d)
+
+
+def test_symlink_out_of_the_folder_is_refused(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    secret = _secret(tmp_path)
+    df = read_manifest(d)
+    (d / df["mask"][3]).unlink()
+    (d / df["mask"][3]).symlink_to(secret)
+    with pytest.raises(DataError, match=rf"{df['id'][3]}: mask `{df['mask'][3]}` resolves to `{re.escape(str(secret))}`, outside"):
+        load_data(d)
+
+
+def test_in_place_references_are_recorded_and_only_they_may_point_outside(tmp_path):
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4, 2: 4})
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "d")).out
+    df = read_manifest(out)
+    refs = json.loads((out / REFERENCES).read_text())["references"]
+    assert set(refs) == set(df["image"]) | set(df["mask"]) and all(p.startswith("../src/") for p in refs)
+    run = json.loads((out / "run.json").read_text())
+    assert run["in_place_references"]["count"] == 24
+    load_data(out, check_files=True)
+    validate_data(out)
+
+    # a path to a source file that prepare did not reference is refused like any other
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(src / "images" / "extra.png")
+    _edit(out, image={0: "../src/images/extra.png"})
+    with pytest.raises(DataError, match=rf"{df['id'][0]}: image `\.\./src/images/extra\.png` resolves to"):
+        load_data(out)
+
+
+def test_validate_rechecks_in_place_references(tmp_path):
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4, 2: 4})
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "d")).out
+    m = np.zeros((12, 12), np.uint8)
+    m[0, 0] = 1
+    Image.fromarray(m).save(src / "masks" / "c2_001.png")  # a source mask changed after prepare
+    (src / "images" / "c0_002.png").unlink()
+    with pytest.raises(DataError) as err:
+        validate_data(out)
+    msg = str(err.value)
+    assert "c2_001: mask `../src/masks/c2_001.png` does not match the sha256 recorded in references.json" in msg
+    assert "c0_002: image `" in msg and "c0_002.png` does not exist" in msg
+    # the record is tied to prepare's run.json: adding a reference by hand is refused
+    refs = json.loads((out / REFERENCES).read_text())
+    refs["references"]["../../secret.png"] = "0" * 64
+    (out / REFERENCES).write_text(json.dumps(refs))
+    with pytest.raises(DataError, match=r"in-place references of `.*` \(references.json\) are not those prepare recorded"):
+        load_data(out)
+
+
+# ---- export: ids and paths are checked before anything is copied -----------------------------
+
+
+@pytest.mark.parametrize("fmt", ["folder", "hf"])
+@pytest.mark.parametrize("column,value,needle", [
+    ("id", "../evil", "../evil: id `../evil` is not a plain name"),
+    ("image", "../../secret.png", "image `../../secret.png` resolves to"),
+])
+def test_export_refuses_crafted_manifests(phantom_dir, tmp_path, capsys, fmt, column, value, needle):
+    d = _copy(phantom_dir, tmp_path / "w")
+    _secret(tmp_path)
+    _edit(d, **{column: {0: value}})
+    before = _files(tmp_path)
+    assert main(["export", str(d), "--out", str(tmp_path / "w" / "exp"), "--format", fmt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err
+    assert _files(tmp_path) == before and not (tmp_path / "w" / "exp").exists() and not (tmp_path / "w" / "evil.png").exists()
+
+
+# ---- 2. prepare never writes into or over its source -----------------------------------------
+
+
+def test_cli_prepare_over_its_own_source_is_refused(tmp_path):
+    src = write_folder(tmp_path / "D", {0: 4, 1: 4})
+    before = _files(src)
+    res = subprocess.run([sys.executable, "-m", "augment", "prepare", "--source", str(src), "--out", str(src), "--overwrite"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and f"output `{src}` is the source `{src}` itself" in res.stderr
+    assert _files(src) == before and sorted(p.name for p in tmp_path.iterdir()) == ["D"]
+
+
+@pytest.mark.parametrize("out,where", [
+    ("D", "is the source `.*D` itself"),
+    ("D/./", "is the source `.*D` itself"),
+    ("D/prepared", "lies inside the source `.*D`"),
+    ("D/images/x", "lies inside the source `.*D`"),
+    (".", "contains the source `.*D`"),
+    ("link", "is the source `.*D` itself"),  # a symlink to the source
+])
+def test_output_that_is_contains_or_lies_inside_the_source(tmp_path, out, where):
+    src = write_folder(tmp_path / "D", {0: 4, 1: 4})
+    (tmp_path / "link").symlink_to(src)
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError, match=rf"output `.*` {where}; prepare never writes into or over its source"):
+        prepare(PrepareConfig(source=str(src), out=tmp_path / out, overwrite=True))
+    assert _files(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["D", "link"]
+
+
+def test_check_out_apart(tmp_path):
+    from augment.data.sources import check_out_apart
+
+    (tmp_path / "src").mkdir()
+    check_out_apart("phantom", tmp_path)
+    check_out_apart(str(tmp_path / "src"), tmp_path / "out")  # a sibling is fine
+    check_out_apart(str(tmp_path / "src"), tmp_path / "src2")  # a shared name prefix is not "inside"
+    for out in (tmp_path / "src", tmp_path / "src" / "out", tmp_path, tmp_path / "src" / ".." / "src"):
+        with pytest.raises(ConfigError, match=r"output `.*` (is|contains|lies inside) the source `.*src`"):
+            check_out_apart(str(tmp_path / "src"), out)
+
+
+def test_npz_source_inside_the_output_is_refused(tmp_path):
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ConfigError, match="contains the source"):
+        prepare(PrepareConfig(source=str(tmp_path / "x.npz"), out=tmp_path, overwrite=True))
+    assert (tmp_path / "x.npz").is_file()
+
+
+# ---- 3a. a val/test row moved to train after prepare ----------------------------------------
+
+
+def _moved(phantom_dir: Path, tmp_path: Path, split: str) -> tuple[Path, str]:
+    d = _copy(phantom_dir, tmp_path)
+    df = read_manifest(d)
+    i = int(np.flatnonzero(df["split"] == split)[0])
+    _edit(d, split={i: "train"})
+    return d, df["id"][i]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_heldout_row_moved_to_train_is_refused_by_training(phantom_dir, tmp_path, split):
+    from augment.api import train
+    from augment.generators import TrainConfig
+
+    d, rid = _moved(phantom_dir, tmp_path, split)
+    needle = rf"{rid}: split is `train` but row {rid} was `{split}` at prepare time \(recorded in run.json\)"
+    with pytest.raises(DataError, match=needle):
+        load_training_set(d, None, 0)
+    cfg = validate(TrainConfig, {"data": d, "out": tmp_path / "run", "budget": 24, "seed": 0, "generator": TINY_CVAE,
+                                 "train": {"max_steps": 2, "batch_size": 8}}, "train")
+    with pytest.raises(DataError, match=needle):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_heldout_row_moved_to_train_is_refused_by_evaluation(phantom_dir, tmp_path):
+    from augment.api import evaluate
+    from augment.evaluate import EvaluateConfig
+
+    d, rid = _moved(phantom_dir, tmp_path, "test")
+    cfg = validate(EvaluateConfig, {"data": d, "out": tmp_path / "ev", "arms": ["real"], "seeds": [0]}, "evaluate")
+    with pytest.raises(DataError, match=rf"{rid}: split is `train` but row {rid} was `test` at prepare time"):
+        evaluate(cfg, echo=lambda *_: None)
+    assert not (tmp_path / "ev").exists()
+    with pytest.raises(DataError, match=rf"{rid}: split is `train`"):
+        validate_data(d)
+
+
+def test_prepare_records_heldout_ids(phantom_dir):
+    run = json.loads((phantom_dir / "run.json").read_text())
+    df = read_manifest(phantom_dir)
+    for split in ("val", "test"):
+        assert run["heldout_ids"][split] == sorted(df.loc[df["split"] == split, "id"])
+
+
+def test_prepared_set_without_the_record_is_refused(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    run = json.loads((d / "run.json").read_text())
+    del run["heldout_ids"]
+    (d / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DataError, match=r"does not record which rows were val/test .*; re-run prepare"):
+        load_data(d)
+
+
+# ---- 3b. a re-encoded copy of a val/test image in a train file -------------------------------
+
+
+def test_reencoded_heldout_image_in_a_train_file_is_refused(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    df = read_manifest(d)
+    test_row = df[df["split"] == "test"].iloc[0]
+    i = int(np.flatnonzero(df["split"] == "train")[0])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "re-saved")
+    target = d / df["image"][i]
+    with Image.open(d / test_row["image"]) as im:
+        im.save(target, compress_level=0, pnginfo=info)  # same pixels, other bytes
+    assert target.read_bytes() != (d / test_row["image"]).read_bytes()
+    _edit(d, sha256={i: sha256_file(target)})  # as if prepared that way
+    with pytest.raises(DataError, match=rf"training image {df['id'][i]} is pixel-identical to \(a re-encoded copy of\) "
+                                        rf"test image {test_row['id']}; a generator must never see val or test images"):
+        load_training_set(d, None, 0)
+
+
+def test_byte_identical_heldout_image_in_a_train_file_is_refused(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    df = read_manifest(d)
+    val_row = df[df["split"] == "val"].iloc[0]
+    i = int(np.flatnonzero(df["split"] == "train")[0])
+    shutil.copyfile(d / val_row["image"], d / df["image"][i])
+    _edit(d, sha256={i: val_row["sha256"]})
+    with pytest.raises(DataError, match=rf"training image {df['id'][i]} is byte-identical to val image {val_row['id']}"):
+        load_training_set(d, None, 0)
+
+
+# ---- 3c. mask values above the number of classes ---------------------------------------------
+
+
+def test_mask_value_above_the_class_count_is_refused_by_training(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    df = read_manifest(d)
+    i = int(np.flatnonzero(df["split"] == "train")[0])
+    Image.fromarray(np.full((16, 16), 4, np.uint8)).save(d / df["mask"][i])
+    msg = rf"mask `{df['mask'][i]}` .*has value 4; with 3 class\(es\) in classes.csv masks hold 0..3 \(0 = background\)"
+    with pytest.raises(DataError, match=msg):
+        load_training_set(d, None, 0)
+    with pytest.raises(DataError, match=rf"{df['id'][i]}: {msg}"):
+        validate_data(d)
