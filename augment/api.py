@@ -6,6 +6,8 @@ write one self-describing output folder with its ``run.json`` (config, inputs' h
 git commit, timings) and return a :class:`StageResult`. Output is written through
 :mod:`augment.output`: whole folders appear at once (built beside, then renamed) or, for the
 stages that resume in place (train, sample, evaluate), their ``run.json`` is written last.
+Every stage that writes holds the lock of its output folder (:mod:`augment.lock`), so a second
+process aimed at the same output fails at once, naming the one at work.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from augment.data.manifest import (
 )
 from augment.data.sources import LOADERS, check_options, hash_images, source_kind
 from augment.data.splits import stratified_group_split
-from augment.errors import DataError
-from augment.output import building
+from augment.errors import AugmentError, DataError
+from augment.lock import locked
+from augment.output import atomic_path, building, discard, read_json
 from augment.runinfo import run_record, write_json
 
 #: config classes re-exported (imported on first use, so `augment --help` stays fast)
@@ -59,7 +62,7 @@ class StageResult:
 
 def _record(out: Path, name: str = "run.json") -> dict[str, Any]:
     path = Path(out) / name
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def duplicate_images_across_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -72,6 +75,7 @@ def duplicate_images_across_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "prepare")
 def prepare(cfg: PrepareConfig) -> StageResult:
     """``augment prepare``: turn ``cfg.source`` into ``cfg.out/manifest.csv`` + ``classes.csv``.
 
@@ -131,14 +135,21 @@ def _check_run_folder(cfg, resume: bool) -> None:
     from augment.config import load_json
     from augment.generators import TrainConfig
     from augment.generators.artifact import CONFIG, RUN
+    from augment.generators.checkpoint import STATE
 
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
     if (out / RUN).is_file():
-        raise DataError(f"`{out}` already holds a finished generator run; choose another --out")
+        if read_json(out / RUN, "run record").get("stage") == "train":
+            raise DataError(f"`{out}` already holds a finished generator run; choose another --out")
+        raise DataError(f"`{out}` is not empty and is not a generator run; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / CONFIG).is_file():
         raise DataError(f"`{out}` is not empty and is not a generator run; choose another --out")
+    if (out / STATE).exists() and not (out / STATE).is_dir():
+        raise DataError(f"`{out / STATE}` should be the run's checkpoint folder but is a file; remove it to train from the start")
     if not resume:
         raise DataError(f"`{out}` holds an unfinished run; pass --resume to continue it, or choose another --out")
     saved = load_json(TrainConfig, out / CONFIG).model_dump(mode="json")
@@ -161,6 +172,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "train")
 def train(cfg, resume: bool = False) -> StageResult:
     """``augment train``: fit a generator family on the label-budget subset of the train split.
 
@@ -170,11 +182,11 @@ def train(cfg, resume: bool = False) -> StageResult:
     """
     import torch
 
-    from augment.config import save_json
+    from augment.config import load_json, save_json
     from augment.data.guard import load_training_set
-    from augment.generators import DataSpec, build
+    from augment.generators import DataSpec, TrainConfig, build
     from augment.generators.artifact import CONFIG, LOSS, RUN, WEIGHTS, save_weights
-    from augment.generators.loop import make_accelerator, train_loop
+    from augment.generators.loop import latest_checkpoint, make_accelerator, train_loop
 
     started = time.time()
     _check_run_folder(cfg, resume)
@@ -190,15 +202,22 @@ def train(cfg, resume: bool = False) -> StageResult:
         model = build(cfg.generator, spec)
     state = make_accelerator(cfg.train, model.phases)
     out = Path(cfg.out)
-    if state.is_main_process:
+    existed, fresh = out.exists(), not out.is_dir() or not any(out.iterdir())
+    if state.is_main_process and (fresh or load_json(TrainConfig, out / CONFIG) != cfg):  # same config: left as it is
         out.mkdir(parents=True, exist_ok=True)
         save_json(cfg, out / CONFIG)
     state.wait_for_everyone()
 
-    result = train_loop(state, model, (data.images, data.masks, data.labels), cfg.train, cfg.seed, out, resume)
+    try:
+        result = train_loop(state, model, (data.images, data.masks, data.labels), cfg.train, cfg.seed, out, resume)
+    except AugmentError:
+        if fresh and state.num_processes == 1 and latest_checkpoint(out) is None:
+            discard(out, existed)  # e.g. a loss that diverged at once: nothing worth resuming
+        raise
     if state.is_main_process:
         digest = save_weights(result.state_dict, out / WEIGHTS)
-        pd.DataFrame(result.loss_rows).to_csv(out / LOSS, index=False)
+        with atomic_path(out / LOSS) as tmp:
+            pd.DataFrame(result.loss_rows).to_csv(tmp, index=False)
         steps_run = result.steps - (result.resumed_from or 0)
         write_json(
             run_record(
@@ -236,20 +255,16 @@ def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: 
     """One training manifest for any downstream trainer: the real rows the synthetic set's
     generator was trained on (rows keep ``source=real``) plus the synthetic set (with its
     provenance), paths relative to ``out_dir``."""
-    import json
-
     from augment.data.guard import check_trained_on
     from augment.data.manifest import combine, load_data, read_classes, read_manifest
     from augment.generators.artifact import load_run
+    from augment.sampling import read_record
 
     real, classes = load_data(data_dir)
     syn = read_manifest(synthetic_dir)
     if read_classes(Path(synthetic_dir) / CLASSES) != classes:
         raise DataError(f"`{synthetic_dir}` and `{data_dir}` have different classes.csv")
-    record_path = Path(synthetic_dir) / "run.json"
-    if not record_path.is_file():
-        raise DataError(f"`{synthetic_dir}` has no run.json: it is not a synthetic set made by `augment sample`")
-    record = json.loads(record_path.read_text())
+    record = read_record(synthetic_dir, syn)
     check_trained_on(record["generator_trained_on_sha256"], real, Path(data_dir), f"`{synthetic_dir}`")
     rows = load_run(record["generator_run"]).rows
     out = Path(out_dir)
@@ -283,6 +298,7 @@ def export_folder(data_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
+@locked(lambda data_dir, out, *_, **__: out, "export")
 def export(data_dir: str | Path, out: str | Path, format: str = "hf") -> StageResult:
     """``augment export``: a dataset or synthetic set as a saved HF dataset (``hf``) or a folder
     in the BUSI layout (``folder``, see :func:`export_folder`)."""
@@ -309,6 +325,7 @@ def validate_data(data_dir: str | Path) -> StageResult:
     return StageResult(d, {}, f"{d / MANIFEST}: {len(df)} rows, all files present, sizes and hashes match")
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "sample")
 def sample(cfg, resume: bool = False, echo=print) -> StageResult:
     """``augment sample``: a synthetic set under a balancing manifest (see :mod:`augment.sampling`)."""
     from augment.sampling import sample as run_sampling
@@ -322,6 +339,7 @@ def sample(cfg, resume: bool = False, echo=print) -> StageResult:
     return StageResult(out, record, summary)
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "audit")
 def audit(cfg, echo=print) -> StageResult:
     """``augment audit``: quality, diversity, memorisation and provenance (see :mod:`augment.audit`)."""
     from augment.audit import audit as run_audit
@@ -332,6 +350,7 @@ def audit(cfg, echo=print) -> StageResult:
     return StageResult(out, record, f"{summary(record)}\nwrote {out / 'audit.json'} and {out / 'nearest.csv'}")
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "evaluate")
 def evaluate(cfg, echo=print) -> StageResult:
     """``augment evaluate``: task models on each arm and seed, tested on the real test split."""
     from augment.evaluate import evaluate as run_evaluation
@@ -344,6 +363,7 @@ def evaluate(cfg, echo=print) -> StageResult:
     return StageResult(out, _record(out), f"{table}\nwrote {out / 'results.csv'}")
 
 
+@locked(lambda spec, out, *_, **__: out, "run")
 def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=print) -> StageResult:
     """``augment run``: a pipeline spec end to end (see :mod:`augment.pipeline`), then the report."""
     from augment.pipeline import load_pipeline, run_pipeline
@@ -356,6 +376,7 @@ def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=p
     return StageResult(result, timings, f"{text}\nwrote {result / 'report.html'} ({timings['wall_seconds']:.0f} s this run: {stages})")
 
 
+@locked(lambda out, *_, **__: out, "report")
 def report(out: str | Path) -> StageResult:
     """``augment report``: rebuild the report of an ``augment run`` output folder."""
     from augment.config import load_json

@@ -22,13 +22,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from pydantic import Field
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from augment.config import Strict
@@ -42,6 +42,7 @@ from augment.generators.artifact import load_run
 from augment.metrics import (
     copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
+from augment.output import atomic_path, read_json
 from augment.runinfo import run_record, write_json
 
 
@@ -71,11 +72,10 @@ def _tensors(df: pd.DataFrame, root: Path, masks: bool = True) -> tuple[torch.Te
 def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.DataFrame, classes: dict[int, str]) -> dict:
     """Hash checks that tie every synthetic file to its generator and the generator to DATA."""
     info = {"checked_rows": len(syn), "problems": []}
+    from augment.sampling import read_record
+
+    run = read_record(syn_dir, syn)
     problems = [f"{i}: {m}" for i, m in manifest_problems(syn, syn_dir, classes, check_files=True, check_hashes=True)]
-    run_path = syn_dir / "run.json"
-    if not run_path.is_file():
-        raise DataError(f"`{syn_dir}` has no run.json: the audit needs a synthetic set made by `augment sample`")
-    run = json.loads(run_path.read_text())
     bad = syn.loc[syn["generator_sha256"] != run["generator_sha256"], "id"].tolist()
     problems += [f"{i}: generator_sha256 differs from run.json" for i in bad]
     trained = run["generator_trained_on_sha256"]
@@ -93,16 +93,19 @@ def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.T
               "steps": cfg.encoder_steps, "seed": cfg.seed, "cache": str(cache)}
     model = SmallCNN(train_images.shape[1], num_classes)
     if (cache / "encoder.safetensors").is_file():
-        model.load_state_dict(load_file(cache / "encoder.safetensors"))
-        return model.eval(), {**record, "cached": True}
+        try:
+            model.load_state_dict(load_file(cache / "encoder.safetensors"))
+            return model.eval(), {**record, "cached": True}
+        except (SafetensorError, OSError, RuntimeError):
+            pass  # a damaged cache entry is a cache miss: train it again and replace it
     t = time.time()
     shapes = Shapes(train_images.shape[1], num_classes, 2)
     model = fit_tensors("classification", train_images, None, train_labels, shapes,
                         TaskConfig(steps=cfg.encoder_steps, batch_size=32), cfg.seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, cache / "encoder.safetensors")
+    with atomic_path(cache / "encoder.safetensors") as tmp:  # a killed audit never leaves half a cache entry
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     record.update(cached=False, train_seconds=round(time.time() - t, 2))
-    (cache / "encoder.json").write_text(json.dumps(record, indent=2))
+    write_json(record, cache / "encoder.json")
     return model, record
 
 
@@ -191,8 +194,7 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
 
     consistency = None
     if has_masks:
-        run = json.loads((syn_dir / "run.json").read_text())
-        budget = load_run(run["generator_run"]).rows
+        budget = load_run(read_json(syn_dir / "run.json")["generator_run"]).rows  # checked by check_provenance
         bx, bm = _tensors(budget, data)
         mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
         seg = fit_tensors("segmentation", bx, bm, torch.tensor(budget["label"].to_numpy()),
@@ -243,6 +245,10 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
     syn, syn_classes = load_data(syn_dir)
     if syn_classes != classes:
         raise DataError(f"`{syn_dir}` and `{data}` have different classes.csv")
+    inputs = {"--data": data.resolve(), "--synthetic": syn_dir.resolve()}
+    for flag, folder in inputs.items():
+        if Path(cfg.out).resolve() in (folder, *folder.parents):
+            raise DataError(f"--out `{cfg.out}` would replace the {flag} folder `{folder}`; choose another --out")
     if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
         raise DataError(f"--inception-weights `{cfg.inception_weights}` does not exist")
     provenance = check_provenance(data, real, syn_dir, syn, classes)

@@ -11,7 +11,9 @@ Strategies:
 * ``total``: ``N`` synthetic pairs split by ``weights`` (default: inverse real frequency) with
   largest remainders, so the counts add up to exactly ``N``.
 ``max_synthetic_per_class`` caps each class (for ``total``, capped excess moves to the other
-classes); ``classes`` limits which classes get synthetic pairs.
+classes); ``classes`` limits which classes get synthetic pairs. Ratios and weights must be finite
+numbers, and a plan may ask for at most ``max_synthetic_total`` pairs (default 1,000,000: a typo
+such as ``total: 1000000000`` is refused, not sampled for a week; raise it when you mean it).
 
 ``mask_source`` says where masks come from: ``generated`` (the generator makes image and mask
 together) or ``real`` (masks drawn from the generator's own budget subset, each moved by a seeded
@@ -32,6 +34,8 @@ from augment.masks import JitterConfig
 
 Count = StrictInt
 _ONLY = {"target": "target", "ratio": "ratio", "total": "total", "weights": "total"}
+MAX_TOTAL = 1_000_000
+_HUGE = 10**16  # stands for an overflowing count
 
 
 class BalanceConfig(Strict):
@@ -41,6 +45,7 @@ class BalanceConfig(Strict):
     total: Count | None = None
     weights: dict[int, StrictFloat | StrictInt] | None = None
     max_synthetic_per_class: Count | None = None
+    max_synthetic_total: Count = Field(MAX_TOTAL, ge=1, le=10**9, description="the most synthetic pairs a plan may ask for")
     classes: list[int] | None = None
     seed: int = Field(0, ge=0)
     mask_source: Literal["generated", "real"] = "generated"
@@ -60,9 +65,19 @@ class BalanceConfig(Strict):
             "ratio": [r for r in (self.ratio.values() if isinstance(self.ratio, dict) else [self.ratio or 0]) if r < 0],
             "weights": [w for w in (self.weights or {}).values() if w < 0],
         }
+        for key in ("ratio", "weights"):
+            value = getattr(self, key)
+            for v in (value.values() if isinstance(value, dict) else [value] if value is not None else []):
+                if not math.isfinite(v):
+                    raise ValueError(f"`{key}` must be a finite number (got {v}); give e.g. 1.0")
         for key, bad in negatives.items():
             if bad:
                 raise ValueError(f"`{key}` must not be negative (got {bad[0]})")
+        asked = {"total": self.total or 0, "target": sum((self.target or {}).values())}
+        for key, n in asked.items():
+            if n > self.max_synthetic_total:
+                raise ValueError(f"`{key}` asks for {n} synthetic pairs, above max_synthetic_total "
+                                 f"({self.max_synthetic_total}); raise it (balance.max_synthetic_total=N) if you mean it")
         if self.weights is not None and not any(self.weights.values()):
             raise ValueError("`weights` must not all be zero")
         return self
@@ -138,7 +153,9 @@ def plan(real_counts: dict[int, int], cfg: BalanceConfig, class_names: dict[int,
                 syn[c] = want - real[c]
     elif cfg.strategy == "ratio":
         r = cfg.ratio if isinstance(cfg.ratio, dict) else dict.fromkeys(known, cfg.ratio)
-        syn = {c: math.floor(r.get(c, 0) * real[c] + 0.5) if c in touched else 0 for c in known}
+        raw = {c: r.get(c, 0) * real[c] if c in touched else 0.0 for c in known}
+        # A huge finite ratio times a count can overflow to inf; such a plan is refused below.
+        syn = {c: math.floor(v + 0.5) if math.isfinite(v) else _HUGE for c, v in raw.items()}
     else:
         if cfg.weights is not None:
             w = {c: float(cfg.weights.get(c, 0)) if c in touched else 0.0 for c in known}
@@ -153,6 +170,12 @@ def plan(real_counts: dict[int, int], cfg: BalanceConfig, class_names: dict[int,
 
     if cap is not None:
         syn = {c: min(n, cap) for c, n in syn.items()}
+    asked = sum(syn.values())
+    if asked > cfg.max_synthetic_total:
+        shown = str(asked) if asked < _HUGE else f"over {_HUGE:.0e}"
+        raise ConfigError(f"balance: the plan asks for {shown} synthetic pairs, above max_synthetic_total "
+                          f"({cfg.max_synthetic_total}); lower it (e.g. max_synthetic_per_class) or raise the limit "
+                          "(--set balance.max_synthetic_total=N)")
     empty = [c for c in known if syn[c] > 0 and real[c] == 0]
     if empty:
         raise ConfigError(

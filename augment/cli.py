@@ -1,10 +1,13 @@
 """The CLI is a shell: parse, load config, apply ``--set``, call one API function, say where
-the output went. Any :class:`AugmentError` becomes one line on stderr and exit code 2."""
+the output went. Any :class:`AugmentError` becomes one line on stderr and exit code 2, and so
+do a full disk, a denied permission, a read-only file system and running out of memory."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 from typing import Any
 
@@ -220,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_problem(exc: OSError, args: argparse.Namespace) -> str | None:
+    """One line for the operating-system errors a user can cause or fix (no space, no
+    permission, a read-only disk); None for the rest (a bug or broken hardware: traceback)."""
+    where = str(exc.filename or getattr(args, "out", None) or "the output")
+    where = re.sub(r"\.([^/]+)\.partial-[0-9a-f]{8}(?=/|$)", r"\1", where)  # the folder being built, by its final name
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing `{where}` ({exc.strerror}); free some space and run again (finished work is kept)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: `{where}` ({exc.strerror}); choose a path you may write to"
+    if exc.errno == errno.EROFS:
+        return f"`{where}` is on a read-only file system; choose another output"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -227,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except AugmentError as exc:
         print(f"augment {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        line = _os_problem(exc, args)
+        if line is None:
+            raise
+        print(f"augment {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"augment {args.command}: error: out of memory; use smaller settings (fewer or smaller images, "
+              "a smaller batch_size)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"augment {args.command}: interrupted", file=sys.stderr)

@@ -23,7 +23,6 @@ generator that saw any val or test image of the data is refused (by sha256).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -31,7 +30,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Strict, load_json, save_json
@@ -41,7 +40,8 @@ from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
-from augment.errors import ConfigError, DataError
+from augment.errors import AugmentError, ConfigError, DataError
+from augment.output import atomic_path, discard, read_json
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
 
@@ -64,6 +64,19 @@ class EvaluateConfig(Strict):
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
+
+    @field_validator("arms", "seeds")
+    @classmethod
+    def _once(cls, values: list) -> list:
+        return unique(values)
+
+
+def unique(values: list) -> list:
+    """A list validator: each value at most once (a repeated arm or seed is a typo, not a request)."""
+    seen = [v for i, v in enumerate(values) if v in values[:i]]
+    if seen:
+        raise ValueError(f"{seen[0]!r} is listed twice; give each value once")
+    return values
 
 
 class Split:
@@ -123,6 +136,7 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
     """The real training rows (the generator's own, or a budget subset), the synthetic rows and
     what the record says about where they came from."""
     from augment.generators.artifact import load_run
+    from augment.sampling import read_record
 
     needs = [a for a in cfg.arms if a not in SHARED_ARMS]
     if cfg.synthetic is None:
@@ -136,13 +150,8 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
     syn, syn_classes = load_data(syn_dir)
     if syn_classes != classes:
         raise DataError(f"`{syn_dir}` and `{cfg.data}` have different classes.csv")
-    if "source" not in syn.columns or not (syn["source"] == "synthetic").all() or not (syn_dir / "run.json").is_file():
-        raise DataError(f"`{syn_dir}` is not a synthetic set made by `augment sample` (no run.json or rows without source=synthetic)")
-    try:
-        record = json.loads((syn_dir / "run.json").read_text())
-        gen_path, trained = record["generator_run"], record["generator_trained_on_sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"`{syn_dir / 'run.json'}` is not a sampling record (corrupt or from another tool)") from None
+    record = read_record(syn_dir, syn)
+    gen_path, trained = record["generator_run"], record["generator_trained_on_sha256"]
     check_trained_on(trained, real, Path(cfg.data), f"`{syn_dir}`")
     run = load_run(gen_path)
     return run.rows, syn, {"budget": run.config.budget, "generator_seed": run.config.seed,
@@ -178,8 +187,49 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     shapes = Shapes(channels, num_classes, max(2, highest + 1), rare)
 
     out = Path(cfg.out)
-    if (out / "config.json").is_file() and _fixed(load_json(EvaluateConfig, out / "config.json")) != _fixed(cfg):
+    existed, fresh = out.exists(), _check_out(out, cfg)
+    try:
+        return _run(cfg, out, tasks, parts, shapes, origin, rare, syn, started, echo)
+    except AugmentError:
+        if fresh:
+            discard(out, existed)  # a run that failed on its own input leaves nothing
+        raise
+
+
+def _check_out(out: Path, cfg: EvaluateConfig) -> bool:
+    """Refuse an output that holds anything but an evaluation with the same fixed settings;
+    True when ``out`` is new (absent or empty)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return True
+    record = out / "run.json"
+    try:
+        saved = load_json(EvaluateConfig, out / "config.json")
+        stage = read_json(record).get("stage") if record.is_file() else "evaluate"
+    except AugmentError:
+        saved, stage = None, None
+    if saved is None or stage != "evaluate":
+        raise DataError(f"`{out}` is not empty and is not an evaluation folder; choose another --out")
+    if _fixed(saved) != _fixed(cfg):
         raise DataError(f"`{out}` holds an evaluation with other settings (see its config.json); choose another --out")
+    return False
+
+
+def _result(path: Path) -> dict:
+    """A finished (task, arm, seed) result from ``EVAL/runs/``; a corrupt one is named."""
+    try:
+        result = read_json(path, "result file")
+    except DataError as exc:
+        raise DataError(f"{exc}; delete it to train that arm again") from None
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise DataError(f"result file `{path}` has no metrics (corrupt or from another tool); delete it to train that arm again")
+    return result
+
+
+def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: Shapes, origin: dict, rare: int,
+         syn, started: float, echo) -> Path:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     save_json(cfg, out / "config.json")
     rows = []
@@ -189,7 +239,7 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
             for seed in cfg.seeds:
                 path = out / "runs" / f"{task}__{arm.replace('+', '_')}__seed{seed}.json"
                 if path.is_file():
-                    result = json.loads(path.read_text())
+                    result = _result(path)
                 else:
                     if arm in SHARED_ARMS:
                         train = parts["real"]
@@ -202,11 +252,15 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
                     result.update(task=task, arm=arm, seed=seed, budget=origin["budget"], generator=origin["generator"])
                     write_json(result, path)
                     echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
+                missing = [m for m in TASKS[task].reported if m not in result["metrics"]]
+                if missing:
+                    raise DataError(f"result file `{path}` lacks metric `{missing[0]}`; delete it to train that arm again")
                 for metric in TASKS[task].reported:
                     rows.append({"task": task, "budget": origin["budget"], "generator": origin["generator"], "arm": arm,
                                  "seed": seed, "metric": metric, "value": result["metrics"][metric]})
     results = pd.DataFrame(rows)
-    results.to_csv(out / "results.csv", index=False)
+    with atomic_path(out / "results.csv") as tmp:
+        results.to_csv(tmp, index=False)
     write_json(run_record("evaluate", cfg.model_dump(mode="json"), started, **origin,
                 rare_class=rare, checkpoint_rule={t: (cfg.segmentation if t == "segmentation" else cfg.classification).selection for t in tasks},
                 n_test=len(parts["test"]), n_val=len(parts["val"]), n_real=len(parts["real"]),

@@ -8,11 +8,18 @@ whole output folders, so a failed or killed stage never leaves a half-written fi
   returns a fresh temporary sibling folder to build in; :func:`publish` renames it into place.
   Stages that resume in place (train, sample, evaluate) instead keep their own journal or
   checkpoints and write their ``run.json`` last; its presence marks a finished stage.
+* :func:`discard` undoes a stage that failed in place in an output that was new.
+* :func:`read_json` reads a record a stage wrote; a corrupt one is a :class:`DataError` naming it.
+
+A write that fails for lack of space raises ``OSError(ENOSPC)`` naming the file being written
+(not its temporary name); the CLI turns it into one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -23,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from augment.errors import DataError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # out of disk space or quota
 
 
 def _umask() -> int:
@@ -44,6 +53,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in FULL:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(p)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -65,14 +79,36 @@ def write_bytes(data: bytes, path: str | Path) -> None:
         tmp.write_bytes(data)
 
 
+def read_json(path: str | Path, what: str = "record") -> dict[str, Any]:
+    """A JSON object a stage wrote (``run.json``, ``audit.json`` ...); a missing, unreadable or
+    non-object file is a DataError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} `{p}` does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{what} `{p}` is not readable JSON (corrupt or truncated)") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} `{p}` is not a JSON object (corrupt or from another tool)")
+    return data
+
+
 def claim_output(out: str | Path, overwrite: bool) -> Path:
-    """A fresh temporary folder beside ``out`` (same parent, so relative paths stay valid)."""
+    """A fresh temporary folder beside ``out`` (same parent, so relative paths stay valid).
+    When this process holds the lock of ``out`` (:mod:`augment.lock`), the temporary folders
+    of killed runs are removed first: nobody else can be building ``out``."""
+    from augment.lock import holds
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"output `{out}` exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DataError(f"output `{out}` already exists and is not empty; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if holds(out):
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
@@ -84,6 +120,20 @@ def publish(tmp: Path, out: str | Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def discard(out: str | Path, existed: bool) -> None:
+    """Undo a failed stage that wrote in place into an output that was new: remove ``out`` when
+    it did not exist before, or empty it again when it was an empty folder."""
+    out = Path(out)
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in list(out.iterdir()) if out.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -14,15 +14,18 @@ Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synt
 ``OUT/evaluate/b{budget}_s{seed}/{real,<name>}``; the report in ``OUT/`` (``report.json``,
 ``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
 complete when its ``run.json`` (``audit.json`` for the audit) exists; it is then skipped.
+Every stage's config is built, and so validated, before anything is written; each stage runs
+through :mod:`augment.api`, holding the lock of its own output folder.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,10 +35,11 @@ from augment.balance import BalanceConfig
 from augment.classic import ClassicConfig
 from augment.config import Strict, load_json, load_yaml, merge, save_json, validate
 from augment.downstream import TaskConfig
-from augment.errors import ConfigError, DataError
-from augment.evaluate import ARMS, SHARED_ARMS, Arm
+from augment.errors import AugmentError, ConfigError, DataError
+from augment.evaluate import ARMS, SHARED_ARMS, Arm, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
+from augment.output import discard, read_json
 from augment.runinfo import run_record, write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,7 +48,7 @@ RESERVED = ("real", "none")
 
 class DataSpec(Strict):
     source: str = Field(description="phantom, or a path (relative to where `augment run` is started)")
-    image_size: int | None = Field(None, ge=8)
+    image_size: int | None = Field(None, ge=8, le=4096)
     count: int | None = Field(None, ge=1, description="phantom only")
     seed: int = Field(0, ge=0)
 
@@ -66,6 +70,11 @@ class EvaluateSpec(Strict):
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
+
+    @field_validator("arms")
+    @classmethod
+    def _once(cls, values: list) -> list:
+        return unique(values)
 
 
 class GeneratorSpec(Strict):
@@ -91,13 +100,19 @@ class PipelineConfig(Strict):
     data: DataSpec
     generators: dict[str, GeneratorSpec] = Field(min_length=1)
     train: LoopConfig = Field(default_factory=LoopConfig)
-    budgets: list[int] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    generator_seeds: list[int] | None = Field(None, min_length=1, description="seeds generators are trained with (default: seeds)")
+    budgets: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    generator_seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="seeds generators are trained with (default: seeds)")
     balance: BalanceConfig
     sample: SampleSpec = Field(default_factory=SampleSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+
+    @field_validator("budgets", "seeds", "generator_seeds")
+    @classmethod
+    def _once(cls, values: list | None) -> list | None:
+        return values if values is None else unique(values)
 
     @field_validator("generators")
     @classmethod
@@ -139,23 +154,32 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
         spec["generators"] = {one.get("family", "generator") if isinstance(one, dict) else "generator": one}
     if isinstance(spec.get("balance"), str):
         spec["balance"] = _balance_file(spec["balance"], path)
+    _mapping(spec, ("train", "balance"), "", path)
     if isinstance(spec.get("generators"), dict):
         resolved = {}
         for name, entry in spec["generators"].items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"pipeline `{path}`: generators.{name} must be a mapping (e.g. {{family: cvae}})")
             entry = dict(entry)
-            balance = entry.pop("balance", {})
-            if isinstance(balance, str):
-                balance = _balance_file(balance, path)
+            if isinstance(entry.get("balance"), str):
+                entry["balance"] = _balance_file(entry["balance"], path)
+            _mapping(entry, ("train", "balance"), f"generators.{name}.", path)
             resolved[name] = {
                 "generator": entry,
                 "train": merge(spec.get("train") or {}, entry.pop("train", None) or {}),
-                "balance": merge(spec.get("balance") or {}, balance or {}),
+                "balance": merge(spec.get("balance") or {}, entry.pop("balance", None) or {}),
                 "sampler": entry.pop("sampler", None) or {},
             }
         spec["generators"] = resolved
     return validate(PipelineConfig, spec, f"pipeline `{path}`")
+
+
+def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None:
+    """Keys that are merged key by key must hold mappings (a ConfigError naming the key otherwise)."""
+    for key in keys:
+        value = spec.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"pipeline `{path}`: `{prefix}{key}` must be a mapping of settings (got {value!r})")
 
 
 def _done(folder: Path, marker: str = "run.json") -> bool:
@@ -166,40 +190,26 @@ def generator_dir(out: Path, name: str, budget: int, gseed: int) -> Path:
     return out / "generators" / name / f"b{budget}_g{gseed}"
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
-    from augment.api import prepare, train
-    from augment.audit import AuditConfig, audit
+def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str]]:
+    """Every stage as (name, folder, call, completion marker), in order. Building them validates
+    every stage's config, so a bad spec fails before anything is written."""
+    from augment import api
+    from augment.audit import AuditConfig
     from augment.config import PrepareConfig
-    from augment.evaluate import EvaluateConfig, evaluate
+    from augment.evaluate import EvaluateConfig
     from augment.generators import TrainConfig
-    from augment.sampling import SampleConfig, sample
+    from augment.sampling import SampleConfig
 
-    started = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "pipeline.json"
-    if saved.is_file():
-        old = load_json(PipelineConfig, saved).model_dump(mode="json")
-        new = cfg.model_dump(mode="json")
-        changed = [k for k in new if new[k] != old.get(k)]
-        if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
-            raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
-    save_json(cfg, saved)
-    timings: dict[str, float] = {}
+    def make(model, what: str, **fields):
+        return validate(model, fields, f"pipeline: {what}")
 
-    def stage(name: str, folder: Path, fn, marker: str = "run.json"):
-        if _done(folder, marker):
-            echo(f"[skip] {name}: {folder} is complete")
-            return
-        echo(f"[run]  {name} -> {folder}")
-        t = time.time()
-        fn()
-        timings[name] = round(time.time() - t, 2)
+    def quiet(*_):
+        return None
 
     data = out / "data"
-    prep = PrepareConfig(source=cfg.data.source, out=data, image_size=cfg.data.image_size, count=cfg.data.count,
-                         seed=cfg.data.seed, overwrite=not _done(data))
-    stage("prepare", data, lambda: prepare(prep))
+    prep = make(PrepareConfig, "data", source=cfg.data.source, out=data, image_size=cfg.data.image_size,
+                count=cfg.data.count, seed=cfg.data.seed, overwrite=not _done(data))
+    stages = [("prepare", data, partial(api.prepare, prep), "run.json")]
     ev = cfg.evaluate
     shared = [a for a in ev.arms if a in SHARED_ARMS]
     own = [a for a in ev.arms if a not in SHARED_ARMS]
@@ -211,24 +221,64 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
             common = dict(data=data, task=ev.task, seeds=[seed], segmentation=ev.segmentation,
                           classification=ev.classification, classic=ev.classic)
             if shared:
-                rcfg = EvaluateConfig(out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
-                stage(f"evaluate real arms (budget {budget} seed {seed})", where / "real", lambda: evaluate(rcfg, echo=lambda *_: None))
+                rcfg = make(EvaluateConfig, "evaluate", out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
+                stages.append((f"evaluate real arms (budget {budget} seed {seed})", where / "real",
+                               partial(api.evaluate, rcfg, echo=quiet), "run.json"))
             for name, spec in cfg.generators.items():
                 tag = f"{name} budget {budget} gseed {gseed}"
                 run = generator_dir(out, name, budget, gseed)
-                tcfg = TrainConfig(data=data, out=run / "generator", budget=budget, seed=gseed, generator=spec.generator, train=spec.train)
-                stage(f"train ({tag})", run / "generator", lambda: train(tcfg, resume=True))
+                tcfg = make(TrainConfig, f"generators.{name}", data=data, out=run / "generator", budget=budget, seed=gseed,
+                            generator=spec.generator, train=spec.train)
+                stages.append((f"train ({tag})", run / "generator", partial(api.train, tcfg, resume=True), "run.json"))
                 syn = run / "synthetic"
-                scfg = SampleConfig(generator=run / "generator", balance=spec.balance, out=syn, seed=gseed,
-                                    batch_size=cfg.sample.batch_size, filter=cfg.sample.filter, sampler=spec.sampler)
-                stage(f"sample ({tag})", syn, lambda: sample(scfg, resume=True, echo=lambda *_: None))
+                scfg = make(SampleConfig, f"generators.{name}", generator=run / "generator", balance=spec.balance, out=syn,
+                            seed=gseed, batch_size=cfg.sample.batch_size, filter=cfg.sample.filter, sampler=spec.sampler)
+                stages.append((f"sample ({tag})", syn, partial(api.sample, scfg, resume=True, echo=quiet), "run.json"))
                 if cfg.audit.enabled:
-                    acfg = AuditConfig(data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
-                                       segmenter_steps=cfg.audit.segmenter_steps, seed=gseed, overwrite=True)
-                    stage(f"audit ({tag})", run / "audit", lambda: audit(acfg, echo=lambda *_: None), marker="audit.json")
+                    acfg = make(AuditConfig, "audit", data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
+                                segmenter_steps=cfg.audit.segmenter_steps, seed=gseed, overwrite=True)
+                    stages.append((f"audit ({tag})", run / "audit", partial(api.audit, acfg, echo=quiet), "audit.json"))
                 if own:
-                    ecfg = EvaluateConfig(out=where / name, synthetic=syn, arms=own, generator_name=name, **common)
-                    stage(f"evaluate ({name} budget {budget} seed {seed})", where / name, lambda: evaluate(ecfg, echo=lambda *_: None))
+                    ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name, **common)
+                    stages.append((f"evaluate ({name} budget {budget} seed {seed})", where / name,
+                                   partial(api.evaluate, ecfg, echo=quiet), "run.json"))
+    return stages
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
+    """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
+    empty or an earlier run of the same spec (budgets and seeds may change)."""
+    started = time.time()
+    out = Path(out)
+    saved = out / "pipeline.json"
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
+    existed, fresh = out.exists(), not out.is_dir() or not any(out.iterdir())
+    if not fresh and not saved.is_file():
+        raise DataError(f"`{out}` is not empty and is not the output of `augment run`; choose another --out")
+    if saved.is_file():
+        old = load_json(PipelineConfig, saved).model_dump(mode="json")
+        new = cfg.model_dump(mode="json")
+        changed = [k for k in new if new[k] != old.get(k)]
+        if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
+            raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
+    stages = _stages(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(cfg, saved)
+    timings: dict[str, float] = {}
+    try:
+        for name, folder, call, marker in stages:
+            if _done(folder, marker):
+                echo(f"[skip] {name}: {folder} is complete")
+                continue
+            echo(f"[run]  {name} -> {folder}")
+            t = time.time()
+            call()
+            timings[name] = round(time.time() - t, 2)
+    except AugmentError:
+        if fresh and not timings:
+            discard(out, existed)  # nothing finished: a failed first stage leaves nothing
+        raise
     t = time.time()
     build_report(cfg, out)
     timings["report"] = round(time.time() - t, 2)
@@ -257,7 +307,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
             for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
                 audit_json = generator_dir(out, name, budget, gseed) / "audit" / "audit.json"
                 if audit_json.is_file():
-                    rep = json.loads(audit_json.read_text())
+                    rep = read_json(audit_json, "audit record")
                     tag = {"generator": name, "budget": budget, "seed": gseed}
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
@@ -266,7 +316,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
         for budget in cfg.budgets:
             for sub in ["real", *cfg.generators]:
                 results = out / "evaluate" / f"b{budget}_s{seed}" / sub / "results.csv"
-                if results.is_file():
+                if _done(results.parent):  # only finished evaluations
                     frames.append(pd.read_csv(results))
     columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
     downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

@@ -41,6 +41,7 @@ from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, write_classes, wri
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.generators.artifact import GeneratorRun, LoadedGenerator, load_generator
 from augment.masks import jitter_mask
+from augment.output import atomic_path, read_json
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed, process_state
 
@@ -59,6 +60,23 @@ class SampleConfig(Strict):
     filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
     max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
     sampler: dict[str, Any] = Field(default_factory=dict, description="family sampler settings, checked against its Sampler schema")
+
+
+def read_record(syn_dir: str | Path, rows: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The ``run.json`` of a synthetic set made by ``augment sample`` (``rows``: its manifest,
+    when loaded), checked: a folder that is not one (a real dataset, a generator run) or a corrupt
+    record is a DataError naming it."""
+    syn_dir = Path(syn_dir)
+    not_synthetic = rows is not None and ("source" not in rows.columns or not (rows["source"] == "synthetic").all())
+    if not_synthetic or not (syn_dir / "run.json").is_file():
+        raise DataError(f"`{syn_dir}` is not a synthetic set made by `augment sample` (no run.json or rows without source=synthetic)")
+    record = read_json(syn_dir / "run.json", "run record")
+    trained = record.get("generator_trained_on_sha256")
+    if (record.get("stage") != "sample" or not isinstance(record.get("generator_run"), str)
+            or not isinstance(record.get("generator_sha256"), str)
+            or not isinstance(trained, list) or not all(isinstance(t, str) for t in trained)):
+        raise DataError(f"`{syn_dir / 'run.json'}` is not a sampling record (corrupt or from another tool)")
+    return record
 
 
 def load_balance(path: str | Path) -> BalanceConfig:
@@ -175,6 +193,8 @@ def _journal_rows(out: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("id", "image", "mask", "sha256")):
+                continue  # not a row this module wrote: the pair is made again
             if (out / row["image"]).is_file() and (out / row["mask"]).is_file() and sha256_file(out / row["image"]) == row["sha256"]:
                 rows[row["id"]] = row
     return rows
@@ -183,6 +203,8 @@ def _journal_rows(out: Path) -> dict[str, dict]:
 def _claim(cfg: SampleConfig, resume: bool, state) -> None:
     out = cfg.out
     saved = out / "sample.json"
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not saved.is_file():
             raise DataError(f"`{out}` is not empty and is not a synthetic set; choose another --out")
@@ -208,7 +230,8 @@ def sample(cfg: SampleConfig, resume: bool = False, echo=print) -> Path:
     check_mask_source(gen, cfg.balance.mask_source)
     sampler_settings(gen, cfg)
     seed = cfg.balance.seed if cfg.seed is None else cfg.seed
-    if (cfg.out / "run.json").is_file() and load_json(SampleConfig, cfg.out / "sample.json") == cfg:
+    done = all((cfg.out / f).is_file() for f in ("run.json", "sample.json"))
+    if done and load_json(SampleConfig, cfg.out / "sample.json") == cfg:
         if state.is_main_process:
             echo(f"`{cfg.out}` is already complete; nothing to do")
         return cfg.out
@@ -227,7 +250,8 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
          resume: bool, state, started: float, echo) -> Path:
     if state.is_main_process:
         echo(table.to_string(index=False))
-        table.to_csv(cfg.out / "plan.csv", index=False)
+        with atomic_path(cfg.out / "plan.csv") as tmp:
+            table.to_csv(tmp, index=False)
 
     items = plan_items(table)
     done = _journal_rows(cfg.out) if resume else {}

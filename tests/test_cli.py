@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 
@@ -79,3 +80,34 @@ def test_help_lists_verbs():
     assert res.returncode == 0 and "prepare" in res.stdout
     res = _run("prepare", "--help")
     assert res.returncode == 0 and "--image-size" in res.stdout and "--set" in res.stdout
+
+
+@pytest.mark.parametrize("error,needle", [
+    (OSError(errno.ENOSPC, "No space left on device", "/x/.d.partial-0a1b2c3d/images/a.png"),
+     "disk full while writing `/x/d/images/a.png` (No space left on device); free some space and run again"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/x/d/run.json"), "disk full while writing `/x/d/run.json`"),
+    (PermissionError(errno.EACCES, "Permission denied", "/x/d"), "permission denied: `/x/d` (Permission denied)"),
+    (OSError(errno.EROFS, "Read-only file system", "/x/d"), "`/x/d` is on a read-only file system"),
+    (MemoryError(), "out of memory; use smaller settings"),
+])
+def test_system_limits_are_one_line_and_exit_2(monkeypatch, capsys, error, needle):
+    from augment import api
+
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(api, "validate_data", fail)
+    assert main(["validate", "somewhere"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("augment validate: error: ") and needle in lines[0]
+
+
+def test_an_unexpected_os_error_is_not_hidden(monkeypatch):
+    from augment import api
+
+    def fail(*_args, **_kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(api, "validate_data", fail)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["validate", "somewhere"])

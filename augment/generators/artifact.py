@@ -75,6 +75,10 @@ def load_run(run_dir: str | Path) -> GeneratorRun:
     if not d.is_dir():
         raise DataError(f"generator folder `{d}` does not exist")
     missing = [f for f in (CONFIG, WEIGHTS, RUN) if not (d / f).is_file()]
+    stage = _stage(d / RUN) if (d / RUN).is_file() else None
+    if stage not in (None, "train"):
+        raise DataError(f"`{d}` is not a generator run (its run.json is from `augment {stage}`); "
+                        "give the folder `augment train` wrote")
     if missing:
         hint = " (training did not finish; resume it with --resume)" if RUN in missing and (d / CONFIG).is_file() else ""
         raise DataError(f"generator folder `{d}` is incomplete: missing {', '.join(missing)}{hint}")
@@ -84,7 +88,14 @@ def load_run(run_dir: str | Path) -> GeneratorRun:
         spec = DataSpec.model_validate(run["data_spec"])
         trained_on = [(str(t["id"]), str(t["sha256"])) for t in run["trained_on"]]
         recorded_dir = Path(run["data_dir"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        # What sampling reads: class names and the real count per class of the budget subset.
+        names = {int(k): v for k, v in run["classes"].items() if isinstance(v, str)}
+        counts = {int(k): v for k, v in run["class_counts"].items() if isinstance(v, int) and v >= 0}
+        if len(names) != len(run["classes"]) or len(counts) != len(run["class_counts"]) or not names:
+            raise ValueError("classes or class_counts")
+        if not isinstance(run["weights_sha256"], str):
+            raise ValueError("weights_sha256")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise DataError(f"`{d / RUN}` is not a generator run record (corrupt or from another tool)") from None
     data_dir = recorded_dir if recorded_dir.is_dir() else Path(config.data)
     manifest, _ = load_data(data_dir)
@@ -97,6 +108,16 @@ def load_run(run_dir: str | Path) -> GeneratorRun:
     if changed:
         raise DataError(f"`{data_dir}` changed since generator `{d}` was trained: row {changed[0]} has another sha256")
     return GeneratorRun(d, config, spec, run, data_dir, rows)
+
+
+def _stage(path: Path) -> str | None:
+    """The ``stage`` a run.json records (None when it records none or is not a JSON object)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    stage = record.get("stage") if isinstance(record, dict) else None
+    return stage if isinstance(stage, str) else None
 
 
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:

@@ -32,6 +32,7 @@ STATE = "state"
 MODEL, OPTIMIZER, OPTIMIZER_GROUPS = "model.safetensors", "optimizer.safetensors", "optimizer.json"
 EMA, SCALER, TRAINER = "ema.safetensors", "scaler.json", "trainer.json"
 FORMAT = 1
+_EARLIER = "delete `{}` to resume from an earlier checkpoint"
 
 
 class TrainingError(AugmentError):
@@ -99,13 +100,13 @@ def save_checkpoint(
 def read_json(path: Path) -> dict:
     """A JSON object from a checkpoint file; anything else is a TrainingError naming the file."""
     if not path.is_file():
-        raise TrainingError(f"checkpoint file `{path}` is missing; delete `{path.parent}` to resume from an earlier one")
+        raise TrainingError(f"checkpoint file `{path}` is missing; {_EARLIER.format(path.parent)}")
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise TrainingError(f"checkpoint file `{path}` is not JSON") from None
+        raise TrainingError(f"checkpoint file `{path}` is not JSON; {_EARLIER.format(path.parent)}") from None
     if not isinstance(data, dict):
-        raise TrainingError(f"checkpoint file `{path}` is not a JSON object")
+        raise TrainingError(f"checkpoint file `{path}` is not a JSON object; {_EARLIER.format(path.parent)}")
     return data
 
 
@@ -113,11 +114,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a checkpoint safetensors file (on CPU); a missing or non-safetensors file is
     a TrainingError naming it."""
     if not path.is_file():
-        raise TrainingError(f"checkpoint file `{path}` is missing; delete `{path.parent}` to resume from an earlier one")
+        raise TrainingError(f"checkpoint file `{path}` is missing; {_EARLIER.format(path.parent)}")
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise TrainingError(f"checkpoint file `{path}` is not a safetensors file ({str(exc).splitlines()[0]})") from None
+        raise TrainingError(f"checkpoint file `{path}` is not a safetensors file ({str(exc).splitlines()[0]}); "
+                            f"{_EARLIER.format(path.parent)}") from None
 
 
 def _misfit(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> str | None:

@@ -349,7 +349,8 @@ def _resume_point(folder: Path, info: dict, plan: list[Phase], total: int) -> tu
     """(step, loss rows) from a checkpoint's trainer.json, checked against this run's phases."""
     path = folder / ckpt.TRAINER
     step, phase, rows = info.get("step"), info.get("phase"), info.get("loss_rows")
-    if info.get("format") != ckpt.FORMAT or not isinstance(step, int) or not isinstance(rows, list):
+    if (info.get("format") != ckpt.FORMAT or not isinstance(step, int) or not isinstance(rows, list)
+            or not all(isinstance(r, dict) for r in rows)):
         raise TrainingError(f"checkpoint file `{path}` is not a trainer record of this version (format {ckpt.FORMAT})")
     if not 0 < step < total:
         raise TrainingError(f"checkpoint file `{path}` is at step {step}, outside this run's {total} steps")
