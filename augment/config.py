@@ -54,7 +54,7 @@ class PrepareConfig(Strict):
     out: Path
     image_size: int | None = Field(None, ge=8, le=4096, description="resize to N x N (images bilinear, masks nearest)")
     seed: int = Field(0, ge=0)
-    count: int | None = Field(None, ge=1, description="phantom only: number of pairs (default 300)")
+    count: int | None = Field(None, ge=1, le=1_000_000, description="phantom only: number of pairs (default 300, at most 1,000,000)")
     rgb: bool = Field(False, description="phantom only: RGB instead of grayscale")
     priors: list[float] | None = Field(None, description="phantom only: class priors (default 0.5, 0.35, 0.15)")
     split: SplitFractions = Field(default_factory=SplitFractions)

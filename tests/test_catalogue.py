@@ -109,6 +109,7 @@ CASES = [
     ("prepare-missing-source", None, ["prepare", "--source", "{t}/nowhere", "--out", O], "`{t}/nowhere` does not exist"),
     ("prepare-tiny-image-size", None, ["prepare", "--source", "phantom", "--out", O, "--image-size", "2"], "`image_size`"),
     ("prepare-count-not-int", None, ["prepare", "--source", "phantom", "--out", O, "--count", "x"], "invalid int value"),
+    ("prepare-count-huge", None, ["prepare", "--source", "phantom", "--out", O, "--count", "100000000000"], "less than or equal to 1000000"),
     ("prepare-split-sum", None, ["prepare", "--source", "phantom", "--out", O, "--set", "split.train=0.9"], "must sum to 1"),
     ("prepare-out-not-empty", _data_copy, ["prepare", "--source", "phantom", "--out", O, "--count", "9"], "already exists and is not empty"),
     ("prepare-config-missing", None, ["prepare", "--config", "{t}/p.yaml"], "config file `{t}/p.yaml` does not exist"),
