@@ -10,14 +10,16 @@ from pydantic import Field
 from augment.config import Strict
 from augment.generators.base import DataSpec, GeneratorModel, Sample
 from augment.generators.cvae import CVAE, CVAEConfig
+from augment.generators.ldm import LDM, LDMConfig
 from augment.generators.loop import LoopConfig
 
 #: family name -> (config class, network class). A new family adds one line here.
 REGISTRY = {
     "cvae": (CVAEConfig, CVAE),
+    "ldm": (LDMConfig, LDM),
 }
 
-GeneratorConfig = Annotated[Union[CVAEConfig], Field(discriminator="family")]
+GeneratorConfig = Annotated[Union[CVAEConfig, LDMConfig], Field(discriminator="family")]
 
 
 class TrainConfig(Strict):

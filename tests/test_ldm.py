@@ -1,0 +1,135 @@
+"""Latent diffusion: guidance, the latent round trip, the latent scale, both solvers, both modes.
+
+The registry's contract test (tests/test_generators.py) covers the family's sampling contract
+and byte-exact regeneration; these check what is particular to diffusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from augment.config import validate
+from augment.errors import ConfigError
+from augment.generators import DataSpec, TrainConfig, build
+from augment.generators.ldm import LDMConfig, LDMSampler
+
+SPEC = DataSpec(image_size=16, channels=1, num_classes=3, mask_classes=3)
+TINY = {"ae_channels": (8, 8), "unet_channels": (8, 16), "latent_channels": 2}
+
+
+def _model(mode="joint", seed=0):
+    torch.manual_seed(seed)
+    return build(LDMConfig(mode=mode, **TINY), SPEC).eval()
+
+
+def _masks(n, size=16):
+    m = torch.zeros(n, size, size, dtype=torch.int64)
+    m[:, 4:10, 5:11] = 1
+    return m
+
+
+@pytest.mark.parametrize("mode", ["joint", "mask"])
+def test_guidance_one_is_the_plain_conditional_path(mode):
+    """Guidance 1 equals a DDIM loop written out here that only ever calls the conditional denoiser."""
+    model = _model(mode)
+    labels = torch.tensor([0, 2, 1])
+    masks = _masks(3) if mode == "mask" else None
+    settings = LDMSampler(solver="ddim", steps=4, guidance=1.0)
+    got = model.sample(labels, torch.Generator().manual_seed(5), masks, settings)
+
+    z = torch.randn((3, 2, 8, 8), generator=torch.Generator().manual_seed(5))
+    sched = model.scheduler(settings)
+    extra = None if masks is None else model._mask_input(masks)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = z if extra is None else torch.cat([z, extra], 1)
+            z = sched.step(model.unet(x, t, class_labels=labels).sample, t, z).prev_sample
+        images, _ = model.decode(z)
+    assert torch.equal(got.images, images.float())
+
+
+def test_guidance_combines_the_conditional_and_null_class_outputs():
+    model = _model("mask")
+    z = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels, m = torch.tensor([1, 2]), model._mask_input(_masks(2))
+    t = torch.tensor(500)
+    with torch.no_grad():
+        cond = model.unet(torch.cat([z, m], 1), t, class_labels=labels).sample
+        null = torch.full_like(labels, SPEC.num_classes)
+        uncond = model.unet(torch.cat([z, torch.zeros_like(m)], 1), t, class_labels=null).sample
+        got = model.guided_noise(z, t, labels, m, 3.0)
+    torch.testing.assert_close(got, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, cond)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.5])
+def test_guidance_changes_the_samples(guidance):
+    model = _model()
+    labels = torch.tensor([1, 2])
+    plain = model.sample(labels, torch.Generator().manual_seed(3), settings=LDMSampler(steps=3, guidance=1.0))
+    guided = model.sample(labels, torch.Generator().manual_seed(3), settings=LDMSampler(steps=3, guidance=guidance))
+    assert not torch.equal(plain.images, guided.images)
+
+
+def test_latent_round_trip_shapes_and_ranges():
+    model = _model()
+    images = torch.rand(5, 1, 16, 16)
+    masks = _masks(5)
+    with torch.no_grad():
+        z = model.encode(images, masks)
+        rec, logits = model.decode(z)
+        drawn = model.encode(images, masks, torch.Generator().manual_seed(0))
+    assert z.shape == (5, 2, 8, 8) == drawn.shape and not torch.equal(z, drawn)
+    assert rec.shape == images.shape and logits.shape == (5, 3, 16, 16)
+    assert float(rec.min()) >= 0 and float(rec.max()) <= 1
+    metrics = model.reconstruction_metrics(images, masks)
+    assert set(metrics) == {"psnr", "ssim", "mask_dice", "n"} and metrics["n"] == 5
+    assert 0 <= metrics["mask_dice"] <= 1 and -1 <= metrics["ssim"] <= 1
+
+
+def test_denoiser_phase_scales_latents_to_unit_std():
+    model = _model()
+    images, masks = torch.rand(12, 1, 16, 16) * 0.2, _masks(12)
+    with torch.no_grad():
+        model.on_phase_start("autoencoder", (images, masks, torch.zeros(12, dtype=torch.int64)))
+        assert float(model.latent_scale) == 1.0  # nothing measured before the denoiser
+        model.on_phase_start("denoiser", (images, masks, torch.zeros(12, dtype=torch.int64)))
+        z = model.encode(images, masks)
+    assert float(model.latent_scale) != 1.0
+    assert float(z.std()) == pytest.approx(1.0, rel=1e-4)
+    assert "latent_scale" in model.state_dict()  # saved with the weights, so sampling decodes right
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm++"])
+def test_both_solvers_are_deterministic_and_seed_dependent(solver):
+    model = _model()
+    labels = torch.tensor([0, 1, 2])
+    s = LDMSampler(solver=solver, steps=3)
+    a = model.sample(labels, torch.Generator().manual_seed(1), settings=s)
+    b = model.sample(labels, torch.Generator().manual_seed(1), settings=s)
+    c = model.sample(labels, torch.Generator().manual_seed(2), settings=s)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_each_phase_trains_only_its_own_module():
+    model = _model()
+    ae = {id(p) for p in model.phase_modules("autoencoder")[0].parameters()}
+    unet = {id(p) for p in model.phase_modules("denoiser")[0].parameters()}
+    assert ae and unet and not ae & unet
+    with pytest.raises(ValueError, match="phases"):
+        model.phase_modules("prior")
+
+
+def test_bad_settings_are_one_config_line():
+    with pytest.raises(ConfigError, match="solver"):
+        validate(LDMSampler, {"solver": "euler"}, "sample: sampler (ldm)")
+    with pytest.raises(ConfigError, match="steps"):
+        validate(LDMSampler, {"steps": 0}, "sample: sampler (ldm)")
+    with pytest.raises(ConfigError, match="ae_channels"):
+        validate(TrainConfig, {"data": "d", "out": "o", "generator": {"family": "ldm", "ae_channels": []}}, "train")
+
+
+def test_a_size_the_autoencoder_cannot_halve_is_refused():
+    with pytest.raises(ConfigError, match="ae_channels has 4 widths.*20 px"):
+        build(LDMConfig(ae_channels=(8, 8, 8, 8)), DataSpec(image_size=20, channels=1, num_classes=2, mask_classes=2))
