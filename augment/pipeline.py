@@ -247,7 +247,7 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
-    empty or an earlier run of the same spec (budgets and seeds may change)."""
+    empty or an earlier run of the same spec (budgets and seeds may change, generators may be added)."""
     started = time.time()
     out = Path(out)
     saved = out / "pipeline.json"
@@ -260,12 +260,17 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
         old = load_json(PipelineConfig, saved).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
         changed = [k for k in new if new[k] != old.get(k)]
+        before = old.get("generators") or {}
+        if "generators" in changed and all(new["generators"].get(g) == spec for g, spec in before.items()):
+            changed.remove("generators")  # generators were only added: the finished ones stay valid
         if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
             raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
     stages = _stages(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     save_json(cfg, saved)
     timings: dict[str, float] = {}
+    earlier = out / "timings.json"  # stages an earlier invocation ran keep their times
+    ran_before = dict(read_json(earlier, "pipeline timings").get("stages", {})) if earlier.is_file() else {}
     try:
         for name, folder, call, marker in stages:
             if _done(folder, marker):
@@ -282,6 +287,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     t = time.time()
     build_report(cfg, out)
     timings["report"] = round(time.time() - t, 2)
+    timings = {**{k: v for k, v in ran_before.items() if k not in timings}, **timings}
     by_kind: dict[str, float] = {}
     for name, seconds in timings.items():
         kind = name.split(" (")[0]

@@ -103,3 +103,16 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
     syn = pd.read_csv(out / "generators" / "masked" / "b12_g0" / "synthetic" / "manifest.csv", dtype=str, keep_default_na=False)
     assert (syn["source_mask_id"] != "").all() and (pd.read_csv(out / "generators" / "joint" / "b12_g0" / "synthetic" / "manifest.csv",
                                                                  dtype=str, keep_default_na=False)["source_mask_id"] == "").all()
+
+    # A generator added to the spec later runs alone: the finished ones and the shared arms are reused.
+    spec.write_text(spec.read_text().replace("generators:\n", "generators:\n  diffusion: {family: ldm, ae_channels: [8, 8], "
+                                             "unet_channels: [8, 16], latent_channels: 2, sampler: {steps: 3}}\n"))
+    again = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ran = [line for line in again.stdout.splitlines() if line.startswith("[run]")]
+    assert ran and all("diffusion" in line for line in ran), ran
+    assert "[skip] train (joint budget 12 gseed 0)" in again.stdout and "[skip] evaluate real arms (budget 12 seed 1)" in again.stdout
+    rows = pd.read_csv(out / "tables" / "downstream.csv")
+    assert ("diffusion", "real+synthetic+classic") in set(zip(rows["generator"], rows["arm"]))
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    assert "train (joint budget 12 gseed 0)" in stages and "train (diffusion budget 12 gseed 0)" in stages
