@@ -215,6 +215,7 @@ def train(cfg, resume: bool = False) -> StageResult:
             discard(out, existed)  # e.g. a loss that diverged at once: nothing worth resuming
         raise
     if state.is_main_process:
+        heldout = _val_reconstruction(model, Path(cfg.data), spec.image_size)
         digest = save_weights(result.state_dict, out / WEIGHTS)
         with atomic_path(out / LOSS) as tmp:
             pd.DataFrame(result.loss_rows).to_csv(tmp, index=False)
@@ -241,6 +242,7 @@ def train(cfg, resume: bool = False) -> StageResult:
                 processes=state.num_processes,
                 replica_checksums=result.replica_checksums,
                 weights_sha256=digest,
+                val_reconstruction=heldout,
             ),
             out / RUN,
         )
@@ -248,7 +250,34 @@ def train(cfg, resume: bool = False) -> StageResult:
     record = _record(out, RUN)
     summary = (f"trained {record.get('family')} for {record.get('steps')} steps on {record.get('n_train')} images "
                f"in {record.get('loop_seconds', 0):.1f} s ({record.get('steps_per_s', 0):.2f} steps/s); wrote {out}") if record else ""
+    if record.get("val_reconstruction"):
+        r = record["val_reconstruction"]
+        summary += (f"\nautoencoder on {r['n']} val pairs (measured after training, never trained on): "
+                    f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, mask Dice "
+                    + ("n/a (no lesion)" if r["mask_dice"] is None else f"{r['mask_dice']:.3f}"))
     return StageResult(out, record, summary)
+
+
+def _val_reconstruction(model, data_dir: Path, size: int, limit: int = 256) -> dict | None:
+    """A two-stage family's autoencoder round trip on the val split (``reconstruction_metrics``),
+    for the training record. The val pairs are only measured, after the weights are final."""
+    import torch
+
+    from augment.data.dataset import load_tensors
+    from augment.data.manifest import load_data
+
+    measure = getattr(model, "reconstruction_metrics", None)
+    if measure is None:
+        return None
+    manifest, _ = load_data(data_dir)
+    val = manifest[(manifest["split"] == "val") & (manifest["mask"] != "")].head(limit)
+    if val.empty:
+        return None
+    images, masks = load_tensors(val, data_dir)
+    if images.shape[-1] != size:
+        return None
+    with torch.no_grad():
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure(images, masks).items()}
 
 
 def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path) -> Path:

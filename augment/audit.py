@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from augment.config import Strict
-from augment.data.dataset import to_tensor
-from augment.data.images import read_image, read_mask, sha256_file
+from augment.data.dataset import load_tensors
+from augment.data.images import sha256_file
 from augment.data.guard import check_trained_on
 from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, manifest_problems, write_classes, write_manifest
 from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit_tensors, predict_masks
@@ -60,13 +60,6 @@ class AuditConfig(Strict):
     kid_subset_size: int = Field(100, ge=2)
     seed: int = Field(0, ge=0)
     overwrite: bool = False
-
-
-def _tensors(df: pd.DataFrame, root: Path, masks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    images = torch.stack([to_tensor(read_image(root / p)) for p in df["image"]])
-    if not masks:
-        return images, None
-    return images, torch.stack([torch.from_numpy(read_mask(root / p)).to(torch.int64) for p in df["mask"]])
 
 
 def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.DataFrame, classes: dict[int, str]) -> dict:
@@ -133,9 +126,9 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
     train_df = real[real["split"] == "train"].reset_index(drop=True)
     test_df = real[real["split"] == "test"].reset_index(drop=True)
     has_masks = bool((train_df["mask"] != "").all())
-    train_x, train_m = _tensors(train_df, data, masks=has_masks)
-    test_x, _ = _tensors(test_df, data, masks=False)
-    syn_x, syn_m = _tensors(syn, syn_dir)
+    train_x, train_m = load_tensors(train_df, data, masks=has_masks)
+    test_x, _ = load_tensors(test_df, data, masks=False)
+    syn_x, syn_m = load_tensors(syn, syn_dir)
     if syn_x.shape[1:] != train_x.shape[1:]:
         raise DataError(f"synthetic images are {tuple(syn_x.shape[1:])} (C, H, W) but real ones are {tuple(train_x.shape[1:])}")
     train_y = torch.tensor(train_df["label"].to_numpy())
@@ -195,13 +188,13 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
     consistency = None
     if has_masks:
         budget = load_run(read_json(syn_dir / "run.json")["generator_run"]).rows  # checked by check_provenance
-        bx, bm = _tensors(budget, data)
+        bx, bm = load_tensors(budget, data)
         mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
         seg = fit_tensors("segmentation", bx, bm, torch.tensor(budget["label"].to_numpy()),
                           Shapes(bx.shape[1], max(classes) + 1, mask_classes),
                           TaskConfig(steps=cfg.segmenter_steps, batch_size=16), cfg.seed)
         val_df = real[real["split"] == "val"].reset_index(drop=True)
-        vx, vm = _tensors(val_df, data)
+        vx, vm = load_tensors(val_df, data)
         d_syn = dice_per_image(predict_masks(seg, syn_x), syn_m)
         d_val = dice_per_image(predict_masks(seg, vx), vm)
         vy = torch.tensor(val_df["label"].to_numpy())

@@ -148,6 +148,11 @@ def test_run_folder_is_self_describing(trained):
         assert key in info
     gen = load_generator(run)
     assert gen.config.generator.family == family and gen.run["weights_sha256"] == gen.weights_sha256
+    if hasattr(gen.model, "reconstruction_metrics"):  # two-stage families: the autoencoder measured on val
+        rec = info["val_reconstruction"]
+        assert rec["n"] == 6 and rec["psnr"] > 0 and -1 <= rec["ssim"] <= 1 and 0 <= rec["mask_dice"] <= 1
+    else:
+        assert info["val_reconstruction"] is None
     assert (run / "loss.csv").read_text().startswith("step,phase,loss")
 
 

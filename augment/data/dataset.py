@@ -22,6 +22,15 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return t.float().div_(255.0)
 
 
+def load_tensors(df: pd.DataFrame, root: str | Path, masks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows' images (N, C, H, W) float32 in [0, 1] and, with ``masks``, their masks (N, H, W) int64."""
+    root = Path(root)
+    images = torch.stack([to_tensor(read_image(root / p)) for p in df["image"]])
+    if not masks:
+        return images, None
+    return images, torch.stack([torch.from_numpy(read_mask(root / p)).to(torch.int64) for p in df["mask"]])
+
+
 class PairDataset(Dataset):
     """Image/mask/label triples from a manifest.
 

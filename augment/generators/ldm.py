@@ -280,6 +280,6 @@ class LDM(nn.Module):
         return {
             "psnr": float((10 * torch.log10(1 / mse)).mean()),
             "ssim": float(ssim_pairs(rec, images).mean()),
-            "mask_dice": float(dice[has].mean()) if bool(has.any()) else float("nan"),
+            "mask_dice": float(dice[has].mean()) if bool(has.any()) else None,  # None: no lesion among them
             "n": len(images),
         }
