@@ -137,13 +137,17 @@ class LDM(nn.Module):
     def _pack(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return torch.cat([images * 2 - 1, one_hot_masks(masks, self.spec.mask_classes).to(images.dtype)], 1)
 
+    @staticmethod
+    def _draw(dist, generator: torch.Generator | None) -> torch.Tensor:
+        """The posterior mean, or a draw from the diagonal Gaussian posterior with ``generator``."""
+        if generator is None:
+            return dist.mean
+        return dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype)
+
     def encode(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """images (B, C, H, W) in [0, 1], masks (B, H, W) -> scaled latents (B, L, h, w): the
         posterior mean, or a draw from it with ``generator``."""
-        dist = self.autoencoder.encode(self._pack(images, masks)).latent_dist
-        z = dist.mean if generator is None else dist.mean + dist.std * torch.randn(
-            dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype)
-        return z * self.latent_scale
+        return self._draw(self.autoencoder.encode(self._pack(images, masks)).latent_dist, generator) * self.latent_scale
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """scaled latents -> images (B, C, H, W) in [0, 1] and mask logits (B, K, H, W)."""
@@ -153,8 +157,7 @@ class LDM(nn.Module):
 
     def _autoencoder_loss(self, images, masks, generator):
         dist = self.autoencoder.encode(self._pack(images, masks)).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype)
-        out = self.autoencoder.decode(z).sample.float()
+        out = self.autoencoder.decode(self._draw(dist, generator)).sample.float()
         c = self.spec.channels
         recon, logits = out[:, :c], out[:, c:]
         target = images * 2 - 1
