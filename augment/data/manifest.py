@@ -274,7 +274,8 @@ def _hw(a: np.ndarray) -> str:
 
 def format_problems(problems: Iterable[tuple[str, str]], where: str) -> str:
     problems = list(problems)
-    shown = "; ".join(f"{rid}: {msg}" for rid, msg in problems[:_SHOWN])
+    # The first in full; the rest without the advice that follows the fact (usually the same).
+    shown = "; ".join(f"{rid}: {msg if i == 0 else msg.split('; ')[0]}" for i, (rid, msg) in enumerate(problems[:_SHOWN]))
     more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
     return f"{where} has {len(problems)} bad row(s): {shown}{more}"
 
