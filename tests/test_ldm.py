@@ -133,3 +133,32 @@ def test_bad_settings_are_one_config_line():
 def test_a_size_the_autoencoder_cannot_halve_is_refused():
     with pytest.raises(ConfigError, match="ae_channels has 4 widths.*20 px"):
         build(LDMConfig(ae_channels=(8, 8, 8, 8)), DataSpec(image_size=20, channels=1, num_classes=2, mask_classes=2))
+
+
+def test_resumed_inside_the_denoiser_phase_equals_uninterrupted(phantom_dir, tmp_path):
+    """A run stopped after a checkpoint inside the denoiser phase (the latent scale is measured
+    again when the phase restarts, then overwritten by the checkpoint's) ends with the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from augment.api import train
+    from augment.config import save_json
+
+    def cfg(out):
+        return validate(TrainConfig, {
+            "data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": "ldm", **TINY},
+            "train": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 4, "keep_checkpoints": 5,
+                      "phases": {"autoencoder": {"max_steps": 2}, "denoiser": {"ema": True, "ema_decay": 0.9}}}}, "train")
+
+    clean = tmp_path / "clean"
+    train(cfg(clean))
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    save_json(cfg(stopped), stopped / "config.json")  # what train writes before its first step
+    shutil.copytree(clean / "state" / "step_00000004", stopped / "state" / "step_00000004")  # 2 steps into the denoiser
+    record = train(cfg(stopped), resume=True).record
+    assert record["resumed_from_step"] == 4
+    a, b = load_file(clean / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert float(a["latent_scale"]) != 1.0
