@@ -34,8 +34,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
-from monai.networks.nets import AutoencoderKL
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -89,6 +87,10 @@ class LDM(nn.Module):
     Sampler = LDMSampler
 
     def __init__(self, config: LDMConfig, spec: DataSpec) -> None:
+        # Imported here, not at module level: `augment --help` and cvae runs need neither library.
+        from diffusers import DDPMScheduler, UNet2DModel
+        from monai.networks.nets import AutoencoderKL
+
         super().__init__()
         self.config, self.spec = config, spec
         c, k = spec.channels, spec.mask_classes
@@ -220,6 +222,8 @@ class LDM(nn.Module):
     # ------------------------------------------------------------------ sampling
     def scheduler(self, settings: LDMSampler):
         """A fresh sampling scheduler (they keep per-run state) with the training noise schedule."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
         common = {**self._noise_schedule(), "timestep_spacing": "trailing"}
         if settings.solver == "ddim":
             s = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
