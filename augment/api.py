@@ -402,7 +402,8 @@ def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=p
     timings = json.loads((result / "timings.json").read_text())
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings["by_stage"].items())
     text = _report_text(result)
-    return StageResult(result, timings, f"{text}\nwrote {result / 'report.html'} ({timings['wall_seconds']:.0f} s this run: {stages})")
+    return StageResult(result, timings, f"{text}\nwrote {result / 'report.html'} ({timings['wall_seconds']:.0f} s this run; "
+                                            f"seconds per stage over every run into this folder: {stages})")
 
 
 @locked(lambda out, *_, **__: out, "report")
