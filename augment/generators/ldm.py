@@ -39,7 +39,7 @@ from torch import nn
 
 from augment.config import Strict
 from augment.errors import ConfigError
-from augment.generators.base import DataSpec, Sample, one_hot_masks, randn, uniform
+from augment.generators.base import DataSpec, Sample, one_hot_masks, randn
 
 
 class LDMConfig(Strict):
