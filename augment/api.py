@@ -250,8 +250,10 @@ def train(cfg, resume: bool = False) -> StageResult:
     record = _record(out, RUN)
     summary = (f"trained {record.get('family')} for {record.get('steps')} steps on {record.get('n_train')} images "
                f"in {record.get('loop_seconds', 0):.1f} s ({record.get('steps_per_s', 0):.2f} steps/s); wrote {out}") if record else ""
-    if record.get("val_reconstruction"):
-        r = record["val_reconstruction"]
+    r = record.get("val_reconstruction") or {}
+    if "not_measured" in r:
+        summary += f"\nautoencoder not measured on val: {r['not_measured']}"
+    elif r:
         summary += (f"\nautoencoder on {r['n']} val pairs (measured after training, never trained on): "
                     f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, mask Dice "
                     + ("n/a (no lesion)" if r["mask_dice"] is None else f"{r['mask_dice']:.3f}"))
@@ -263,7 +265,8 @@ def _val_reconstruction(model, data_dir: Path, size: int, limit: int = 256) -> d
     for the training record. The val pairs are only measured, after the weights are final."""
     import torch
 
-    from augment.data.dataset import load_tensors
+    from augment.data.dataset import to_tensor
+    from augment.data.images import read_image, read_mask
     from augment.data.manifest import load_data
 
     measure = getattr(model, "reconstruction_metrics", None)
@@ -271,13 +274,14 @@ def _val_reconstruction(model, data_dir: Path, size: int, limit: int = 256) -> d
         return None
     manifest, _ = load_data(data_dir)
     val = manifest[(manifest["split"] == "val") & (manifest["mask"] != "")].head(limit)
-    if val.empty:
-        return None
-    images, masks = load_tensors(val, data_dir)
-    if images.shape[-1] != size:
-        return None
+    pairs = [(to_tensor(read_image(data_dir / r.image)), torch.from_numpy(read_mask(data_dir / r.mask)).to(torch.int64))
+             for r in val.itertuples()]
+    fits = [(x, m) for x, m in pairs if x.shape[-2:] == (size, size)]  # the generator is built for one size
+    if not fits:
+        return {"n": 0, "not_measured": f"no val pair with a mask at {size}x{size} px (val pairs: {len(pairs)})"}
     with torch.no_grad():
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure(images, masks).items()}
+        metrics = measure(torch.stack([x for x, _ in fits]), torch.stack([m for _, m in fits]))
+    return {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}, "other_size": len(pairs) - len(fits)}
 
 
 def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path) -> Path:
