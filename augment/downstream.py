@@ -26,6 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from augment.config import Strict
+from augment.errors import ConfigError
 from augment.seeding import mix_seed
 
 #: draw_batch(indices) -> (images, masks or None, labels) for one training step
@@ -37,7 +38,9 @@ class TaskConfig(Strict):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     eval_every: int = Field(50, ge=1, description="steps between val checks")
-    selection: Literal["best_val", "last"] = "best_val"
+    selection: Literal["best_val", "best_val_dice_fpr", "last"] = Field(
+        "best_val", description="checkpoint rule: best_val (the task's val score), best_val_dice_fpr (segmentation: "
+        "best mean of val lesion Dice and 1 - val false-positive rate), last")
     base_channels: int = Field(16, ge=4)
 
 
@@ -147,17 +150,39 @@ class Task:
     needs_masks: bool
 
 
+def _weighted(per_sample: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (per_sample * w).sum() / w.sum()
+
+
 def _seg_loss(shapes: Shapes, train_labels: torch.Tensor):
-    from monai.losses import DiceCELoss
+    """DiceCE; with per-sample weights ``w`` the weighted mean of each image's Dice + CE (equal
+    to MONAI's DiceCELoss when every weight is 1)."""
+    from monai.losses import DiceCELoss, DiceLoss
 
     fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    return lambda model, x, m, y: fn(model(x), m.unsqueeze(1))
+    dice = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
+
+    def loss(model, x, m, y, w=None):
+        logits = model(x)
+        if w is None:
+            return fn(logits, m.unsqueeze(1))
+        per = dice(logits, m.unsqueeze(1)).flatten(1).mean(1) + F.cross_entropy(logits, m, reduction="none").mean((1, 2))
+        return _weighted(per, w)
+
+    return loss
 
 
 def _cls_loss(shapes: Shapes, train_labels: torch.Tensor):
+    """Class-weighted CE; per-sample weights ``w`` multiply the class weights."""
     counts = torch.bincount(train_labels, minlength=shapes.num_classes).float()
     weight = counts.sum() / counts.clamp(min=1) / shapes.num_classes
-    return lambda model, x, m, y: F.cross_entropy(model(x), y, weight=weight)
+
+    def loss(model, x, m, y, w=None):
+        if w is None:
+            return F.cross_entropy(model(x), y, weight=weight)
+        return _weighted(F.cross_entropy(model(x), y, reduction="none"), weight[y] * w)
+
+    return loss
 
 
 @torch.no_grad()
@@ -187,30 +212,50 @@ class Fitted:
     seconds: float
 
 
+def selection_score(task: Task, rule: str, metrics: dict[str, float]) -> float:
+    """The val score a checkpoint rule maximises: ``task.selection_metric`` for ``best_val``;
+    for ``best_val_dice_fpr`` the mean of lesion Dice and 1 - false-positive rate (either alone
+    when val has no lesion image or no empty one)."""
+    if rule != "best_val_dice_fpr":
+        return metrics[task.selection_metric]
+    parts = [v for v in (metrics["dice"], 1.0 - metrics["fpr"]) if not np.isnan(v)]
+    return float(np.mean(parts)) if parts else float("nan")
+
+
 def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: torch.Tensor, cfg: TaskConfig, seed: int,
-        val: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None) -> Fitted:
+        val: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None, batches: list[np.ndarray] | None = None,
+        weights: np.ndarray | None = None) -> Fitted:
     """Train ``task``'s model for ``cfg.steps`` AdamW steps on ``n`` examples drawn by
-    ``draw_batch`` (batches from :func:`epoch_batches`); with ``val`` and ``selection:
-    best_val`` keep the checkpoint with the best ``task.selection_metric`` on val (checked every
-    ``eval_every`` steps and at the end), otherwise the last one."""
+    ``draw_batch`` (batches from :func:`epoch_batches`, or the given ``batches`` schedule, one
+    index array per step); ``weights`` (one per example) weight each example's loss. With
+    ``val`` and a ``best_val*`` rule keep the checkpoint with the best val score
+    (:func:`selection_score`, checked every ``eval_every`` steps and at the end), otherwise the
+    last one."""
     t = time.time()
+    if cfg.selection == "best_val_dice_fpr" and "fpr" not in task.reported:
+        raise ConfigError(f"selection best_val_dice_fpr counts false positives of a segmenter; task {task.name} has none "
+                         "(use best_val or last)")
+    batches = epoch_batches(n, cfg.batch_size, cfg.steps, seed) if batches is None else batches
+    if len(batches) != cfg.steps:
+        raise ValueError(f"a batch schedule of {len(batches)} steps for a {cfg.steps}-step run")
     with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
         torch.manual_seed(mix_seed(seed, 0x7A5C))
         model = task.build(shapes, cfg.base_channels)
     loss_fn = task.loss(shapes, train_labels)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    select = val is not None and cfg.selection == "best_val"
+    select = val is not None and cfg.selection != "last"
     best, best_state, best_step = -np.inf, None, cfg.steps
-    for step, idx in enumerate(epoch_batches(n, cfg.batch_size, cfg.steps, seed), start=1):
+    for step, idx in enumerate(batches, start=1):
         model.train()
         x, m, y = draw_batch(idx)
-        loss = loss_fn(model, x, m, y)
+        w = None if weights is None else torch.as_tensor(weights[idx], dtype=torch.float32)
+        loss = loss_fn(model, x, m, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if select and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
-            value = task.score(model, shapes, *val)[task.selection_metric]
+            value = selection_score(task, cfg.selection, task.score(model, shapes, *val))
             if value > best:
                 best, best_state, best_step = value, copy.deepcopy(model.state_dict()), step
     if best_state is not None:

@@ -8,7 +8,9 @@ task model (:mod:`augment.downstream`) on each arm, with each seed, and test on 
 * ``real+classic``: the same, with classic paired augmentation (albumentations);
 * ``real+synthetic``: the budget subset plus the synthetic pairs;
 * ``real+synthetic+classic``: both;
-* ``synthetic``: the synthetic pairs alone (a reference, not a recipe).
+* ``synthetic``: the synthetic pairs alone (a reference, not a recipe);
+* any named recipe (``recipes``, :mod:`augment.recipes`): a subset of the synthetic set, filtered
+  and mixed into each batch in a chosen way, by default with classic augmentation.
 
 Model selection uses the real val split (never seen by the generator); the checkpoint rule is
 recorded (``best_val`` by default; ``last`` inflates the classic gain, see DESIGN.md).
@@ -30,7 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Strict, load_json, save_json
@@ -40,6 +42,8 @@ from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
+from augment.plausibility import ScorerConfig
+from augment.recipes import RecipeConfig
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.output import atomic_path, discard, read_json
 from augment.runinfo import run_record, write_json
@@ -59,16 +63,32 @@ class EvaluateConfig(Strict):
     generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
     out: Path
     task: Literal["segmentation", "classification", "both"] = "segmentation"
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), description="fixed arms (may be empty when recipes are given)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
+    recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="named recipes, trained as extra arms (augment.recipes)")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the reconstruction filter's VAE")
 
     @field_validator("arms", "seeds")
     @classmethod
     def _once(cls, values: list) -> list:
         return unique(values)
+
+    @field_validator("recipes")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        from augment.recipes import check_names
+
+        check_names(value, ARMS)
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> "EvaluateConfig":
+        if not self.arms and not self.recipes:
+            raise ValueError("nothing to train: give at least one arm or recipe")
+        return self
 
 
 def unique(values: list) -> list:
@@ -138,7 +158,7 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
     from augment.generators.artifact import load_run
     from augment.sampling import read_record
 
-    needs = [a for a in cfg.arms if a not in SHARED_ARMS]
+    needs = [a for a in cfg.arms if a not in SHARED_ARMS] + list(cfg.recipes)
     if cfg.synthetic is None:
         if needs:
             raise ConfigError(f"evaluate: arm `{needs[0]}` needs --synthetic (without it: {', '.join(SHARED_ARMS)})")
@@ -169,6 +189,16 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     has_masks = bool((real["mask"] != "").all())
     if "segmentation" in tasks and not has_masks:
         raise DataError(f"`{cfg.data}` has images without masks; use --task classification")
+    if "classification" in tasks and cfg.classification.selection == "best_val_dice_fpr":
+        raise ConfigError("evaluate: classification.selection best_val_dice_fpr counts a segmenter's false positives; "
+                          "use best_val or last for classification")
+    fpr_rule = [n for n, r in cfg.recipes.items() if r.selection == "best_val_dice_fpr"]
+    if "classification" in tasks and fpr_rule:
+        raise ConfigError(f"evaluate: recipe `{fpr_rule[0]}` selects by best_val_dice_fpr, which counts a segmenter's "
+                          "false positives; run it with --task segmentation or give it selection best_val")
+    bad = [n for n, r in cfg.recipes.items() if "segmenter" in r.filters]
+    if bad and not has_masks:
+        raise ConfigError(f"evaluate: recipe `{bad[0]}` uses the segmenter filter, which needs masks; `{cfg.data}` has none")
     root = Path(cfg.data)
     parts = {
         "real": Split(real_rows, root, has_masks),
@@ -189,7 +219,7 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     out = Path(cfg.out)
     existed, fresh = out.exists(), _check_out(out, cfg)
     try:
-        return _run(cfg, out, tasks, parts, shapes, origin, rare, syn, started, echo)
+        return _run(cfg, out, tasks, parts, shapes, origin, rare, syn, started, echo, classes)
     except AugmentError:
         if fresh:
             discard(out, existed)  # a run that failed on its own input leaves nothing
@@ -213,6 +243,10 @@ def _check_out(out: Path, cfg: EvaluateConfig) -> bool:
         raise DataError(f"`{out}` is not empty and is not an evaluation folder; choose another --out")
     if _fixed(saved) != _fixed(cfg):
         raise DataError(f"`{out}` holds an evaluation with other settings (see its config.json); choose another --out")
+    changed = [n for n, r in cfg.recipes.items() if n in saved.recipes and saved.recipes[n] != r]
+    if changed:
+        raise DataError(f"`{out}` holds recipe `{changed[0]}` with other settings (see its config.json); rename the "
+                        "recipe or choose another --out")
     return False
 
 
@@ -228,27 +262,34 @@ def _result(path: Path) -> dict:
     return result
 
 
+def _classic(cfg: EvaluateConfig, seed: int):
+    return classic_transform(cfg.classic, seed=mix_seed(seed, 0xC1A5))
+
+
 def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: Shapes, origin: dict, rare: int,
-         syn, started: float, echo) -> Path:
+         syn, started: float, echo, classes: dict[int, str]) -> Path:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     save_json(cfg, out / "config.json")
     rows = []
     for task in tasks:
         task_cfg = cfg.segmentation if task == "segmentation" else cfg.classification
-        for arm in cfg.arms:
+        for arm in [*cfg.arms, *cfg.recipes]:
             for seed in cfg.seeds:
                 path = out / "runs" / f"{task}__{arm.replace('+', '_')}__seed{seed}.json"
                 if path.is_file():
                     result = _result(path)
                 else:
-                    if arm in SHARED_ARMS:
-                        train = parts["real"]
-                    elif arm == "synthetic":
-                        train = parts["synthetic"]
+                    if arm in cfg.recipes:
+                        result = _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, echo)
                     else:
-                        train = _concat(parts["real"], parts["synthetic"])
-                    augment = classic_transform(cfg.classic, seed=mix_seed(seed, 0xC1A5)) if arm.endswith("classic") else None
-                    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
+                        if arm in SHARED_ARMS:
+                            train = parts["real"]
+                        elif arm == "synthetic":
+                            train = parts["synthetic"]
+                        else:
+                            train = _concat(parts["real"], parts["synthetic"])
+                        augment = _classic(cfg, seed) if arm.endswith("classic") else None
+                        result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
                     result.update(task=task, arm=arm, seed=seed, budget=origin["budget"], generator=origin["generator"])
                     write_json(result, path)
                     echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
@@ -264,13 +305,103 @@ def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: 
     write_json(run_record("evaluate", cfg.model_dump(mode="json"), started, **origin,
                 rare_class=rare, checkpoint_rule={t: (cfg.segmentation if t == "segmentation" else cfg.classification).selection for t in tasks},
                 n_test=len(parts["test"]), n_val=len(parts["val"]), n_real=len(parts["real"]),
-                n_synthetic=len(parts["synthetic"]) if syn is not None else 0, real_ids=parts["real"].ids), out / "run.json")
+                n_synthetic=len(parts["synthetic"]) if syn is not None else 0, real_ids=parts["real"].ids,
+                recipes={n: r.model_dump(mode="json") for n, r in cfg.recipes.items()}), out / "run.json")
     return out
 
 
+def _subset(split: Split, idx: np.ndarray) -> Split:
+    out = copy.copy(split)
+    out.ids = [split.ids[i] for i in idx]
+    out.images, out.labels = split.images[idx], split.labels[idx]
+    out.masks = None if split.masks is None else split.masks[idx]
+    return out
+
+
+def _cached(path: Path, compute) -> pd.DataFrame:
+    """A filter's scores: read from ``path`` when an earlier run wrote them, else computed and
+    written atomically (a half-written cache never exists)."""
+    if path.is_file():
+        try:
+            return pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            raise DataError(f"filter scores `{path}` are corrupt; delete the file to compute them again") from None
+    frame = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: dict, shapes: Shapes) -> pd.DataFrame:
+    """Per-pair scores of one filter for one seed (cached in ``EVAL/filters/``)."""
+    from augment.plausibility import fit_scorer
+    from augment.recipes import segmenter_scores
+
+    real, syn = parts["real"], parts["synthetic"]
+    if kind == "segmenter":
+        def compute():
+            fitted = fit(TASKS["segmentation"], shapes, batch_fn(real, _classic(cfg, seed)), len(real),
+                         torch.from_numpy(real.labels), cfg.segmentation, seed, val=parts["val"].tensors())
+            x, m, _ = syn.tensors()
+            return segmenter_scores(fitted.model, x, m).assign(id=syn.ids)
+    else:
+        def compute():
+            x_real, x_syn = real.tensors()[0], syn.tensors()[0]
+            scorer = fit_scorer(x_real, cfg.scorer, seed)
+            return pd.concat([pd.DataFrame({"kind": "real", "id": real.ids, "score": scorer.score(x_real)}),
+                              pd.DataFrame({"kind": "synthetic", "id": syn.ids, "score": scorer.score(x_syn)})], ignore_index=True)
+    frame = _cached(out / "filters" / f"{kind}__seed{seed}.csv", compute)
+    ids = frame["id"].astype(str).tolist() if kind == "segmenter" else frame.loc[frame["kind"] == "synthetic", "id"].astype(str).tolist()
+    if ids != [str(i) for i in syn.ids]:
+        raise DataError(f"filter scores `{out / 'filters' / f'{kind}__seed{seed}.csv'}` are for another synthetic set; delete the file")
+    return frame
+
+
+def _train_recipe(cfg: EvaluateConfig, out: Path, task: str, name: str, seed: int, parts: dict, shapes: Shapes,
+                  classes: dict[int, str], echo) -> dict:
+    """One recipe for one seed: filter, take, mix, train, test (see :mod:`augment.recipes`)."""
+    from augment.recipes import reconstruction_keep, schedule, segmenter_keep, take
+
+    recipe = cfg.recipes[name]
+    real, syn = parts["real"], parts["synthetic"]
+    keep, records = np.ones(len(syn), bool), []
+    for kind in recipe.filters:
+        scores = _filter_scores(cfg, out, kind, seed, parts, shapes)
+        if kind == "segmenter":
+            kept, record = segmenter_keep(scores, recipe.filter_drop)
+        else:
+            kept, record = reconstruction_keep(scores.loc[scores["kind"] == "real", "score"].to_numpy(),
+                                               scores.loc[scores["kind"] == "synthetic", "score"].to_numpy(), recipe.filter_percentile)
+        record["dropped_of_remaining"] = int((keep & ~kept).sum())
+        keep &= kept
+        records.append(record)
+    counts = {int(c): int(n) for c, n in zip(*np.unique(real.labels, return_counts=True))}
+    idx, used = take(syn.labels, keep, counts, recipe.balance, classes)
+    chosen = _subset(syn, idx)
+    train = _concat(real, chosen)
+    task_cfg = cfg.segmentation if task == "segmentation" else cfg.classification
+    if recipe.selection is not None:
+        task_cfg = task_cfg.model_copy(update={"selection": recipe.selection})
+    batches = schedule(recipe, len(real), len(chosen), task_cfg.batch_size, task_cfg.steps, seed)
+    weights = None
+    if recipe.synthetic_weight != 1.0:
+        weights = np.concatenate([np.ones(len(real)), np.full(len(chosen), recipe.synthetic_weight)])
+    augment = _classic(cfg, seed) if recipe.classic else None
+    fitted = fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), task_cfg, seed,
+                 val=parts["val"].tensors(), batches=batches, weights=weights)
+    metrics = TASKS[task].score(fitted.model, shapes, *parts["test"].tensors())
+    for r in records:
+        echo(f"{task:14s} {name:24s} seed {seed}: filter {r['filter']} dropped {r['dropped']} of {r['judged']} ({r['why']})")
+    return {"metrics": metrics, "selected_step": fitted.selected_step, "val_score": fitted.val_score, "n_train": len(train),
+            "train_seconds": round(fitted.seconds, 2), "recipe": recipe.model_dump(mode="json"), "n_synthetic": len(chosen),
+            "synthetic_per_class": used, "filters": records}
+
+
 def _fixed(cfg: EvaluateConfig) -> dict:
-    """What must not change when an evaluation folder is resumed (arms and seeds may grow)."""
+    """What must not change when an evaluation folder is resumed (arms, seeds and recipes may
+    grow; a recipe kept under its name must keep its settings)."""
     d = cfg.model_dump(mode="json")
-    for key in ("arms", "seeds", "out"):
+    for key in ("arms", "seeds", "out", "recipes"):
         d.pop(key)
     return d

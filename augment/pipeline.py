@@ -40,6 +40,8 @@ from augment.evaluate import ARMS, SHARED_ARMS, Arm, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
 from augment.output import discard, read_json
+from augment.plausibility import ScorerConfig
+from augment.recipes import RecipeConfig, check_names
 from augment.runinfo import run_record, write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -70,11 +72,19 @@ class EvaluateSpec(Strict):
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
+    recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="named recipes for every generator (augment.recipes)")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the reconstruction filter's VAE")
 
     @field_validator("arms")
     @classmethod
     def _once(cls, values: list) -> list:
         return unique(values)
+
+    @field_validator("recipes")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        check_names(value, ARMS)
+        return value
 
 
 class GeneratorSpec(Strict):
@@ -238,8 +248,9 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
                     acfg = make(AuditConfig, "audit", data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
                                 segmenter_steps=cfg.audit.segmenter_steps, seed=gseed, overwrite=True)
                     stages.append((f"audit ({tag})", run / "audit", partial(api.audit, acfg, echo=quiet), "audit.json"))
-                if own:
-                    ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name, **common)
+                if own or ev.recipes:
+                    ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name,
+                                recipes=ev.recipes, scorer=ev.scorer, **common)
                     stages.append((f"evaluate ({name} budget {budget} seed {seed})", where / name,
                                    partial(api.evaluate, ecfg, echo=quiet), "run.json"))
     return stages
@@ -247,7 +258,8 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
-    empty or an earlier run of the same spec (budgets and seeds may change, generators may be added)."""
+    empty or an earlier run of the same spec (budgets and seeds may change, generators and
+    recipes may be added)."""
     started = time.time()
     out = Path(out)
     saved = out / "pipeline.json"
@@ -263,6 +275,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
         before = old.get("generators") or {}
         if "generators" in changed and all(new["generators"].get(g) == spec for g, spec in before.items()):
             changed.remove("generators")  # generators were only added: the finished ones stay valid
+        old_ev, new_ev = dict(old.get("evaluate") or {}), dict(new["evaluate"])
+        old_recipes, new_recipes = old_ev.pop("recipes", {}) or {}, new_ev.pop("recipes")
+        if "evaluate" in changed and old_ev == new_ev and all(new_recipes.get(r) == v for r, v in old_recipes.items()):
+            changed.remove("evaluate")  # recipes were only added
         if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
             raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
     stages = _stages(cfg, out)
