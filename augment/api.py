@@ -41,6 +41,7 @@ from augment.runinfo import run_record, write_json
 _CONFIGS = {
     "PrepareConfig": "augment.config", "TrainConfig": "augment.generators", "SampleConfig": "augment.sampling",
     "AuditConfig": "augment.audit", "EvaluateConfig": "augment.evaluate", "PipelineConfig": "augment.pipeline",
+    "ScoreConfig": "augment.plausibility",
 }
 
 
@@ -396,6 +397,30 @@ def evaluate(cfg, echo=print) -> StageResult:
     return StageResult(out, _record(out), f"{table}\nwrote {out / 'results.csv'}")
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "score")
+def score(cfg, top: int = 10) -> StageResult:
+    """``augment score``: train a small VAE on a dataset's images and rank them by reconstruction
+    error, most anomalous first (see :mod:`augment.plausibility`); writes ``OUT/scores.csv``."""
+    from augment.config import save_json
+    from augment.plausibility import score_images
+
+    started = time.time()
+    table, scorer = score_images(cfg)
+    with building(cfg.out, cfg.overwrite) as tmp:
+        with atomic_path(tmp / "scores.csv") as f:
+            table.to_csv(f, index=False)
+        save_json(cfg, tmp / "config.json")
+        high = float(table["score"].quantile(0.95))
+        write_json(run_record("score", cfg.model_dump(mode="json"), started, n_images=len(table), split=cfg.split,
+                              train_seconds=round(scorer.seconds, 2), score_p95=high,
+                              median_score=float(table["score"].median())), tmp / "run.json")
+    shown = table.head(top)[[c for c in ("rank", "id", "label", "split", "score") if c in table]]
+    text = (f"{len(table)} images of `{cfg.data}` ({cfg.split}) ranked by VAE reconstruction error (most anomalous first; "
+            f"median {table['score'].median():.5f}, 95th percentile {high:.5f}):\n"
+            f"{shown.to_string(index=False, float_format='%.5f')}\nwrote {Path(cfg.out) / 'scores.csv'}")
+    return StageResult(Path(cfg.out), _record(Path(cfg.out)), text)
+
+
 @locked(lambda spec, out, *_, **__: out, "run")
 def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=print) -> StageResult:
     """``augment run``: a pipeline spec end to end (see :mod:`augment.pipeline`), then the report."""
@@ -427,12 +452,16 @@ def report(out: str | Path) -> StageResult:
 def _report_text(out: Path) -> str:
     """The summary tables of a pipeline report: per metric, arms x budgets, then the paired
     delta of each generator's arms vs real+classic."""
-    from augment.report import delta_table, summarize, summary_table
+    from augment.report import RANKED, RANKING_NOTE, delta_table, ranking, ranking_text, summarize, summary_table
 
     rows = pd.read_csv(out / "tables" / "downstream.csv")
     if not len(rows):
         return "no downstream results yet"
     summary, parts = summarize(rows), []
+    for task in RANKED:
+        table = ranking(rows, task) if (rows["task"] == task).any() else pd.DataFrame()
+        if len(table):
+            parts += [f"\n{task}: synthetic arms and recipes ranked by {RANKING_NOTE}", ranking_text(table, task)]
     for metric in dict.fromkeys(summary["metric"]):
         parts += [f"\n{metric} (mean [95% CI] over seeds, real test split)", summary_table(summary, metric).to_string()]
         deltas = delta_table(summary, metric)

@@ -109,6 +109,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(api.evaluate(cfg).summary)
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from augment import api
+    from augment.config import validate
+
+    cfg = validate(api.ScoreConfig, _config_from(args, {
+        "data": args.data, "out": args.out, "split": args.split, "seed": args.seed, "overwrite": args.overwrite or None,
+    }), "score")
+    print(api.score(cfg, top=args.top).summary)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from augment import api
     from augment.config import parse_overrides
@@ -199,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["segmentation", "classification", "both"], help="default: segmentation")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="rank a dataset's images by how anomalous they look (VAE reconstruction error)",
+                       description="Train a small VAE on DATA's images and rank them by reconstruction error, most anomalous "
+                                   "first: corrupt, mislabelled or out-of-protocol images tend to come first. Writes OUT/scores.csv. "
+                                   "Scorer settings: --set scorer.steps=N, scorer.latent_dim=N, ...")
+    p.add_argument("data", help="prepared dataset folder DATA (one image size)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--split", choices=["all", "train", "val", "test"], help="which images to score (default: all)")
+    p.add_argument("--seed", type=int, help="seed of the scorer (default 0)")
+    p.add_argument("--top", type=int, default=10, help="how many of the most anomalous images to print (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_common(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("run", help="run a pipeline spec end to end (skips complete stages, resumes the rest)",
                        description="prepare -> train -> sample -> audit -> evaluate -> report for every budget and seed.")

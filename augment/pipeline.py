@@ -13,7 +13,8 @@ a user can train fewer generators than task models. The arms without synthetic d
 Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synthetic,audit}``;
 ``OUT/evaluate/b{budget}_s{seed}/{real,<name>}``; the report in ``OUT/`` (``report.json``,
 ``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
-complete when its ``run.json`` (``audit.json`` for the audit) exists; it is then skipped.
+complete when its ``run.json`` (``audit.json`` for the audit) exists (for an evaluation: and
+covers every arm and recipe of the spec); it is then skipped.
 Every stage's config is built, and so validated, before anything is written; each stage runs
 through :mod:`augment.api`, holding the lock of its own output folder.
 """
@@ -192,15 +193,25 @@ def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None
             raise ConfigError(f"pipeline `{path}`: `{prefix}{key}` must be a mapping of settings (got {value!r})")
 
 
-def _done(folder: Path, marker: str = "run.json") -> bool:
-    return (folder / marker).is_file()
+def _done(folder: Path, marker: str | Callable[[Path], bool] = "run.json") -> bool:
+    return marker(folder) if callable(marker) else (folder / marker).is_file()
+
+
+def _evaluated(folder: Path, arms: list[str], recipes: list[str]) -> bool:
+    """An evaluation stage is complete when its run.json covers every arm and recipe asked for
+    (arms and recipes added to a spec later make it run again, training only the new ones)."""
+    record = folder / "run.json"
+    if not record.is_file():
+        return False
+    config = read_json(record, "evaluation record").get("config") or {}
+    return set(arms) <= set(config.get("arms") or []) and set(recipes) <= set(config.get("recipes") or {})
 
 
 def generator_dir(out: Path, name: str, budget: int, gseed: int) -> Path:
     return out / "generators" / name / f"b{budget}_g{gseed}"
 
 
-def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str]]:
+def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str | Callable[[Path], bool]]]:
     """Every stage as (name, folder, call, completion marker), in order. Building them validates
     every stage's config, so a bad spec fails before anything is written."""
     from augment import api
@@ -233,7 +244,7 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
             if shared:
                 rcfg = make(EvaluateConfig, "evaluate", out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
                 stages.append((f"evaluate real arms (budget {budget} seed {seed})", where / "real",
-                               partial(api.evaluate, rcfg, echo=quiet), "run.json"))
+                               partial(api.evaluate, rcfg, echo=quiet), partial(_evaluated, arms=shared, recipes=[])))
             for name, spec in cfg.generators.items():
                 tag = f"{name} budget {budget} gseed {gseed}"
                 run = generator_dir(out, name, budget, gseed)
@@ -252,14 +263,14 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
                     ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name,
                                 recipes=ev.recipes, scorer=ev.scorer, **common)
                     stages.append((f"evaluate ({name} budget {budget} seed {seed})", where / name,
-                                   partial(api.evaluate, ecfg, echo=quiet), "run.json"))
+                                   partial(api.evaluate, ecfg, echo=quiet), partial(_evaluated, arms=own, recipes=list(ev.recipes))))
     return stages
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
-    empty or an earlier run of the same spec (budgets and seeds may change, generators and
-    recipes may be added)."""
+    empty or an earlier run of the same spec (budgets and seeds may change; generators,
+    evaluation arms and recipes may be added)."""
     started = time.time()
     out = Path(out)
     saved = out / "pipeline.json"
@@ -277,8 +288,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
             changed.remove("generators")  # generators were only added: the finished ones stay valid
         old_ev, new_ev = dict(old.get("evaluate") or {}), dict(new["evaluate"])
         old_recipes, new_recipes = old_ev.pop("recipes", {}) or {}, new_ev.pop("recipes")
-        if "evaluate" in changed and old_ev == new_ev and all(new_recipes.get(r) == v for r, v in old_recipes.items()):
-            changed.remove("evaluate")  # recipes were only added
+        old_arms, new_arms = old_ev.pop("arms", []), new_ev.pop("arms")
+        grown = set(old_arms) <= set(new_arms) and all(new_recipes.get(r) == v for r, v in old_recipes.items())
+        if "evaluate" in changed and old_ev == new_ev and grown:
+            changed.remove("evaluate")  # arms or recipes were only added: finished results stay valid
         if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
             raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
     stages = _stages(cfg, out)
@@ -382,6 +395,13 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
         f"{8 * seg.base_channels}), DiceCE, AdamW {seg.lr}, batch {seg.batch_size}, {seg.steps} steps, checkpoint rule "
         f"`{seg.selection}` (val checked every {seg.eval_every} steps). Test = the untouched real test split. "
         "Dice over test images with a lesion; fpr = share of test images with an empty mask on which the model paints any lesion."
+        " Checkpoint rules: best_val = best val Dice over all val images; best_val_dice_fpr = best mean of val lesion Dice and"
+        " 1 - val fpr; last = the last step."
     )
+    if cfg.evaluate.recipes:
+        from augment.recipes import describe
+
+        protocol += " Recipes (each a synthetic arm of every generator): " + "; ".join(
+            f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
     return write_report(out, quality, downstream, figures, {"name": cfg.name, "protocol": protocol,
                                                             "generators": list(cfg.generators), "generator_seeds": gseeds})

@@ -22,6 +22,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from typing import Literal
+
 from augment.config import Strict
 from augment.downstream import epoch_batches
 from augment.errors import DataError
@@ -35,6 +37,17 @@ class ScorerConfig(Strict):
     latent_dim: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=4)
     image_sigma: float = Field(0.1, gt=0, description="std of the Gaussian likelihood, in [0, 1] pixel units")
+
+
+class ScoreConfig(Strict):
+    """``augment score DATA``: rank a dataset's own images by how anomalous they look."""
+
+    data: Path
+    out: Path
+    split: Literal["all", "train", "val", "test"] = Field("all", description="which images to train the scorer on and rank")
+    seed: int = Field(0, ge=0)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    overwrite: bool = False
 
 
 def _levels(size: int) -> int:
@@ -124,10 +137,24 @@ def score_table(df: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     return out.sort_values("rank").reset_index(drop=True)
 
 
-def same_size(images: list[np.ndarray], where: str | Path) -> None:
-    """One clear error when a set mixes image sizes (a VAE needs one)."""
-    shapes = {im.shape for im in images}
+def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
+    """Train the scorer on the chosen images of ``cfg.data`` and rank them (:func:`score_table`)."""
+    from augment.data.dataset import load_tensors
+    from augment.data.images import read_image
+    from augment.data.manifest import load_data
+
+    df, _ = load_data(cfg.data)
+    rows = df if cfg.split == "all" else df[df["split"] == cfg.split]
+    if len(rows) < 2:
+        raise DataError(f"`{cfg.data}` has {len(rows)} image(s) in split `{cfg.split}`; the scorer needs at least 2 "
+                        "(choose --split all, train, val or test)")
+    shapes = {}
+    for path in rows["image"]:
+        shapes.setdefault(read_image(Path(cfg.data) / path).shape, path)
     if len(shapes) > 1:
-        a, b = sorted(shapes)[:2]
-        raise DataError(f"`{where}` mixes image sizes ({a} and {b}); prepare it with --image-size N first")
+        (a, pa), (b, pb) = list(shapes.items())[:2]
+        raise DataError(f"`{cfg.data}` mixes image sizes (`{pa}` is {a}, `{pb}` is {b}); prepare it with --image-size N first")
+    images, _ = load_tensors(rows, cfg.data, masks=False)
+    scorer = fit_scorer(images, cfg.scorer, cfg.seed)
+    return score_table(rows, scorer.score(images)), scorer
 

@@ -74,6 +74,34 @@ class RecipeConfig(Strict):
         return self
 
 
+def describe(recipe: RecipeConfig) -> str:
+    """One line saying what a recipe does (for the report's protocol)."""
+    def plan_text(b: BalanceConfig | None) -> str:
+        if b is None:
+            return "all of the synthetic set"
+        what = {"match_max": "every class up to the largest", "ratio": f"ratio {b.ratio}", "target": f"target {b.target}",
+                "total": f"total {b.total}"}[b.strategy]
+        return f"{what} (of the set)"
+
+    parts = [plan_text(recipe.balance)]
+    if "segmenter" in recipe.filters:
+        parts.append(f"segmenter filter drops the worst {recipe.filter_drop:.0%} of lesion pairs first")
+    if "reconstruction" in recipe.filters:
+        parts.append(f"reconstruction filter drops pairs above the real p{recipe.filter_percentile:g} first")
+    if recipe.mix == "fraction":
+        parts.append(f"{recipe.synthetic_fraction:.0%} of each batch synthetic")
+    elif recipe.mix == "pretrain":
+        parts.append(f"pre-train on synthetic for {recipe.pretrain_share:.0%} of the steps, then real")
+    else:
+        parts.append("concatenated")
+    if recipe.synthetic_weight != 1.0:
+        parts.append(f"synthetic loss weight {recipe.synthetic_weight:g}")
+    parts.append("classic augmentation" if recipe.classic else "no classic augmentation")
+    if recipe.selection:
+        parts.append(f"checkpoint rule {recipe.selection}")
+    return ", ".join(parts)
+
+
 def check_names(recipes: dict, reserved: tuple[str, ...]) -> None:
     for name in recipes:
         if not NAME.match(name) or name in reserved:

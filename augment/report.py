@@ -136,6 +136,67 @@ def delta_table(summary: pd.DataFrame, metric: str, ref: str = "classic") -> pd.
     return table.reindex(list(dict.fromkeys(labels)))
 
 
+#: per task: the metric recipes are ranked by and the second one shown beside it
+RANKED = {"segmentation": ("dice", "fpr"), "classification": ("balanced_accuracy", "minority_recall")}
+#: which way is better, for the verdict
+LOWER_IS_BETTER = {"fpr"}
+
+
+def _verdict(metric: str, lo: float, hi: float) -> str:
+    if math.isnan(lo):
+        return "unknown"
+    if lo > 0 or hi < 0:
+        better = (hi < 0) if metric in LOWER_IS_BETTER else (lo > 0)
+        return "better" if better else "worse"
+    return "no evidence"
+
+
+def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
+    """Every synthetic arm and recipe (``generator: arm``) ranked by its paired delta vs
+    ``real+classic`` on the task's main metric, pooled over all (budget, seed) pairs (mean and
+    95% t-interval), with the per-budget mean deltas and the same pooled delta for the second
+    metric (:data:`RANKED`). ``verdict_*``: ``better`` / ``worse`` when the interval excludes 0,
+    else ``no evidence``."""
+    rows = with_generator(rows)
+    rows = rows[rows["task"] == task]
+    main, second = RANKED[task]
+    ref = rows[(rows["generator"] == "none") & (rows["arm"] == "real+classic")].set_index(["budget", "seed", "metric"])["value"]
+    out = []
+    for (generator, arm), group in rows[rows["generator"] != "none"].groupby(["generator", "arm"], sort=False):
+        rec = {"arm": row_label(generator, arm), "generator": generator, "recipe": arm}
+        for metric in (main, second):
+            part = group[group["metric"] == metric].set_index(["budget", "seed", "metric"])["value"]
+            paired = (part - ref.reindex(part.index)).dropna()
+            d, lo, hi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
+            rec.update({f"{metric}_delta": d, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi, f"verdict_{metric}": _verdict(metric, lo, hi)})
+            if metric == main:
+                rec["n_pairs"] = len(paired)
+                for budget, g in paired.groupby(level="budget"):
+                    rec[f"{main}_delta_b{int(budget)}"] = float(g.mean())
+        out.append(rec)
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(f"{main}_delta", ascending=False, na_position="last").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
+def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
+    """The ranking as a fixed-width table: pooled deltas with CIs, then the per-budget means."""
+    main, second = RANKED[task]
+    per_budget = sorted((c for c in table.columns if c.startswith(f"{main}_delta_b")), key=lambda c: int(c.rsplit("b", 1)[1]))
+    shown = pd.DataFrame({
+        "rank": table["rank"], "arm": table["arm"], "pairs": table["n_pairs"],
+        f"{main} delta [95% CI]": [_fmt(r[f"{main}_delta"], r[f"{main}_ci_low"], r[f"{main}_ci_high"], signed=True) for _, r in table.iterrows()],
+        main: table[f"verdict_{main}"],
+        **{f"b{c.rsplit('b', 1)[1]}": table[c].map(lambda v: f"{v:+.3f}" if pd.notna(v) else "–") for c in per_budget},
+        f"{second} delta [95% CI]": [_fmt(r[f"{second}_delta"], r[f"{second}_ci_low"], r[f"{second}_ci_high"], signed=True) for _, r in table.iterrows()],
+        second: table[f"verdict_{second}"],
+    })
+    return shown.to_string(index=False)
+
+
 def quality_table(quality: list[dict]) -> pd.DataFrame:
     """Audit metrics per (generator, budget): value and real-vs-real baseline, means over seeds."""
     q = pd.DataFrame(quality)
@@ -233,11 +294,18 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     downstream.to_csv(out / "tables" / "downstream.csv", index=False)
     summary.to_csv(out / "tables" / "summary.csv", index=False)
     pd.DataFrame(quality).to_csv(out / "tables" / "quality.csv", index=False)
+    ranks = {task: ranking(downstream, task) for task in RANKED if len(downstream) and (downstream["task"] == task).any()}
+    ranks = {task: table for task, table in ranks.items() if len(table)}
+    for task, table in ranks.items():
+        table.to_csv(out / "tables" / f"ranking_{task}.csv", index=False)
     write_json({"quality": quality, "downstream": downstream.to_dict("records"),
-                "summary": summary.to_dict("records"), "meta": meta}, out / "report.json")
+                "summary": summary.to_dict("records"), "meta": meta,
+                "ranking": {task: table.to_dict("records") for task, table in ranks.items()}}, out / "report.json")
 
     metrics = list(dict.fromkeys(summary["metric"])) if len(summary) else []
     md = [f"# augment report: {meta.get('name', '')}", "", meta.get("protocol", ""), ""]
+    for task, table in ranks.items():
+        md += [f"## {task}: synthetic arms and recipes ranked by {RANKING_NOTE}", "", "```", ranking_text(table, task), "```", ""]
     for metric in metrics:
         md += [f"## {metric} (mean [95% CI] over seeds, real test split)", "", "```",
                summary_table(summary, metric).to_string(), "```", ""]
@@ -248,11 +316,16 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
         md += ["## Quality and memorisation audit (mean over seeds)", "", "```",
                quality_table(quality).to_string(float_format="%.4g"), "```", ""]
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(meta, summary, metrics, quality, figures))
+    (out / "report.html").write_text(_html(meta, summary, metrics, quality, figures, ranks))
     return out
 
 
-def _html(meta: dict, summary: pd.DataFrame, metrics: list[str], quality: list[dict], figures: dict[str, bytes]) -> str:
+RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
+                "better / worse: the interval excludes 0; bN: mean delta at budget N)")
+
+
+def _html(meta: dict, summary: pd.DataFrame, metrics: list[str], quality: list[dict], figures: dict[str, bytes],
+          ranks: dict[str, pd.DataFrame] | None = None) -> str:
     def img(name: str) -> str:
         if name not in figures:
             return ""
@@ -267,6 +340,9 @@ def _html(meta: dict, summary: pd.DataFrame, metrics: list[str], quality: list[d
         f"<h1>augment report: {html.escape(str(meta.get('name', '')))}</h1>",
         f"<p class='note'>{html.escape(meta.get('protocol', ''))}</p>",
     ]
+    for task, table in (ranks or {}).items():
+        parts.append(f"<h2>{html.escape(task)}: synthetic arms and recipes ranked by {html.escape(RANKING_NOTE)}</h2>")
+        parts.append(f"<pre>{html.escape(ranking_text(table, task))}</pre>")
     for metric in metrics:
         parts.append(f"<h2>{html.escape(metric)}: mean [95% CI] over seeds, real test split</h2>")
         parts.append(summary_table(summary, metric).to_html(escape=True))

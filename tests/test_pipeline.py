@@ -116,3 +116,38 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
     assert ("diffusion", "real+synthetic+classic") in set(zip(rows["generator"], rows["arm"]))
     stages = json.loads((out / "timings.json").read_text())["stages"]
     assert "train (joint budget 12 gseed 0)" in stages and "train (diffusion budget 12 gseed 0)" in stages
+
+
+def test_recipes_run_for_every_generator_and_can_be_added_later(tmp_path):
+    spec = _spec(tmp_path, f"""name: recipes
+train: {{max_steps: 3, batch_size: 8, checkpoint_every: 100}}
+generators:
+  masked: {{family: cvae, mode: mask, {TINY}, balance: {{strategy: ratio, ratio: 2, mask_source: real}}}}
+seeds: [0]
+audit: {{enabled: false}}
+evaluate:
+  arms: [real+classic]
+  segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}
+  recipes:
+    half: {{mix: fraction, synthetic_fraction: 0.5}}
+""")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ranked by paired delta vs real+classic" in res.stdout and "masked: half" in res.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["arm"] for r in rep["ranking"]["segmentation"]] == ["masked: half"]
+    assert "half: all of the synthetic set, 50% of each batch synthetic, classic augmentation" in rep["meta"]["protocol"]
+    # a recipe added to the spec trains alone; the finished recipe is reused, a changed one is refused
+    spec.write_text(spec.read_text() + "    fpr: {balance: {strategy: ratio, ratio: 0}, selection: best_val_dice_fpr}\n")
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ran = [line for line in again.stdout.splitlines() if line.startswith("[run]")]
+    assert len(ran) == 1 and "evaluate (masked budget 12 seed 0)" in ran[0], ran
+    runs = sorted(p.name for p in (out / "evaluate" / "b12_s0" / "masked" / "runs").iterdir())
+    assert runs == ["segmentation__fpr__seed0.json", "segmentation__half__seed0.json"]
+    assert {r["recipe"] for r in json.loads((out / "report.json").read_text())["ranking"]["segmentation"]} == {"half", "fpr"}
+    spec.write_text(spec.read_text().replace("synthetic_fraction: 0.5", "synthetic_fraction: 0.25"))
+    changed = subprocess.run(cmd, capture_output=True, text=True)
+    assert changed.returncode == 2 and "different pipeline spec (changed: evaluate)" in changed.stderr

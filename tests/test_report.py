@@ -96,3 +96,42 @@ def test_unbounded_metrics_are_not_clipped():
                          for s, v in enumerate([0.5, 9.0])])
     r = summarize(rows).iloc[0]
     assert r["ci_low"] < 0 and r["ci_high"] > 9  # a t-interval over 2 seeds, untouched
+
+
+def _recipe_rows():
+    """Two budgets x three seeds: recipe `good` beats real+classic by 0.05-0.07 Dice, `flat` ties it."""
+    rows = []
+    for budget in (16, 32):
+        for seed in range(3):
+            base = 0.40 + 0.1 * (budget == 32) + 0.01 * seed
+            cells = [("none", "real+classic", base, 0.8), ("g", "good", base + 0.05 + 0.01 * seed, 0.6),
+                     ("g", "flat", base + (0.01 if seed % 2 else -0.01), 0.8 + 0.05 * (seed - 1))]
+            for generator, arm, dice, fpr in cells:
+                for metric, value in (("dice", dice), ("fpr", fpr)):
+                    rows.append({"task": "segmentation", "budget": budget, "generator": generator, "arm": arm,
+                                 "seed": seed, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_recipes_are_ranked_by_pooled_paired_delta_with_verdicts():
+    from augment.report import ranking, ranking_text
+
+    table = ranking(_recipe_rows()).set_index("recipe")
+    assert table.loc["good", "rank"] == 1 and table.loc["flat", "rank"] == 2
+    assert table.loc["good", "n_pairs"] == 6 and table.loc["good", "dice_delta"] == pytest.approx(0.06)
+    m, lo, hi = mean_ci([0.05, 0.06, 0.07] * 2)
+    assert table.loc["good", "dice_ci_low"] == pytest.approx(lo) and table.loc["good", "dice_delta_b32"] == pytest.approx(0.06)
+    assert table.loc["good", "verdict_dice"] == "better" and table.loc["flat", "verdict_dice"] == "no evidence"
+    # fewer false positives is better
+    assert table.loc["good", "fpr_delta"] == pytest.approx(-0.2) and table.loc["good", "verdict_fpr"] == "better"
+    text = ranking_text(ranking(_recipe_rows()))
+    assert text.index("g: good") < text.index("g: flat") and "better" in text and "b16" in text
+
+
+def test_the_report_leads_with_the_ranking(tmp_path):
+    write_report(tmp_path, [], _recipe_rows(), {}, {"name": "t", "protocol": "p"})
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("ranked by paired delta vs real+classic") < md.index("## dice")
+    assert json.loads((tmp_path / "report.json").read_text())["ranking"]["segmentation"][0]["recipe"] == "good"
+    assert pd.read_csv(tmp_path / "tables" / "ranking_segmentation.csv")["arm"].tolist() == ["g: good", "g: flat"]
+    assert "ranked by" in (tmp_path / "report.html").read_text()

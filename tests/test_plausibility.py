@@ -1,0 +1,71 @@
+"""The VAE plausibility score and `augment score`: planted anomalies rank first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from augment.plausibility import ScorerConfig, fit_scorer
+
+
+@pytest.fixture
+def planted(phantom_dir, tmp_path):
+    """The phantom set with two train images replaced: a 0/255 checkerboard and uniform noise (a corrupt file)."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    df = pd.read_csv(data / "manifest.csv")
+    picks = df[df["split"] == "train"].iloc[[3, 11]]
+    size = np.asarray(Image.open(data / picks["image"].iloc[0])).shape[0]
+    board = (np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    for path, pixels in zip(picks["image"], (board, noise)):
+        Image.fromarray(pixels).save(data / path)
+    return data, picks["id"].tolist()
+
+
+def test_scorer_is_deterministic_and_ranks_unlike_images_higher():
+    torch.manual_seed(0)
+    smooth = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(40, 1, 16, 16) * torch.rand(40, 1, 1, 1)
+    a, b = fit_scorer(smooth, ScorerConfig(steps=60), 3), fit_scorer(smooth, ScorerConfig(steps=60), 3)
+    assert np.array_equal(a.score(smooth), b.score(smooth))
+    noise = torch.rand(5, 1, 16, 16)
+    assert a.score(noise).min() > np.percentile(a.score(smooth), 95)
+
+
+def test_score_cli_ranks_planted_anomalies_first(planted, tmp_path):
+    data, ids = planted
+    out = tmp_path / "scores"
+    cmd = [sys.executable, "-m", "augment", "score", str(data), "--out", str(out), "--set", "scorer.steps=100", "--top", "3"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = pd.read_csv(out / "scores.csv")
+    assert set(table["id"].head(2)) == set(ids) and table["rank"].tolist() == list(range(1, len(table) + 1))
+    assert len(table) == len(pd.read_csv(data / "manifest.csv")) and table["score"].is_monotonic_decreasing
+    assert ids[0] in res.stdout and "most anomalous first" in res.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["stage"] == "score" and record["n_images"] == len(table)
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    train_only = subprocess.run(cmd[:5] + ["--out", str(tmp_path / "t"), "--split", "train", "--set", "scorer.steps=5"], capture_output=True, text=True)
+    assert train_only.returncode == 0
+    assert set(pd.read_csv(tmp_path / "t" / "scores.csv")["split"]) == {"train"}
+
+
+def test_score_refuses_mixed_sizes_and_unknown_keys(planted, tmp_path):
+    data, _ = planted
+    df = pd.read_csv(data / "manifest.csv")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(data / df["image"].iloc[-1])
+    res = subprocess.run([sys.executable, "-m", "augment", "score", str(data), "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert res.returncode == 2 and "mixes image sizes" in res.stderr and "--image-size" in res.stderr
+    bad = subprocess.run([sys.executable, "-m", "augment", "score", str(data), "--out", str(tmp_path / "s"), "--set", "scorer.stpes=3"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "scorer.stpes" in bad.stderr
+    assert not (tmp_path / "s").exists()
