@@ -55,23 +55,18 @@ SHARED_ARMS = ("real", "real+classic")  # no synthetic data: the same for every 
 NO_GENERATOR = "none"
 
 
-class EvaluateConfig(Strict):
-    data: Path
-    synthetic: Path | None = Field(None, description="synthetic set (from augment sample); without it only real arms")
-    budget: int | None = Field(None, ge=1, description="without --synthetic: the label budget (default: the whole train split)")
-    budget_seed: int = Field(0, ge=0, description="without --synthetic: which budget subset (the generator's seed)")
-    generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
-    out: Path
+class EvaluationSettings(Strict):
+    """What an evaluation trains, shared by ``augment evaluate`` and a pipeline's ``evaluate:``."""
+
     task: Literal["segmentation", "classification", "both"] = "segmentation"
     arms: list[Arm] = Field(default_factory=lambda: list(ARMS), description="fixed arms (may be empty when recipes are given)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
     recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="named recipes, trained as extra arms (augment.recipes)")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the reconstruction filter's VAE")
 
-    @field_validator("arms", "seeds")
+    @field_validator("arms")
     @classmethod
     def _once(cls, values: list) -> list:
         return unique(values)
@@ -85,10 +80,25 @@ class EvaluateConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _something(self) -> "EvaluateConfig":
+    def _something(self) -> "EvaluationSettings":
         if not self.arms and not self.recipes:
             raise ValueError("nothing to train: give at least one arm or recipe")
         return self
+
+
+class EvaluateConfig(EvaluationSettings):
+    data: Path
+    synthetic: Path | None = Field(None, description="synthetic set (from augment sample); without it only real arms")
+    budget: int | None = Field(None, ge=1, description="without --synthetic: the label budget (default: the whole train split)")
+    budget_seed: int = Field(0, ge=0, description="without --synthetic: which budget subset (the generator's seed)")
+    generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
+    out: Path
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, values: list) -> list:
+        return unique(values)
 
 
 def unique(values: list) -> list:

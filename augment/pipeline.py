@@ -26,23 +26,19 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from augment.balance import BalanceConfig
-from augment.classic import ClassicConfig
 from augment.config import Strict, load_json, load_yaml, merge, save_json, validate
-from augment.downstream import TaskConfig
 from augment.errors import AugmentError, ConfigError, DataError
-from augment.evaluate import ARMS, SHARED_ARMS, Arm, unique
+from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
 from augment.output import discard, read_json
-from augment.plausibility import ScorerConfig
-from augment.recipes import RecipeConfig, check_names
 from augment.runinfo import run_record, write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -67,25 +63,8 @@ class AuditSpec(Strict):
     segmenter_steps: int = Field(300, ge=1)
 
 
-class EvaluateSpec(Strict):
-    task: Literal["segmentation", "classification", "both"] = "segmentation"
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
-    segmentation: TaskConfig = Field(default_factory=TaskConfig)
-    classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
-    classic: ClassicConfig = Field(default_factory=ClassicConfig)
-    recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="named recipes for every generator (augment.recipes)")
-    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the reconstruction filter's VAE")
-
-    @field_validator("arms")
-    @classmethod
-    def _once(cls, values: list) -> list:
-        return unique(values)
-
-    @field_validator("recipes")
-    @classmethod
-    def _names(cls, value: dict) -> dict:
-        check_names(value, ARMS)
-        return value
+class EvaluateSpec(EvaluationSettings):
+    """A pipeline's ``evaluate:``: the arms and recipes of every (budget, seed), shared real arms once."""
 
 
 class GeneratorSpec(Strict):
