@@ -358,8 +358,8 @@ def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: 
     else:
         def compute():
             x_real, x_syn = real.tensors()[0], syn.tensors()[0]
-            scorer = fit_scorer(x_real, cfg.scorer, seed)
-            return pd.concat([pd.DataFrame({"kind": "real", "id": real.ids, "score": scorer.score(x_real)}),
+            scorer = fit_scorer(x_real, cfg.scorer, seed)  # real images: out-of-fold scores
+            return pd.concat([pd.DataFrame({"kind": "real", "id": real.ids, "score": scorer.own}),
                               pd.DataFrame({"kind": "synthetic", "id": syn.ids, "score": scorer.score(x_syn)})], ignore_index=True)
     frame = _cached(out / "filters" / f"{kind}__seed{seed}.csv", compute)
     ids = frame["id"].astype(str).tolist() if kind == "segmenter" else frame.loc[frame["kind"] == "synthetic", "id"].astype(str).tolist()

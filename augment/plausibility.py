@@ -1,13 +1,19 @@
 """How anomalous an image looks: the reconstruction error of a small VAE trained on real images
 (the classic VAE anomaly score; An & Cho 2015).
 
-:func:`fit_scorer` trains an image-only convolutional VAE (Gaussian likelihood, standard normal
-prior) on a set of real images; :meth:`Scorer.score` is each image's mean squared error between
-it and its reconstruction from the posterior mean, in [0, 1] pixel units (no sampling, so a
-score is a pure function of the image and the weights). Images the VAE reconstructs badly are
-unlike the ones it was trained on: the evaluation's ``reconstruction`` filter drops synthetic
-pairs scoring above a high percentile of the real images' scores, and ``augment score`` ranks a
-dataset's own images (corrupt, mislabelled or out-of-protocol scans come first).
+:func:`fit_scorer` trains image-only convolutional VAEs (Gaussian likelihood, standard normal
+prior) on a set of real images by cross-fitting: the images are split into ``folds`` seeded
+folds and one VAE is trained without each fold. A score is the mean squared error between an
+image and its reconstruction from the posterior mean, in [0, 1] pixel units (no sampling: a pure
+function of the image and the weights). Each real image gets the score of the VAE that never saw
+it (:attr:`Scorer.own`); any other image the mean over the fold VAEs (:meth:`Scorer.score`).
+Out-of-fold scores matter at 16-64 images: a VAE memorises its few training images, so their
+in-sample errors are far below any new image's and every synthetic image would look anomalous.
+
+Images the VAEs reconstruct badly are unlike the real ones: the evaluation's ``reconstruction``
+filter drops synthetic pairs scoring above a high percentile of the real images' out-of-fold
+scores, and ``augment score`` ranks a dataset's own images (corrupt, mislabelled or
+out-of-protocol scans come first).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class ScorerConfig(Strict):
     latent_dim: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=4)
     image_sigma: float = Field(0.1, gt=0, description="std of the Gaussian likelihood, in [0, 1] pixel units")
+    folds: int = Field(2, ge=2, le=10, description="cross-fitting folds: each real image is scored by a VAE that did not see it")
 
 
 class ScoreConfig(Strict):
@@ -88,28 +95,29 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decoder(self.from_code(z).view(-1, *self.grid)))
 
 
-@dataclass
-class Scorer:
-    model: VAE
-    seconds: float
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-        """(N, C, H, W) float [0, 1] -> (N,) reconstruction MSE from the posterior mean."""
-        out = []
+def _errors(model: VAE, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """(N, C, H, W) -> (N,) reconstruction MSE from the posterior mean."""
+    out = []
+    with torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size]
-            mu, _ = self.model.encode(x)
-            out.append((self.model.decode(mu) - x).pow(2).flatten(1).mean(1))
-        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+            out.append((model.decode(model.encode(x)[0]) - x).pow(2).flatten(1).mean(1))
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def fit_scorer(images: torch.Tensor, cfg: ScorerConfig, seed: int) -> Scorer:
-    """Train the VAE on ``images`` (N, C, H, W) float [0, 1] for ``cfg.steps`` seeded steps."""
-    t = time.time()
+@dataclass
+class Scorer:
+    models: list[VAE]  # one per fold, each trained without its fold
+    own: np.ndarray  # each training image's score by the VAE that did not see it
+    seconds: float
+
+    def score(self, images: torch.Tensor) -> np.ndarray:
+        """(N, C, H, W) float [0, 1] -> (N,) reconstruction MSE, the mean over the fold VAEs."""
+        return np.mean([_errors(m, images) for m in self.models], axis=0) if len(images) else np.zeros(0)
+
+
+def _train(images: torch.Tensor, cfg: ScorerConfig, seed: int) -> VAE:
     n, c, h, w = images.shape
-    if _levels(h) == 0 or _levels(w) == 0:
-        raise DataError(f"the plausibility scorer needs images of at least 8x8 px with even sides (got {h}x{w})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mix_seed(seed, 0x5C0E))
         model = VAE(c, h, w, cfg)
@@ -126,7 +134,25 @@ def fit_scorer(images: torch.Tensor, cfg: ScorerConfig, seed: int) -> Scorer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return Scorer(model.eval(), time.time() - t)
+    return model.eval()
+
+
+def fit_scorer(images: torch.Tensor, cfg: ScorerConfig, seed: int) -> Scorer:
+    """Cross-fit ``cfg.folds`` VAEs on ``images`` (N, C, H, W) float [0, 1], ``cfg.steps`` seeded
+    steps each (see the module docstring)."""
+    t = time.time()
+    n, _, h, w = images.shape
+    if _levels(h) == 0 or _levels(w) == 0:
+        raise DataError(f"the plausibility scorer needs images of at least 8x8 px with even sides (got {h}x{w})")
+    if n < 2 * cfg.folds:
+        raise DataError(f"the plausibility scorer needs at least {2 * cfg.folds} images for {cfg.folds} folds (got {n})")
+    fold = np.random.default_rng(mix_seed(seed, 0xF01D)).permutation(n) % cfg.folds
+    models, own = [], np.zeros(n)
+    for k in range(cfg.folds):
+        model = _train(images[torch.from_numpy(np.flatnonzero(fold != k))], cfg, mix_seed(seed, k))
+        own[fold == k] = _errors(model, images[torch.from_numpy(np.flatnonzero(fold == k))])
+        models.append(model)
+    return Scorer(models, own, time.time() - t)
 
 
 def score_table(df: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
@@ -145,9 +171,9 @@ def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
 
     df, _ = load_data(cfg.data)
     rows = df if cfg.split == "all" else df[df["split"] == cfg.split]
-    if len(rows) < 2:
-        raise DataError(f"`{cfg.data}` has {len(rows)} image(s) in split `{cfg.split}`; the scorer needs at least 2 "
-                        "(choose --split all, train, val or test)")
+    if len(rows) < 2 * cfg.scorer.folds:
+        raise DataError(f"`{cfg.data}` has {len(rows)} image(s) in split `{cfg.split}`; the scorer needs at least "
+                        f"{2 * cfg.scorer.folds} (choose --split all, train, val or test, or fewer scorer.folds)")
     shapes = {}
     for path in rows["image"]:
         shapes.setdefault(read_image(Path(cfg.data) / path).shape, path)
@@ -156,5 +182,5 @@ def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
         raise DataError(f"`{cfg.data}` mixes image sizes (`{pa}` is {a}, `{pb}` is {b}); prepare it with --image-size N first")
     images, _ = load_tensors(rows, cfg.data, masks=False)
     scorer = fit_scorer(images, cfg.scorer, cfg.seed)
-    return score_table(rows, scorer.score(images)), scorer
+    return score_table(rows, scorer.own), scorer
 

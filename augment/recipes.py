@@ -14,8 +14,9 @@ val and test splits. It says
   has a lesion, the ``filter_drop`` share with the lowest Dice against their own mask is dropped
   (pairs with an empty mask are kept: a segmenter trained on 16-64 images paints lesions on most
   normal scans, so it cannot judge them). ``reconstruction``: a small VAE trained on the real
-  budget images (:mod:`augment.plausibility`) scores every image; synthetic pairs above the
-  ``filter_percentile`` of the real images' scores are dropped. Filters run before ``balance``
+  budget images (:mod:`augment.plausibility`, cross-fitted: each real image is scored by a VAE
+  that did not see it) scores every image; synthetic pairs above the ``filter_percentile`` of
+  the real images' scores are dropped. Filters run before ``balance``
   takes its counts, so a filtered recipe trains on as many pairs as the unfiltered one while the
   survivors last;
 * how batches mix real and synthetic pairs (``mix``): ``concat`` (one pool, shuffled, as the

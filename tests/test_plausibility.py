@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.plausibility import ScorerConfig, fit_scorer
+from augment.plausibility import ScorerConfig, _errors, fit_scorer
 
 
 @pytest.fixture
@@ -35,9 +35,13 @@ def test_scorer_is_deterministic_and_ranks_unlike_images_higher():
     torch.manual_seed(0)
     smooth = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(40, 1, 16, 16) * torch.rand(40, 1, 1, 1)
     a, b = fit_scorer(smooth, ScorerConfig(steps=60), 3), fit_scorer(smooth, ScorerConfig(steps=60), 3)
-    assert np.array_equal(a.score(smooth), b.score(smooth))
+    assert np.array_equal(a.score(smooth), b.score(smooth)) and np.array_equal(a.own, b.own) and len(a.models) == 2
     noise = torch.rand(5, 1, 16, 16)
-    assert a.score(noise).min() > np.percentile(a.score(smooth), 95)
+    assert a.score(noise).min() > np.percentile(a.own, 95)
+    # each image's own score is one fold VAE's error on it, and the folds split the images
+    per_model = np.stack([_errors(m, smooth) for m in a.models])
+    match = np.isclose(per_model, a.own[None])
+    assert match.any(0).all() and 0 < match[0].sum() < len(smooth)
 
 
 def test_score_cli_ranks_planted_anomalies_first(planted, tmp_path):
