@@ -1,6 +1,6 @@
 """The Python API: one function per CLI verb, and the only module the CLI calls.
 
-``prepare``, ``train``, ``sample``, ``audit``, ``evaluate``, ``run`` and ``report`` each take a
+``prepare``, ``train``, ``sample``, ``audit``, ``evaluate``, ``score``, ``run`` and ``report`` each take a
 validated config (the classes are importable from here: ``augment.api.SampleConfig`` ...),
 write one self-describing output folder with its ``run.json`` (config, inputs' hashes, versions,
 git commit, timings) and return a :class:`StageResult`. Output is written through

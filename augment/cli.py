@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("evaluate", help="train task models on each arm and test them on the real test split",
-                       description="Downstream evaluation of one synthetic set: arms x seeds, tested on DATA's test split.")
+                       description="Downstream evaluation of one synthetic set: arms x seeds, tested on DATA's test split. "
+                                   "Recipes (mixing, filters, pre-training, checkpoint rules; see README) come from --config YAML "
+                                   "under `recipes:` or --set recipes.NAME.KEY=VALUE, e.g. --set recipes.frac25.mix=fraction "
+                                   "--set recipes.frac25.synthetic_fraction=0.25.")
     p.add_argument("--data", help="prepared dataset folder DATA")
     p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample); without it only the real arms run")
     p.add_argument("--budget", type=int, help="without --synthetic: the label budget of the real arms (default: all train)")
