@@ -42,10 +42,10 @@ from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
-from augment.plausibility import ScorerConfig
-from augment.recipes import RecipeConfig
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.output import atomic_path, discard, read_json
+from augment.plausibility import ScorerConfig
+from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
 
@@ -288,6 +288,9 @@ def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: 
                 path = out / "runs" / f"{task}__{arm.replace('+', '_')}__seed{seed}.json"
                 if path.is_file():
                     result = _result(path)
+                    if arm in cfg.recipes and result.get("recipe") != cfg.recipes[arm].model_dump(mode="json"):
+                        raise DataError(f"result file `{path}` was trained with other settings of recipe `{arm}`; "
+                                        "rename the recipe, or delete the file to train it again")
                 else:
                     if arm in cfg.recipes:
                         result = _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, echo)

@@ -168,6 +168,10 @@ def test_recipes_train_as_arms_record_their_filters_and_resume(phantom_dir, pool
     changed = cfg.model_copy(update={"recipes": {**cfg.recipes, "pre": RecipeConfig(mix="pretrain", pretrain_share=0.2)}})
     with pytest.raises(DataError, match="holds recipe `pre` with other settings"):
         evaluate(changed, echo=QUIET)
+    # a result file is checked against the recipe too (config.json holds the last run's recipes only)
+    evaluate(cfg.model_copy(update={"recipes": {"none": cfg.recipes["none"]}}), echo=QUIET)
+    with pytest.raises(DataError, match="trained with other settings of recipe `pre`"):
+        evaluate(changed, echo=QUIET)
 
 
 def test_recipe_names_and_needs_are_checked(phantom_dir, pool, tmp_path):
