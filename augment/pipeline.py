@@ -8,7 +8,8 @@ real}}}``); an entry may override ``train``, ``balance`` (merged over the spec's
 ``generator_seeds`` (default: ``seeds``) are the seeds generators are trained with; task seed
 ``seeds[i]`` uses generator seed ``generator_seeds[i % len]`` and that seed's budget subset, so
 a user can train fewer generators than task models. The arms without synthetic data (``real``,
-``real+classic``) are trained once per (budget, seed) and shared by every generator.
+``real+classic``) are trained once per (budget, seed) and shared by every generator;
+``evaluate.recipes`` (:mod:`augment.recipes`) are trained for every generator, beside its arms.
 
 Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synthetic,audit}``;
 ``OUT/evaluate/b{budget}_s{seed}/{real,<name>}``; the report in ``OUT/`` (``report.json``,
