@@ -40,6 +40,7 @@ from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
 from augment.output import discard, read_json
+from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -64,8 +65,20 @@ class AuditSpec(Strict):
     segmenter_steps: int = Field(300, ge=1)
 
 
+#: the recipe a pipeline trains unless its spec names others: half of every batch synthetic. On
+#: BUSI (pipelines/busi_recipes.yaml: mask-conditioned cVAE, a pool of 5 synthetic pairs per real
+#: image, budgets 16/32/64, 3 seeds) it ranked first of 13 recipes, +0.050 [+0.026, +0.074] Dice
+#: vs real+classic pooled over 9 pairs, with no evidence of a change in false-positive rate.
+DEFAULT_RECIPES = {"frac50": {"mix": "fraction", "synthetic_fraction": 0.5}}
+
+
 class EvaluateSpec(EvaluationSettings):
-    """A pipeline's ``evaluate:``: the arms and recipes of every (budget, seed), shared real arms once."""
+    """A pipeline's ``evaluate:``: the arms and recipes of every (budget, seed), shared real arms
+    once. Without ``recipes`` the spec trains :data:`DEFAULT_RECIPES`; ``recipes: {}`` trains none."""
+
+    recipes: dict[str, RecipeConfig] = Field(
+        default_factory=lambda: {k: RecipeConfig(**v) for k, v in DEFAULT_RECIPES.items()},
+        description="named recipes for every generator (augment.recipes; default: frac50)")
 
 
 class GeneratorSpec(Strict):

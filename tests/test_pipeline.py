@@ -91,8 +91,10 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
         gen = json.loads((out / "evaluate" / f"b12_s{seed}" / "masked" / "run.json").read_text())
         assert real["real_ids"] == gen["real_ids"]  # the same budget subset as the generator's
     rows = pd.read_csv(out / "tables" / "downstream.csv")
+    # the spec names no recipes: every generator gets the default one (frac50)
     assert set(zip(rows["generator"], rows["arm"])) == {("none", "real"), ("none", "real+classic"),
-                                                         ("joint", "real+synthetic+classic"), ("masked", "real+synthetic+classic")}
+                                                         ("joint", "real+synthetic+classic"), ("masked", "real+synthetic+classic"),
+                                                         ("joint", "frac50"), ("masked", "frac50")}
     rep = json.loads((out / "report.json").read_text())
     assert {r["generator"] for r in rep["quality"]} == {"joint", "masked"}
     assert "generator seeds [0]" in rep["meta"]["protocol"]
