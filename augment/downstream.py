@@ -33,12 +33,16 @@ from augment.seeding import mix_seed
 BatchFn = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
 
 
+#: checkpoint rules (see :func:`selection_score`)
+Selection = Literal["best_val", "best_val_dice_fpr", "last"]
+
+
 class TaskConfig(Strict):
     steps: int = Field(600, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     eval_every: int = Field(50, ge=1, description="steps between val checks")
-    selection: Literal["best_val", "best_val_dice_fpr", "last"] = Field(
+    selection: Selection = Field(
         "best_val", description="checkpoint rule: best_val (the task's val score), best_val_dice_fpr (segmentation: "
         "best mean of val lesion Dice and 1 - val false-positive rate), last")
     base_channels: int = Field(16, ge=4)

@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 
 from augment.balance import BalanceConfig, plan
 from augment.config import Strict
-from augment.downstream import dice_per_image, epoch_batches, predict_masks
+from augment.downstream import Selection, dice_per_image, epoch_batches, predict_masks
 from augment.errors import ConfigError
 from augment.seeding import mix_seed
 
@@ -61,7 +61,7 @@ class RecipeConfig(Strict):
     filter_drop: float = Field(0.25, ge=0, lt=1, description="segmenter filter: share of lesion pairs dropped (lowest Dice first)")
     filter_percentile: float = Field(95.0, gt=0, le=100, description="reconstruction filter: drop pairs above this percentile of the real scores")
     classic: bool = True
-    selection: Literal["best_val", "best_val_dice_fpr", "last"] | None = Field(
+    selection: Selection | None = Field(
         None, description="this recipe's checkpoint rule (default: the task's)")
 
     @model_validator(mode="after")
