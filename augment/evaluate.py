@@ -153,10 +153,18 @@ def batch_fn(split: Split, augment):
     return draw
 
 
-def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment) -> dict:
-    """Train one task model on ``train``, select on ``val``, return test metrics and the record."""
-    fitted = fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), cfg, seed,
-                 val=val.tensors())
+def fit_split(task: str, train: Split, val: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
+              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None):
+    """Train one task model on ``train`` (optionally augmented, on a batch schedule, with
+    per-example loss weights) and select its checkpoint on ``val``: :class:`augment.downstream.Fitted`."""
+    return fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), cfg, seed,
+               val=val.tensors(), batches=batches, weights=weights)
+
+
+def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
+              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None) -> dict:
+    """Train one task model on ``train`` (:func:`fit_split`), return test metrics and the record."""
+    fitted = fit_split(task, train, val, cfg, shapes, seed, augment, batches, weights)
     metrics = TASKS[task].score(fitted.model, shapes, *test.tensors())
     return {"metrics": metrics, "selected_step": fitted.selected_step, "val_score": fitted.val_score, "n_train": len(train),
             "train_seconds": round(fitted.seconds, 2)}
@@ -354,8 +362,7 @@ def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: 
     real, syn = parts["real"], parts["synthetic"]
     if kind == "segmenter":
         def compute():
-            fitted = fit(TASKS["segmentation"], shapes, batch_fn(real, _classic(cfg, seed)), len(real),
-                         torch.from_numpy(real.labels), cfg.segmentation, seed, val=parts["val"].tensors())
+            fitted = fit_split("segmentation", real, parts["val"], cfg.segmentation, shapes, seed, _classic(cfg, seed))
             x, m, _ = syn.tensors()
             return segmenter_scores(fitted.model, x, m).assign(id=syn.ids)
     else:
@@ -401,14 +408,11 @@ def _train_recipe(cfg: EvaluateConfig, out: Path, task: str, name: str, seed: in
     if recipe.synthetic_weight != 1.0:
         weights = np.concatenate([np.ones(len(real)), np.full(len(chosen), recipe.synthetic_weight)])
     augment = _classic(cfg, seed) if recipe.classic else None
-    fitted = fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), task_cfg, seed,
-                 val=parts["val"].tensors(), batches=batches, weights=weights)
-    metrics = TASKS[task].score(fitted.model, shapes, *parts["test"].tensors())
+    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment, batches, weights)
     for r in records:
         echo(f"{task:14s} {name:24s} seed {seed}: filter {r['filter']} dropped {r['dropped']} of {r['judged']} ({r['why']})")
-    return {"metrics": metrics, "selected_step": fitted.selected_step, "val_score": fitted.val_score, "n_train": len(train),
-            "train_seconds": round(fitted.seconds, 2), "recipe": recipe.model_dump(mode="json"), "n_synthetic": len(chosen),
-            "synthetic_per_class": used, "filters": records}
+    return {**result, "recipe": recipe.model_dump(mode="json"), "n_synthetic": len(chosen), "synthetic_per_class": used,
+            "filters": records}
 
 
 def _fixed(cfg: EvaluateConfig) -> dict:
