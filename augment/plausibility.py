@@ -165,7 +165,7 @@ def score_table(df: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
 
 def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
     """Train the scorer on the chosen images of ``cfg.data`` and rank them (:func:`score_table`)."""
-    from augment.data.dataset import load_tensors
+    from augment.data.dataset import to_tensor
     from augment.data.images import read_image
     from augment.data.manifest import load_data
 
@@ -174,13 +174,14 @@ def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
     if len(rows) < 2 * cfg.scorer.folds:
         raise DataError(f"`{cfg.data}` has {len(rows)} image(s) in split `{cfg.split}`; the scorer needs at least "
                         f"{2 * cfg.scorer.folds} (choose --split all, train, val or test, or fewer scorer.folds)")
-    shapes = {}
-    for path in rows["image"]:
-        shapes.setdefault(read_image(Path(cfg.data) / path).shape, path)
-    if len(shapes) > 1:
-        (a, pa), (b, pb) = list(shapes.items())[:2]
+    pixels, first = [], {}
+    for path in rows["image"]:  # each file read once: sizes checked, then stacked
+        pixels.append(read_image(Path(cfg.data) / path))
+        first.setdefault(pixels[-1].shape, path)
+    if len(first) > 1:
+        (a, pa), (b, pb) = list(first.items())[:2]
         raise DataError(f"`{cfg.data}` mixes image sizes (`{pa}` is {a}, `{pb}` is {b}); prepare it with --image-size N first")
-    images, _ = load_tensors(rows, cfg.data, masks=False)
+    images = torch.stack([to_tensor(p) for p in pixels])
     scorer = fit_scorer(images, cfg.scorer, cfg.seed)
     return score_table(rows, scorer.own), scorer
 
