@@ -452,16 +452,14 @@ def report(out: str | Path) -> StageResult:
 def _report_text(out: Path) -> str:
     """The summary tables of a pipeline report: per metric, arms x budgets, then the paired
     delta of each generator's arms vs real+classic."""
-    from augment.report import RANKED, RANKING_NOTE, delta_table, ranking, ranking_text, summarize, summary_table
+    from augment.report import RANKING_NOTE, delta_table, rankings, ranking_text, summarize, summary_table
 
     rows = pd.read_csv(out / "tables" / "downstream.csv")
     if not len(rows):
         return "no downstream results yet"
     summary, parts = summarize(rows), []
-    for task in RANKED:
-        table = ranking(rows, task) if (rows["task"] == task).any() else pd.DataFrame()
-        if len(table):
-            parts += [f"\n{task}: synthetic arms and recipes ranked by {RANKING_NOTE}", ranking_text(table, task)]
+    for task, table in rankings(rows).items():
+        parts += [f"\n{task}: synthetic arms and recipes ranked by {RANKING_NOTE}", ranking_text(table, task)]
     for metric in dict.fromkeys(summary["metric"]):
         parts += [f"\n{metric} (mean [95% CI] over seeds, real test split)", summary_table(summary, metric).to_string()]
         deltas = delta_table(summary, metric)

@@ -182,6 +182,12 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
     return frame
 
 
+def rankings(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`ranking` for every task the rows hold that has synthetic arms or recipes."""
+    tables = {task: ranking(rows, task) for task in RANKED if len(rows) and (rows["task"] == task).any()}
+    return {task: table for task, table in tables.items() if len(table)}
+
+
 def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
     """The ranking as a fixed-width table: pooled deltas with CIs, then the per-budget means."""
     main, second = RANKED[task]
@@ -294,8 +300,7 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     downstream.to_csv(out / "tables" / "downstream.csv", index=False)
     summary.to_csv(out / "tables" / "summary.csv", index=False)
     pd.DataFrame(quality).to_csv(out / "tables" / "quality.csv", index=False)
-    ranks = {task: ranking(downstream, task) for task in RANKED if len(downstream) and (downstream["task"] == task).any()}
-    ranks = {task: table for task, table in ranks.items() if len(table)}
+    ranks = rankings(downstream)
     for task, table in ranks.items():
         table.to_csv(out / "tables" / f"ranking_{task}.csv", index=False)
     write_json({"quality": quality, "downstream": downstream.to_dict("records"),
