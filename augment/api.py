@@ -255,9 +255,19 @@ def train(cfg, resume: bool = False) -> StageResult:
     if "not_measured" in r:
         summary += f"\nautoencoder not measured on val: {r['not_measured']}"
     elif r:
+        dice = r.get("mask_dice")
         summary += (f"\nautoencoder on {r['n']} val pairs (measured after training, never trained on): "
                     f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, mask Dice "
-                    + ("n/a (no lesion)" if r["mask_dice"] is None else f"{r['mask_dice']:.3f}"))
+                    + (f"{dice:.3f}" if dice is not None else "n/a (no lesion)" if "mask_dice" in r else "n/a (the mask is given)"))
+        for level in ("top", "bottom"):
+            if f"{level}_codebook_usage" in r:
+                summary += f"\n{level} codebook on val: {r[f'{level}_codebook_usage']:.0%} of codes used, perplexity {r[f'{level}_perplexity']:.1f}"
+        p = r.get("prior") or {}
+        for level in ("top", "bottom"):
+            if f"val_{level}_accuracy" in p:
+                train_acc = f"train {p[f'train_{level}_accuracy']:.3f} vs " if f"train_{level}_accuracy" in p else ""
+                summary += (f"\n{level} prior token accuracy: {train_acc}val {p[f'val_{level}_accuracy']:.3f} "
+                            f"(NLL {p[f'val_{level}_nll']:.2f} nats on val)")
     return StageResult(out, record, summary)
 
 
@@ -275,14 +285,22 @@ def _val_reconstruction(model, data_dir: Path, size: int, limit: int = 256) -> d
         return None
     manifest, _ = load_data(data_dir)
     val = manifest[(manifest["split"] == "val") & (manifest["mask"] != "")].head(limit)
-    pairs = [(to_tensor(read_image(data_dir / r.image)), torch.from_numpy(read_mask(data_dir / r.mask)).to(torch.int64))
+    pairs = [(to_tensor(read_image(data_dir / r.image)), torch.from_numpy(read_mask(data_dir / r.mask)).to(torch.int64), int(r.label))
              for r in val.itertuples()]
-    fits = [(x, m) for x, m in pairs if x.shape[-2:] == (size, size)]  # the generator is built for one size
+    fits = [p for p in pairs if p[0].shape[-2:] == (size, size)]  # the generator is built for one size
     if not fits:
         return {"n": 0, "not_measured": f"no val pair with a mask at {size}x{size} px (val pairs: {len(pairs)})"}
+    images, masks = torch.stack([x for x, _, _ in fits]), torch.stack([m for _, m, _ in fits])
     with torch.no_grad():
-        metrics = measure(torch.stack([x for x, _ in fits]), torch.stack([m for _, m in fits]))
-    return {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}, "other_size": len(pairs) - len(fits)}
+        metrics = measure(images, masks)
+        prior = getattr(model, "prior_metrics", None)  # token priors: train vs val accuracy
+        if prior is not None:
+            metrics["prior"] = prior(images, masks, torch.tensor([y for _, _, y in fits]))
+
+    def rounded(d: dict) -> dict:
+        return {k: rounded(v) if isinstance(v, dict) else round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+    return {**rounded(metrics), "other_size": len(pairs) - len(fits)}
 
 
 def training_manifest(data_dir: str | Path, synthetic_dir: str | Path, out_dir: str | Path) -> Path:

@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a generator family on the label budget of a prepared dataset",
-                       description="Train a generator (cvae, ldm) on the label-budget subset of DATA's train split.")
+                       description="Train a generator (cvae, ldm, vqvae2) on the label-budget subset of DATA's train split.")
     p.add_argument("--data", help="prepared dataset folder DATA")
-    p.add_argument("--generator", help="generator family: cvae or ldm")
+    p.add_argument("--generator", help="generator family: cvae, ldm or vqvae2")
     p.add_argument("--out", help="run folder RUN")
     p.add_argument("--budget", type=int, help="label budget: stratified subset of the train split (default: all)")
     p.add_argument("--seed", type=int, help="seed for the budget, init, data order and noise (default 0)")

@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from augment.audit import AuditConfig, _features, domain_encoder
-from augment.data.dataset import load_tensors
-from augment.data.manifest import load_data
 from augment.generators.artifact import load_generator
-from augment.metrics import frechet_distance
-from augment.seeding import mix_seed
+
+from _sampling import Reference, conditions, timed_draw  # bench/_sampling.py
 
 
 def main() -> None:
@@ -44,43 +40,20 @@ def main() -> None:
     gen = load_generator(args.generator)
     if gen.config.generator.family != "ldm":
         raise SystemExit(f"{args.generator} is a {gen.config.generator.family} run, not ldm")
-    model, data = gen.model, gen.info.data_dir
-    manifest, classes = load_data(data)
-    train_df = manifest[manifest["split"] == "train"].reset_index(drop=True)
-    test_df = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    train_x, _ = load_tensors(train_df, data, masks=False)
-    test_x, _ = load_tensors(test_df, data, masks=False)
-    encoder, _ = domain_encoder(data, train_x, torch.tensor(train_df["label"].to_numpy()), max(classes) + 1,
-                                AuditConfig(data=data, synthetic=data, out=data, encoder_steps=args.encoder_steps))
-    f_train = _features(encoder, train_x)
-    baseline = frechet_distance(_features(encoder, test_x), f_train)
-
-    labels = torch.tensor([sorted(classes)[i % len(classes)] for i in range(args.n)])
-    masks = None
-    if model.mask_conditioned:  # the generator's own budget masks, in turn, unjittered
-        _, budget_masks = load_tensors(gen.info.rows, data)
-        by_class = {c: budget_masks[torch.tensor((gen.info.rows["label"] == c).to_numpy())] for c in classes}
-        masks = torch.stack([by_class[int(c)][i % len(by_class[int(c)])] for i, c in enumerate(labels.tolist())])
+    model = gen.model
+    real = Reference(gen.info.data_dir, args.encoder_steps)
+    labels, masks = conditions(gen, args.n, real.classes)
     side, threads = gen.spec.image_size, torch.get_num_threads()
     print(f"ldm {gen.config.generator.mode} mode, {side}x{side}, {args.n} samples in batches of {args.batch_size}, "
-          f"guidance {args.guidance}, {threads} threads; real test-vs-train Fréchet baseline {baseline:.2f}")
+          f"guidance {args.guidance}, {threads} threads; real test-vs-train Fréchet baseline {real.baseline:.2f}")
     rows = []
     for setting in args.settings:
         solver, steps = setting.split(":")
         settings = model.Sampler(solver=solver, steps=int(steps), guidance=args.guidance)
-        images, seconds, timed = [], 0.0, 0
-        for b, start in enumerate(range(0, args.n, args.batch_size)):
-            idx = range(start, min(start + args.batch_size, args.n))
-            gens = [torch.Generator().manual_seed(mix_seed(0, i)) for i in idx]
-            t = time.perf_counter()
-            out = model.sample(labels[list(idx)], gens, None if masks is None else masks[list(idx)], settings)
-            if b > 0 or args.n <= args.batch_size:  # the first batch warms up allocators and kernels
-                seconds, timed = seconds + time.perf_counter() - t, timed + len(idx)
-            images.append(out.images)
-        fd = frechet_distance(_features(encoder, torch.cat(images)), f_train)
-        rows.append({"solver": solver, "steps": int(steps), "guidance": args.guidance, "ms_per_sample": 1000 * seconds / timed,
-                     "frechet_domain": fd, "baseline_frechet_domain": baseline, "n": args.n, "batch_size": args.batch_size,
-                     "threads": threads})
+        images, ms = timed_draw(model, labels, masks, settings, args.batch_size)
+        rows.append({"solver": solver, "steps": int(steps), "guidance": args.guidance, "ms_per_sample": ms,
+                     "frechet_domain": real.frechet(images), "baseline_frechet_domain": real.baseline, "n": args.n,
+                     "batch_size": args.batch_size, "threads": threads})
     ref = next((r["frechet_domain"] for r in rows if r["solver"] == "ddim" and r["steps"] == 50), None)
     print(f"{'solver':<8}{'steps':>6}{'ms/sample':>11}{'Fréchet':>9}{'vs ddim-50':>12}")
     for r in rows:

@@ -188,6 +188,6 @@ def test_cli_unknown_family_is_one_line(phantom_dir, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae', 'ldm')"
+        "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"
     ]
     assert not (tmp_path / "r").exists()
