@@ -321,6 +321,22 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     return out
 
 
+def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
+    """A two-stage generator's own figures from its run record, as quality rows without a
+    real-vs-real baseline: the autoencoder round trip and codebook usage on the val split, and the
+    priors' token accuracy and NLL on the train and val splits (extractor ``generator, SPLIT split``)."""
+    rec = read_json(run_json, "generator run record").get("val_reconstruction") or {}
+    if "psnr" not in rec:
+        return []
+    flat = {f"autoencoder_{k}": rec.get(k) for k in ("psnr", "ssim", "mask_dice")}
+    flat.update({k: v for k, v in rec.items() if k.endswith(("_codebook_usage", "_perplexity"))})
+    prior = {k: v for k, v in (rec.get("prior") or {}).items() if k != "n"}
+    rows = [{**tag, "metric": k, "extractor": "generator, val split", "value": v} for k, v in flat.items() if v is not None]
+    rows += [{**tag, "metric": f"prior_{k.partition('_')[2]}", "extractor": f"generator, {k.partition('_')[0]} split", "value": v}
+             for k, v in prior.items()]
+    return [{**r, "baseline": None, "n_real": None, "n_synthetic": None} for r in rows]
+
+
 def build_report(cfg: PipelineConfig, out: Path) -> Path:
     """Collect every generator's audits and every evaluation into the report: Dice vs budget per
     family beside the shared real arms, quality per family, a sample grid per family."""
@@ -340,6 +356,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
                                     "baseline": None, "n_real": None, "n_synthetic": None})
+                    quality += _heldout_rows(generator_dir(out, name, budget, gseed) / "generator" / "run.json", tag)
     for seed in cfg.seeds:
         for budget in cfg.budgets:
             for sub in ["real", *cfg.generators]:

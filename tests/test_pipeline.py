@@ -54,7 +54,7 @@ def test_a_typo_is_reported_before_the_balance_file_is_looked_up(tmp_path):
     ("generators: {real: {family: cvae}}\n", "must be a plain folder name"),
     ("generators: {m: {family: cvae, mode: mask}}\n", "set its balance.mask_source to real"),
     ("generators: {j: {family: cvae, balance: {mask_source: real}}}\n", "needs a mask-conditioned generator"),
-    ("generators: {j: {family: gan}}\n", "has unknown 'family' 'gan' (allowed: 'cvae', 'ldm')"),
+    ("generators: {j: {family: gan}}\n", "has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"),
     ("generator: {family: cvae}\ngenerators: {j: {family: cvae}}\n", "not both"),
 ])
 def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):
@@ -108,14 +108,25 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
 
     # A generator added to the spec later runs alone: the finished ones and the shared arms are reused.
     spec.write_text(spec.read_text().replace("generators:\n", "generators:\n  diffusion: {family: ldm, ae_channels: [8, 8], "
-                                             "unet_channels: [8, 16], latent_channels: 2, sampler: {steps: 3}}\n"))
+                                             "unet_channels: [8, 16], latent_channels: 2, sampler: {steps: 3}}\n"
+                                             "  tokens: {family: vqvae2, channels: 8, res_blocks: 1, code_dim: 4, top_codes: 8, "
+                                             "bottom_codes: 8, prior_width: 16, prior_layers: 1, prior_heads: 2}\n"))
     again = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("[run]")]
-    assert ran and all("diffusion" in line for line in ran), ran
+    assert ran and all("diffusion" in line or "tokens" in line for line in ran), ran
     assert "[skip] train (joint budget 12 gseed 0)" in again.stdout and "[skip] evaluate real arms (budget 12 seed 1)" in again.stdout
     rows = pd.read_csv(out / "tables" / "downstream.csv")
     assert ("diffusion", "real+synthetic+classic") in set(zip(rows["generator"], rows["arm"]))
+    # two-stage generators' own held-out figures join the quality table (codebooks and priors for vqvae2)
+    quality = pd.DataFrame(json.loads((out / "report.json").read_text())["quality"])
+    own = quality[quality["extractor"].str.startswith("generator, ")]
+    assert set(own["generator"]) == {"diffusion", "tokens"}
+    tokens = own[own["generator"] == "tokens"].set_index(["metric", "extractor"])["value"]
+    assert 0 < tokens[("top_codebook_usage", "generator, val split")] <= 1
+    for split in ("train", "val"):
+        assert 0 <= tokens[("prior_bottom_accuracy", f"generator, {split} split")] <= 1
+    assert "top_codebook_usage" in (out / "report.md").read_text()
     stages = json.loads((out / "timings.json").read_text())["stages"]
     assert "train (joint budget 12 gseed 0)" in stages and "train (diffusion budget 12 gseed 0)" in stages
 
