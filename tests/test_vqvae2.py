@@ -205,3 +205,29 @@ def test_resumed_run_equals_uninterrupted(phantom_dir, tmp_path, stop):
     a, b = load_file(clean / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "quant_bottom.embed" in a and "quant_bottom.cluster_size" in a
+
+
+def test_two_process_data_parallel_keeps_one_codebook(phantom_dir, tmp_path):
+    """Each process restarts dead codes with its own noise; the assignment statistics are summed
+    and the restarts broadcast, so the replicas end with identical weights and codebooks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    tiny = [f"--set=generator.{k}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "augment", "train", "--data", str(phantom_dir), "--generator", "vqvae2", "--out", str(out),
+           "--budget", "24", *tiny, "--set", "train.max_steps=3", "--set", "train.batch_size=4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["processes"] == 2
+    sums = info["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    weights = load_file(out / "model.safetensors")
+    assert float(weights["quant_bottom.cluster_size"].sum()) > 0

@@ -73,7 +73,7 @@ class VQVAE2Config(Strict):
     mask_weight: float = Field(1.0, ge=0)
     # phase 2: the priors
     prior: Literal["maskgit", "autoregressive"] = Field("maskgit", description="masked-token prior sampled in a few parallel steps, or a causal one")
-    prior_width: int = Field(96, ge=8)
+    prior_width: int = Field(64, ge=8)
     prior_layers: int = Field(4, ge=1)
     prior_heads: int = Field(4, ge=1)
     prior_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the priors' attention outputs and MLPs")
