@@ -9,6 +9,7 @@ produced and loads back equal.
 from __future__ import annotations
 
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,8 +92,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_NUMBER = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?")
+
+
+def _numbers(raw: str) -> list[int | float] | None:
+    """``16,32`` -> ``[16, 32]``: a bare comma list of decimal numbers is the list a user means.
+    Anything else (``a,b``, ``16,``, ``1,x``; ``1,000``, as ``000`` is no plain number) is None,
+    and the value stays the string YAML reads, so a comma in a name or a path is kept."""
+    parts = [part.strip() for part in raw.split(",")]
+    if not all(_NUMBER.fullmatch(part) for part in parts):
+        return None
+    return [float(part) if any(c in part for c in ".eE") else int(part) for part in parts]
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn ``["train.max_steps=100", "seed=1"]`` into a nested dict; values are parsed as YAML."""
+    """Turn ``["train.max_steps=100", "seed=1", "budgets=16,32"]`` into a nested dict; values
+    are parsed as YAML, and a bare comma list of numbers is a list (:func:`_numbers`)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -103,6 +118,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set `{item}`: value `{raw}` is not valid YAML") from None
+        if isinstance(value, str) and "," in raw:
+            value = _numbers(raw) or value
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -192,6 +209,8 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        if err["type"] == "list_type" and isinstance(got, str):  # e.g. --set arms=real,classic
+            shown += "; write a list as [a, b] (a,b also works for numbers)"
         raise ConfigError(f"{what}: `{key}`: {msg}{shown}") from None
 
 

@@ -13,6 +13,28 @@ def test_parse_overrides_nested_and_typed():
     assert got == {"split": {"val": 0.15}, "seed": 3, "source": "phantom", "priors": [0.2, 0.3, 0.5], "rgb": True}
 
 
+@pytest.mark.parametrize("raw,value", [
+    ("16,32", [16, 32]), ("0.1, 0.2,0.7", [0.1, 0.2, 0.7]), ("-1,2e3", [-1, 2000.0]), ("[16,32]", [16, 32]),
+    ("a,b", "a,b"), ("16,", "16,"), ("1,x", "1,x"), ("1,000", "1,000"), ('"1,2"', "1,2"), ("scan 1,2.png", "scan 1,2.png"),
+])
+def test_parse_overrides_reads_a_comma_list_of_numbers_as_a_list(raw, value):
+    assert parse_overrides([f"k={raw}"]) == {"k": value}
+
+
+def test_pipeline_budgets_from_a_comma_list():
+    from pathlib import Path
+
+    from augment.pipeline import load_pipeline
+
+    spec = Path(__file__).resolve().parents[1] / "pipelines" / "quickstart.yaml"
+    assert load_pipeline(spec, parse_overrides(["budgets=16,32"])).budgets == [16, 32]
+
+
+def test_a_string_where_a_list_belongs_says_how_to_write_a_list():
+    with pytest.raises(ConfigError, match=r"`priors`: .*valid list \(got '0.5,x'\); write a list as \[a, b\]"):
+        validate(PrepareConfig, {"source": "phantom", "out": "x", "priors": "0.5,x"}, "prepare")
+
+
 @pytest.mark.parametrize("bad", ["noequals", "=3", "a..b=1", "x=[1,"])
 def test_parse_overrides_rejects_malformed(bad):
     with pytest.raises(ConfigError, match="--set"):
