@@ -1,14 +1,17 @@
 """The CLI is a shell: parse, load config, apply ``--set``, call one API function, say where
 the output went. Any :class:`AugmentError` becomes one line on stderr and exit code 2, and so
-do a full disk, a denied permission, a read-only file system and running out of memory."""
+do a full disk, a denied permission, a read-only file system and running out of memory. Every
+verb's help ends in examples that the tests parse."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import os
 import re
 import sys
+import textwrap
 from typing import Any
 
 from augment.errors import AugmentError, ConfigError
@@ -23,17 +26,51 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks (:func:`_verb` wraps the descriptions) and shows the
+    options marked by :func:`_needed` bare in the usage line, like required ones."""
+
+    def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]
+        shown = []
+        for action in actions:
+            if getattr(action, "needed", False):
+                action = copy.copy(action)
+                action.required = True
+            shown.append(action)
+        super().add_usage(usage, shown, groups, prefix)
+
+
+def _needed(p: argparse.ArgumentParser, flag: str, **kw: Any) -> None:
+    """An option the verb cannot run without that ``--config`` may give instead, so not argparse's
+    ``required`` (argparse cannot see the YAML): its help says so, the usage line shows it bare
+    and :func:`_config_from` names it when it is still missing after merging."""
+    kw["help"] += " (required unless in --config)"
+    action = p.add_argument(flag, **kw)
+    action.needed = True  # type: ignore[attr-defined]
+    p.set_defaults(needed={**(p.get_default("needed") or {}), action.dest: flag})
+
+
 def _config_from(args: argparse.Namespace, cli: dict[str, Any]) -> dict[str, Any]:
     from augment.config import load_yaml, merge, parse_overrides
 
     base = load_yaml(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in cli.items() if v is not None}
-    return merge(merge(base, given), parse_overrides(args.set))
+    data = merge(merge(base, given), parse_overrides(args.set))
+    for key, flag in getattr(args, "needed", {}).items():
+        if data.get(key) is None:
+            raise ConfigError(f"`{key}` is required: give {flag}, or `{key}:` in the --config YAML")
+    return data
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="YAML", help="options from a YAML file (CLI flags and --set win)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override any option, e.g. --set split.val=0.15 (repeatable)")
+def _set_help(what: str, example: str) -> str:
+    return (f"{what}, e.g. --set {example}; one KEY=VALUE per --set (repeat it); values are YAML, "
+            "and a comma list of numbers (0,1) is a list")
+
+
+def _add_common(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--config", metavar="YAML", help="options from a YAML file, named like the flags with _ for - "
+                   "(batch_size: 16); flags and --set win")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help=_set_help("set any option", example))
 
 
 def _main_process() -> bool:
@@ -72,8 +109,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from augment import api
     from augment.config import load_yaml, merge, validate
 
-    if not args.balance:
-        raise ConfigError("--balance is required (a balancing manifest, e.g. manifests/match_max.yaml)")
     data = _config_from(args, {
         "generator": args.generator, "out": args.out, "seed": args.seed,
         "batch_size": args.batch_size, "filter": args.filter or None,
@@ -144,107 +179,187 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(result.summary)
 
 
+def _verb(sub: Any, name: str, summary: str, about: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` is its line in ``augment --help``; ``about`` (paragraphs split by a
+    blank line) and ``examples`` (command lines, checked by the tests) make ``augment NAME --help``."""
+    text = "\n\n".join(textwrap.fill(" ".join(par.split()), 79) for par in about.split("\n\n"))
+    return sub.add_parser(name, help=summary, description=text, epilog=_examples(examples), formatter_class=_Help)
+
+
+def _examples(lines: list[str]) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from augment import __version__
 
-    parser = _Parser(prog="augment", description="Enlarge and rebalance scarce labelled medical image sets with generative models.")
+    parser = _Parser(prog="augment", formatter_class=_Help,
+                     description="Enlarge and rebalance scarce labelled medical image sets with generative models.",
+                     epilog=_examples([
+                         "augment run pipelines/quickstart.yaml --out runs/quickstart",
+                         "augment prepare --source phantom --out data/phantom --image-size 32",
+                         "augment train --data data/phantom --generator cvae --out runs/cvae --budget 32",
+                         "augment sample --generator runs/cvae --balance manifests/match_max.yaml --out syn/cvae",
+                     ]) + "\n\n`augment COMMAND --help` tells more about each command.")
     parser.add_argument("--version", action="version", version=f"augment {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("prepare", help="turn a source into a canonical dataset folder (manifest.csv)",
-                       description="Turn phantom, a folder (BUSI layout: images/, masks/, labels.csv, classes.csv; or plain "
-                                   "images/ + masks/ paired by file stem, one class `lesion`, renamed with --set class_name=NAME), "
-                                   "a MedMNIST .npz or a saved HF dataset into DATA/manifest.csv. Lossy (JPEG) masks: "
-                                   "--set mask_threshold=128; 0/255 masks: --set binary_masks=true.")
-    p.add_argument("--source", help="phantom | FOLDER (BUSI layout, or plain images/ + masks/) | FILE.npz | saved HF dataset folder")
-    p.add_argument("--out", help="output folder DATA")
-    p.add_argument("--image-size", type=int, help="resize to N x N (images bilinear, masks nearest)")
-    p.add_argument("--seed", type=int, help="seed for the phantom and for splits (default 0)")
-    p.add_argument("--count", type=int, help="phantom only: number of pairs (default 300)")
-    p.add_argument("--rgb", action="store_true", help="phantom only: RGB images")
+    p = _verb(sub, "prepare", "turn a source into a canonical dataset folder (manifest.csv)", """
+        Turn a source into a dataset folder DATA (DATA/manifest.csv, classes.csv, images/, masks/).
+        A source is the built-in phantom, a folder in the BUSI layout (images/, masks/, labels.csv,
+        classes.csv), a plain folder of images/ + masks/ paired by file stem (one class `lesion`,
+        renamed with --set class_name=NAME), a MedMNIST .npz or a saved HF dataset.
+
+        Lossy (JPEG) masks: --set mask_threshold=128; 0/255 masks: --set binary_masks=true.
+        Without a split in the source: --set split.val=0.15 (and split.train, split.test).""", [
+        "augment prepare --source phantom --out data/phantom --count 300 --image-size 32",
+        "augment prepare --source ../shared/data/busi --out data/busi --image-size 64",
+        "augment prepare --source my_seg/ --out data/seg --set mask_threshold=128 --set class_name=nodule",
+    ])
+    _needed(p, "--source", metavar="SOURCE", help="phantom | FOLDER (BUSI layout, or plain images/ + masks/) | FILE.npz | saved HF dataset folder")
+    _needed(p, "--out", metavar="DATA", help="output folder")
+    p.add_argument("--image-size", type=int, metavar="N", help="resize to N x N (images bilinear, masks nearest; default: keep the size)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for the phantom and for splits (default 0)")
+    p.add_argument("--count", type=int, metavar="N", help="phantom only: number of pairs (default 300)")
+    p.add_argument("--rgb", action="store_true", help="phantom only: RGB images (default grayscale)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    _add_common(p)
+    _add_common(p, "split.val=0.15")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a generator family on the label budget of a prepared dataset",
-                       description="Train a generator (cvae, ldm, vqvae2) on the label-budget subset of DATA's train split.")
-    p.add_argument("--data", help="prepared dataset folder DATA")
-    p.add_argument("--generator", help="generator family: cvae, ldm or vqvae2")
-    p.add_argument("--out", help="run folder RUN")
-    p.add_argument("--budget", type=int, help="label budget: stratified subset of the train split (default: all)")
-    p.add_argument("--seed", type=int, help="seed for the budget, init, data order and noise (default 0)")
+    p = _verb(sub, "train", "train a generator family on the label budget of a prepared dataset", """
+        Train a generator (cvae, ldm or vqvae2) on the label-budget subset of DATA's train split
+        and write it to RUN (weights, config.json, run.json; checkpoints under RUN/state/ so
+        --resume can continue after a kill). Family settings: --set generator.KEY=VALUE; training
+        loop: --set train.KEY=VALUE (e.g. train.max_steps, train.batch_size, train.lr).""", [
+        "augment train --data data/phantom --generator cvae --out runs/cvae --budget 32",
+        "augment train --data data/busi --generator ldm --out runs/ldm --budget 64 --set train.max_steps=2000",
+        "augment train --data data/busi --generator ldm --out runs/ldm --budget 64 --resume",
+    ])
+    _needed(p, "--data", metavar="DATA", help="prepared dataset folder")
+    _needed(p, "--generator", metavar="FAMILY", help="generator family: cvae, ldm or vqvae2")
+    _needed(p, "--out", metavar="RUN", help="output run folder")
+    p.add_argument("--budget", type=int, metavar="N", help="label budget: stratified subset of the train split (default: all)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for the budget, init, data order and noise (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    _add_common(p)
+    _add_common(p, "train.max_steps=2000")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="sample synthetic image+mask pairs under a balancing manifest",
-                       description="Sample a synthetic set from a trained generator RUN under a balancing manifest.")
-    p.add_argument("--generator", help="trained generator run folder RUN")
-    p.add_argument("--balance", help="balancing manifest YAML (e.g. manifests/match_max.yaml)")
-    p.add_argument("--out", help="output folder SYN")
-    p.add_argument("--seed", type=int, help="run seed (default: the manifest's seed)")
-    p.add_argument("--batch-size", type=int, help="pairs per batch (default 16)")
+    p = _verb(sub, "sample", "sample synthetic image+mask pairs under a balancing manifest", """
+        Sample a synthetic set SYN from a trained generator RUN under a balancing manifest
+        (manifests/: match_max, rare_only, ratio_1, ratio_2, ratio_5). Change a key of the
+        manifest with --set balance.KEY=VALUE and a sampler setting with --set sampler.KEY=VALUE.""", [
+        "augment sample --generator runs/cvae --balance manifests/match_max.yaml --out syn/cvae",
+        "augment sample --generator runs/cvae --balance manifests/ratio_2.yaml --out syn/cvae_r2 --filter",
+        "augment sample --generator runs/cvae --balance manifests/rare_only.yaml --out syn/rare --set sampler.temperature=0.8",
+    ])
+    _needed(p, "--generator", metavar="RUN", help="trained generator run folder, from augment train")
+    p.add_argument("--balance", required=True, metavar="YAML", help="balancing manifest, e.g. manifests/match_max.yaml")
+    _needed(p, "--out", metavar="SYN", help="output folder")
+    p.add_argument("--seed", type=int, metavar="N", help="run seed (default: the manifest's seed)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="pairs per batch (default 16)")
     p.add_argument("--filter", action="store_true", help="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sampling run")
-    _add_common(p)
+    _add_common(p, "sampler.temperature=0.8")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("audit", help="quality, diversity, memorisation and provenance audit of a synthetic set",
-                       description="Compare a synthetic set SYN with the real data DATA it was made from.")
-    p.add_argument("--data", help="prepared dataset folder DATA")
-    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample)")
-    p.add_argument("--out", help="output folder AUD")
-    p.add_argument("--inception-weights", help="TorchScript FID Inception file (inception-2015-12-05.pt); never downloaded")
+    p = _verb(sub, "audit", "quality, diversity, memorisation and provenance audit of a synthetic set", """
+        Compare a synthetic set SYN with the real data DATA it was made from: feature-space
+        distances (Frechet, KID) beside real-vs-real baselines (Inception features only with
+        --inception-weights), diversity, near-copies of training images, mask-image consistency
+        and provenance (every file traced to its generator and to DATA). Writes AUD.""", [
+        "augment audit --data data/phantom --synthetic syn/cvae --out audits/cvae",
+        "augment audit --data data/phantom --synthetic syn/cvae --out audits/cvae --drop-copies --overwrite",
+        "augment audit --data data/busi --synthetic syn/busi --out audits/busi --inception-weights inception-2015-12-05.pt",
+    ])
+    _needed(p, "--data", metavar="DATA", help="prepared dataset folder")
+    _needed(p, "--synthetic", metavar="SYN", help="synthetic set folder, from augment sample")
+    _needed(p, "--out", metavar="AUD", help="output folder")
+    p.add_argument("--inception-weights", metavar="FILE", help="TorchScript FID Inception file (inception-2015-12-05.pt); never downloaded")
     p.add_argument("--drop-copies", action="store_true", help="also write AUD/synthetic_without_copies/ (a manifest without the copies)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    _add_common(p)
+    _add_common(p, "encoder_steps=150")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("evaluate", help="train task models on each arm and test them on the real test split",
-                       description="Downstream evaluation of one synthetic set: arms x seeds, tested on DATA's test split. "
-                                   "Recipes (mixing, filters, pre-training, checkpoint rules; see README) come from --config YAML "
-                                   "under `recipes:` or --set recipes.NAME.KEY=VALUE, e.g. --set recipes.frac25.mix=fraction "
-                                   "--set recipes.frac25.synthetic_fraction=0.25.")
-    p.add_argument("--data", help="prepared dataset folder DATA")
-    p.add_argument("--synthetic", help="synthetic set folder SYN (from augment sample); without it only the real arms run")
-    p.add_argument("--budget", type=int, help="without --synthetic: the label budget of the real arms (default: all train)")
-    p.add_argument("--out", help="output folder EVAL (resumes when it exists)")
-    p.add_argument("--task", choices=["segmentation", "classification", "both"], help="default: segmentation")
-    _add_common(p)
+    p = _verb(sub, "evaluate", "train task models on each arm and test them on the real test split", """
+        Downstream evaluation of one synthetic set: task models trained on each arm (real,
+        real+classic, real+synthetic, real+synthetic+classic, synthetic) with each seed, tested
+        on DATA's test split. Writes EVAL/results.csv; an existing EVAL is resumed.
+
+        Recipes (mixing, filters, pre-training, checkpoint rules; see README) come from --config
+        YAML under `recipes:` or --set recipes.NAME.KEY=VALUE, e.g. --set
+        recipes.frac25.mix=fraction --set recipes.frac25.synthetic_fraction=0.25.""", [
+        "augment evaluate --data data/phantom --synthetic syn/cvae --out eval/cvae",
+        "augment evaluate --data data/phantom --synthetic syn/cvae --out eval/cvae --task both --set seeds=0,1",
+        "augment evaluate --data data/phantom --budget 32 --out eval/real --set arms=[real,real+classic]",
+    ])
+    _needed(p, "--data", metavar="DATA", help="prepared dataset folder")
+    _needed(p, "--out", metavar="EVAL", help="output folder, resumed when it exists")
+    p.add_argument("--synthetic", metavar="SYN", help="synthetic set folder, from augment sample; without it only the real arms run")
+    p.add_argument("--budget", type=int, metavar="N", help="without --synthetic: the label budget of the real arms (default: all train)")
+    p.add_argument("--task", choices=["segmentation", "classification", "both"], help="the task models (default: segmentation)")
+    _add_common(p, "seeds=0,1,2")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="rank a dataset's images by how anomalous they look (VAE reconstruction error)",
-                       description="Train a small VAE on DATA's images and rank them by reconstruction error, most anomalous "
-                                   "first: corrupt, mislabelled or out-of-protocol images tend to come first. Writes OUT/scores.csv. "
-                                   "Scorer settings: --set scorer.steps=N, scorer.latent_dim=N, ...")
-    p.add_argument("data", help="prepared dataset folder DATA (one image size)")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--split", choices=["all", "train", "val", "test"], help="which images to score (default: all)")
-    p.add_argument("--seed", type=int, help="seed of the scorer (default 0)")
-    p.add_argument("--top", type=int, default=10, help="how many of the most anomalous images to print (default 10)")
+    p = _verb(sub, "score", "rank a dataset's images by how anomalous they look (VAE reconstruction error)", """
+        Train a small VAE on DATA's images and rank them by reconstruction error, most anomalous
+        first: corrupt, mislabelled or out-of-protocol images tend to come first. Writes
+        OUT/scores.csv. Scorer settings: --set scorer.steps=N, scorer.latent_dim=N, ...""", [
+        "augment score data/busi --out scores/busi",
+        "augment score data/busi --out scores/busi --split train --top 20 --set scorer.steps=800",
+    ])
+    p.add_argument("data", metavar="DATA", help="prepared dataset folder (one image size)")
+    _needed(p, "--out", metavar="OUT", help="output folder")
+    p.add_argument("--split", choices=["all", "train", "val", "test"], help="which images to train the scorer on and rank (default: all)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the scorer (default 0)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="how many of the most anomalous images to print (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    _add_common(p)
+    _add_common(p, "scorer.steps=800")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("run", help="run a pipeline spec end to end (skips complete stages, resumes the rest)",
-                       description="prepare -> train -> sample -> audit -> evaluate -> report for every budget and seed.")
-    p.add_argument("spec", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
-    p.add_argument("--out", required=True, help="output folder OUT")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override the spec, e.g. --set data.source=PATH")
+    p = _verb(sub, "run", "run a pipeline spec end to end (skips complete stages, resumes the rest)", """
+        Run a pipeline spec: prepare -> train -> sample -> audit -> evaluate -> report, for every
+        generator, budget and seed, into OUT. Stages already complete are skipped, an
+        interrupted one resumes; budgets and seeds may be changed between runs into one OUT.
+        Override any key of the spec with --set (e.g. data.source=PATH, budgets=16,32,
+        train.max_steps=500).""", [
+        "augment run pipelines/quickstart.yaml --out runs/quickstart",
+        "augment run pipelines/quickstart.yaml --out runs/quickstart --set budgets=16,32",
+        "augment run pipelines/busi_compare.yaml --out runs/busi --set data.source=../shared/data/busi",
+    ])
+    p.add_argument("spec", metavar="SPEC", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder (a later run into it skips what is done)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help=_set_help("override a key of the spec", "data.source=PATH"))
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="rebuild the report of a pipeline output folder")
-    p.add_argument("out", help="output folder of augment run")
+    p = _verb(sub, "report", "rebuild the report of a pipeline output folder", """
+        Rebuild OUT/report.json, report.md and report.html of an `augment run` output folder from
+        the results already there (nothing is trained).""", [
+        "augment report runs/quickstart",
+    ])
+    p.add_argument("out", metavar="OUT", help="output folder of augment run")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("validate", help="check a dataset folder: files, sizes, mask values, hashes")
-    p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
+    p = _verb(sub, "validate", "check a dataset folder: files, sizes, mask values, hashes", """
+        Check a dataset or synthetic set folder against its manifest: every file present, image and
+        mask sizes, mask values, and every sha256 as recorded. Exit code 2 when anything is
+        wrong, with one line naming it.""", [
+        "augment validate data/phantom",
+        "augment validate syn/cvae",
+    ])
+    p.add_argument("data", metavar="DATA", help="dataset folder holding manifest.csv and classes.csv")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("export", help="export a dataset or synthetic set to a HF dataset or a folder")
-    p.add_argument("data", help="dataset folder holding manifest.csv and classes.csv")
-    p.add_argument("--format", choices=["hf", "folder"], default="hf", help="hf: datasets save_to_disk; folder: BUSI layout")
-    p.add_argument("--out", required=True, help="output folder")
+    p = _verb(sub, "export", "export a dataset or synthetic set to a HF dataset or a folder", """
+        Export a dataset or synthetic set folder as a Hugging Face dataset (datasets
+        save_to_disk, with Image and ClassLabel features) or as a folder in the BUSI layout
+        (images/, masks/, labels.csv, classes.csv).""", [
+        "augment export data/phantom --out hf/phantom",
+        "augment export syn/cvae --format folder --out syn_folder/cvae",
+    ])
+    p.add_argument("data", metavar="DATA", help="dataset folder holding manifest.csv and classes.csv")
+    p.add_argument("--format", choices=["hf", "folder"], default="hf", help="hf: datasets save_to_disk; folder: BUSI layout (default: hf)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder")
     p.set_defaults(func=cmd_export)
     return parser
 
@@ -261,6 +376,11 @@ def _os_problem(exc: OSError, args: argparse.Namespace) -> str | None:
     if exc.errno == errno.EROFS:
         return f"`{where}` is on a read-only file system; choose another output"
     return None
+
+
+def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """COMMAND -> its parser (argparse keeps no public handle on its subparsers)."""
+    return next(a.choices for a in parser._actions if a.dest == "command")  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import errno
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from augment.cli import main
+from augment.cli import _verbs, build_parser, main
+from augment.config import parse_overrides
 from augment.data.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd=None):
@@ -34,7 +39,9 @@ def test_prepare_phantom_end_to_end(tmp_path):
         (["prepare", "--source", "phantom", "--out", "{t}/d", "--image-size", "2"], "`image_size`"),
         (["prepare", "--source", "phantom", "--out", "{t}/d", "--set", "novalue"], "must look like key=value"),
         (["prepare", "--source", "phantom", "--out", "{t}/d", "--count", "x"], "invalid int value"),
-        (["prepare", "--out", "{t}/d"], "`source` is required"),
+        (["prepare", "--out", "{t}/d"], "`source` is required: give --source, or `source:` in the --config YAML"),
+        (["train", "--data", "{t}/d", "--out", "{t}/d"], "`generator` is required: give --generator"),
+        (["sample", "--generator", "{t}/r", "--out", "{t}/d"], "the following arguments are required: --balance"),
         (["nosuchverb"], "invalid choice"),
     ],
 )
@@ -79,7 +86,69 @@ def test_help_lists_verbs():
     res = _run("--help")
     assert res.returncode == 0 and "prepare" in res.stdout
     res = _run("prepare", "--help")
-    assert res.returncode == 0 and "--image-size" in res.stdout and "--set" in res.stdout
+    assert res.returncode == 0 and "--image-size N" in res.stdout and "--set" in res.stdout
+
+
+def _examples(parser):
+    help_text = parser.format_help()
+    assert "\nexamples:\n" in help_text, f"`{parser.prog} --help` has no examples"
+    return [line.strip() for line in help_text.split("\nexamples:\n")[1].splitlines() if line.startswith("  augment ")]
+
+
+@pytest.mark.parametrize("verb", [None, *_verbs(build_parser())])
+def test_every_help_example_parses(verb):
+    parser = build_parser() if verb is None else _verbs(build_parser())[verb]
+    assert parser.description
+    examples = _examples(parser)
+    assert 1 <= len(examples) <= (4 if verb is None else 3)
+    for line in examples:
+        words = shlex.split(line)
+        args = build_parser().parse_args(words[1:])
+        assert verb is None or args.command == verb, line
+        parse_overrides(getattr(args, "set", []))  # a --set in an example is well formed
+        for word in words:
+            if word.startswith(("pipelines/", "manifests/")):
+                assert (ROOT / word).is_file(), f"{line}: no file `{word}` in the repository"
+
+
+@pytest.mark.parametrize("verb,shown", [
+    ("prepare", "--source SOURCE --out DATA [--image-size N]"),
+    ("train", "--data DATA --generator FAMILY --out RUN [--budget N]"),
+    ("sample", "--generator RUN --balance YAML --out SYN [--seed N]"),
+    ("audit", "--data DATA --synthetic SYN --out AUD [--inception-weights FILE]"),
+    ("evaluate", "--data DATA --out EVAL [--synthetic SYN]"),
+    ("score", "--out OUT [--split"),
+    ("run", "--out OUT [--set KEY=VALUE] SPEC"),
+    ("export", "--out OUT DATA"),
+])
+def test_usage_shows_what_a_verb_needs_without_brackets(verb, shown):
+    usage = " ".join(_verbs(build_parser())[verb].format_usage().split())
+    assert shown in usage
+
+
+def test_run_accepts_a_comma_list_of_budgets(monkeypatch, tmp_path):
+    from augment import pipeline
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop(cfg, out, echo=print):
+        seen.append(cfg.budgets)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "run_pipeline", stop)
+    with pytest.raises(Stop):
+        main(["run", str(ROOT / "pipelines/quickstart.yaml"), "--out", str(tmp_path / "o"), "--set", "budgets=16,32"])
+    assert seen == [[16, 32]]
+
+
+def test_run_with_a_bad_list_says_how_to_write_one(capsys, tmp_path):
+    assert main(["run", str(ROOT / "pipelines/quickstart.yaml"), "--out", str(tmp_path / "o"), "--set", "budgets=16,x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`budgets`: Input should be a valid list (got '16,x'); write a list as [a, b]" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("error,needle", [
