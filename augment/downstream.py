@@ -27,6 +27,7 @@ from torch import nn
 
 from augment.config import Strict
 from augment.errors import ConfigError
+from augment.progress import track
 from augment.seeding import mix_seed
 
 #: draw_batch(indices) -> (images, masks or None, labels) for one training step
@@ -249,7 +250,7 @@ def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: t
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     select = val is not None and cfg.selection != "last"
     best, best_state, best_step = -np.inf, None, cfg.steps
-    for step, idx in enumerate(batches, start=1):
+    for step, idx in enumerate(track(batches, len(batches), "train", "steps"), start=1):
         model.train()
         x, m, y = draw_batch(idx)
         w = None if weights is None else torch.as_tensor(weights[idx], dtype=torch.float32)

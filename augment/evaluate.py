@@ -45,6 +45,7 @@ from augment.downstream import TASKS, Shapes, TaskConfig, fit
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.output import atomic_path, discard, read_json
 from augment.plausibility import ScorerConfig
+from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
@@ -301,7 +302,8 @@ def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: 
                                         "rename the recipe, or delete the file to train it again")
                 else:
                     if arm in cfg.recipes:
-                        result = _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, echo)
+                        with stage(f"evaluate {task} {arm} seed {seed}"):
+                            result = _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, echo)
                     else:
                         if arm in SHARED_ARMS:
                             train = parts["real"]
@@ -310,7 +312,8 @@ def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: 
                         else:
                             train = _concat(parts["real"], parts["synthetic"])
                         augment = _classic(cfg, seed) if arm.endswith("classic") else None
-                        result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
+                        with stage(f"evaluate {task} {arm} seed {seed}"):
+                            result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
                     result.update(task=task, arm=arm, seed=seed, budget=origin["budget"], generator=origin["generator"])
                     write_json(result, path)
                     echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
