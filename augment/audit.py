@@ -43,6 +43,7 @@ from augment.metrics import (
     copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
 from augment.output import atomic_path, read_json
+from augment.progress import stage, track
 from augment.runinfo import run_record, write_json
 
 
@@ -93,8 +94,9 @@ def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.T
             pass  # a damaged cache entry is a cache miss: train it again and replace it
     t = time.time()
     shapes = Shapes(train_images.shape[1], num_classes, 2)
-    model = fit_tensors("classification", train_images, None, train_labels, shapes,
-                        TaskConfig(steps=cfg.encoder_steps, batch_size=32), cfg.seed)
+    with stage("audit domain encoder"):
+        model = fit_tensors("classification", train_images, None, train_labels, shapes,
+                            TaskConfig(steps=cfg.encoder_steps, batch_size=32), cfg.seed)
     with atomic_path(cache / "encoder.safetensors") as tmp:  # a killed audit never leaves half a cache entry
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     record.update(cached=False, train_seconds=round(time.time() - t, 2))
@@ -104,7 +106,7 @@ def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.T
 
 @torch.no_grad()
 def _features(model, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    return torch.cat([model.features(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return torch.cat([model.features(images[i:i + batch]) for i in track(range(0, len(images), batch), None, "audit domain features", "batches")])
 
 
 def inception_features(path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +120,7 @@ def inception_features(path: Path, images: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     with torch.no_grad():
-        return torch.cat([net(x[i:i + 64], return_features=True) for i in range(0, len(x), 64)]).float()
+        return torch.cat([net(x[i:i + 64], return_features=True) for i in track(range(0, len(x), 64), None, "audit inception features", "batches")]).float()
 
 
 def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int, str], syn_dir: Path,
@@ -190,9 +192,10 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
         budget = load_run(read_json(syn_dir / "run.json")["generator_run"]).rows  # checked by check_provenance
         bx, bm = load_tensors(budget, data)
         mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
-        seg = fit_tensors("segmentation", bx, bm, torch.tensor(budget["label"].to_numpy()),
-                          Shapes(bx.shape[1], max(classes) + 1, mask_classes),
-                          TaskConfig(steps=cfg.segmenter_steps, batch_size=16), cfg.seed)
+        with stage("audit mask segmenter"):
+            seg = fit_tensors("segmentation", bx, bm, torch.tensor(budget["label"].to_numpy()),
+                              Shapes(bx.shape[1], max(classes) + 1, mask_classes),
+                              TaskConfig(steps=cfg.segmenter_steps, batch_size=16), cfg.seed)
         val_df = real[real["split"] == "val"].reset_index(drop=True)
         vx, vm = load_tensors(val_df, data)
         d_syn = dice_per_image(predict_masks(seg, syn_x), syn_m)
