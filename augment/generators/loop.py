@@ -30,6 +30,7 @@ from augment.config import Strict
 from augment.errors import ConfigError
 from augment.generators import checkpoint as ckpt
 from augment.generators.checkpoint import STATE, TrainingError, latest_checkpoint
+from augment.progress import Lines
 from augment.seeding import cpu_requested, mix_seed, process_state
 
 __all__ = [
@@ -273,6 +274,7 @@ def train_loop(
         _freeze(ph, None)  # resumed into a later phase: the checkpoint holds its final weights
     frozen = [m for ph in plan[: first.index] for m in ph.modules.values()]
     progress, task = _progress(total, start, acc.is_main_process)
+    lines = Lines("train generator", total, "steps", done=start, enabled=acc.is_main_process)  # when not a terminal
     with progress:
         for ph in plan[first.index:]:
             s, opt = ph.settings, ph.optimizer
@@ -328,12 +330,14 @@ def train_loop(
                     row = {"step": done, "phase": ph.name, "loss": float(losses.mean()), "lr": lr, **logs, "steps_per_s": rate}
                     rows.append(row)
                     progress.update(task, completed=done, phase=ph.name, loss=row["loss"], rate=rate)
+                    lines.update(done, f"phase {ph.name}, loss {row['loss']:.4g}, {rate:.1f} steps/s")
                 if done % cfg.checkpoint_every == 0 and done < total:
                     nxt = plan[ph.index + 1] if ends else ph
                     trainer = {"step": done, "phase": nxt.name, "phase_step": done - nxt.offset, "loss_rows": rows}
                     ckpt.save_checkpoint(acc, run_dir, trainer, raw.state_dict(), nxt.optimizer.state_dict(),
                                          None if ends or ema is None else ema.shadow, cfg.keep_checkpoints)
             frozen += list(ph.modules.values())
+    lines.finish()
 
     raw.eval()
     final = {k: v.detach().cpu().clone().contiguous() for k, v in raw.state_dict().items()}
