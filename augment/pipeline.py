@@ -40,6 +40,7 @@ from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
 from augment.output import discard, read_json
+from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 
@@ -300,7 +301,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
                 continue
             echo(f"[run]  {name} -> {folder}")
             t = time.time()
-            call()
+            with stage(name):  # progress lines inside say which stage they belong to
+                call()
             timings[name] = round(time.time() - t, 2)
     except AugmentError:
         if fresh and not timings:
