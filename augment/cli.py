@@ -1,12 +1,14 @@
 """The CLI is a shell: parse, load config, apply ``--set``, call one API function, say where
 the output went. Any :class:`AugmentError` becomes one line on stderr and exit code 2, and so
-do a full disk, a denied permission, a read-only file system and running out of memory. Every
-verb's help ends in examples that the tests parse."""
+do a full disk, a denied permission, a read-only file system and running out of memory. A
+mistyped command or option is one line with a "did you mean"; every verb's help ends in examples
+that the tests parse."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import errno
 import os
 import re
@@ -383,9 +385,33 @@ def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser
     return next(a.choices for a in parser._actions if a.dest == "command")  # type: ignore[return-value]
 
 
+def _close(word: str, choices: Any, what: str) -> str:
+    """``; did you mean 'sample'?`` for a typo, else the list of what is allowed."""
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {near[0]!r}?" if near else f" ({what}: {', '.join(choices)})"
+
+
+def _unexpected(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """One line for the first word argparse could not place (a mistyped option, a second value)."""
+    word = extra[0]
+    if word.startswith("-"):
+        flag = word.partition("=")[0]
+        flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+        return f"unknown option {flag!r}" + _close(flag, flags, "options")
+    if all("=" in w for w in extra):
+        return f"unexpected `{word}`: each override needs its own --set (--set {' --set '.join(extra)})"
+    return f"unexpected argument{'s' * (len(extra) > 1)} {' '.join(extra)!r}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbs = _verbs(parser)
+    if argv and not argv[0].startswith("-") and argv[0] not in verbs:
+        parser.error(f"unknown command {argv[0]!r}" + _close(argv[0], verbs, "commands"))
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verbs[args.command].error(_unexpected(extra, verbs[args.command]))
     try:
         args.func(args)
     except AugmentError as exc:

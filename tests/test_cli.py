@@ -42,7 +42,7 @@ def test_prepare_phantom_end_to_end(tmp_path):
         (["prepare", "--out", "{t}/d"], "`source` is required: give --source, or `source:` in the --config YAML"),
         (["train", "--data", "{t}/d", "--out", "{t}/d"], "`generator` is required: give --generator"),
         (["sample", "--generator", "{t}/r", "--out", "{t}/d"], "the following arguments are required: --balance"),
-        (["nosuchverb"], "invalid choice"),
+        (["nosuchverb"], "unknown command 'nosuchverb' (commands: prepare, train, sample,"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -124,6 +124,23 @@ def test_every_help_example_parses(verb):
 def test_usage_shows_what_a_verb_needs_without_brackets(verb, shown):
     usage = " ".join(_verbs(build_parser())[verb].format_usage().split())
     assert shown in usage
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["sampel"], "augment: error: unknown command 'sampel'; did you mean 'sample'? (see `augment --help`)"),
+    (["evalute", "--data", "d"], "augment: error: unknown command 'evalute'; did you mean 'evaluate'?"),
+    (["prepare", "--source", "phantom", "--otu", "d"], "augment prepare: error: unknown option '--otu'; did you mean '--out'?"),
+    (["train", "--budjet=3"], "augment train: error: unknown option '--budjet'; did you mean '--budget'?"),
+    (["prepare", "--source", "phantom", "--set", "split.val=0.1", "split.test=0.2"],
+     "augment prepare: error: unexpected `split.test=0.2`: each override needs its own --set (--set split.test=0.2)"),
+    (["validate", "a", "b"], "augment validate: error: unexpected argument 'b'"),
+])
+def test_typos_get_one_line_a_suggestion_and_exit_2(capsys, argv, line):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
 
 
 def test_run_accepts_a_comma_list_of_budgets(monkeypatch, tmp_path):
