@@ -132,8 +132,11 @@ class SSIMIndex:
     The same index as torchmetrics' ``structural_similarity_index_measure`` (Gaussian window,
     sigma 1.5, 11 px, reflection padding, borders cropped, K1 0.01, K2 0.03, data range 1), but the
     references' local means and variances are filtered once and each query costs one separable
-    convolution over the references, instead of five per pair. Checked against torchmetrics in
-    the tests.
+    filtering of (reference x query) products, instead of five per pair. The separable Gaussian
+    is applied as two matrix products with banded matrices (the "valid" part of the filter):
+    on a CPU a 1-channel convolution is several times slower than the equivalent GEMM (BUSI 64
+    px, 546 references: 145 ms per query as convolutions, 36 ms as matmuls). Checked against
+    torchmetrics in the tests.
     """
 
     def __init__(self, refs: torch.Tensor, sigma: float = 1.5) -> None:
@@ -148,18 +151,28 @@ class SSIMIndex:
         g = torch.exp(-(x**2) / (2 * sigma**2))
         self.g = g / g.sum()
         self.c1, self.c2 = 0.01**2, 0.03**2
+        _, h, w = self.shape
+        self.rows, self.cols = self._band(h).t().contiguous(), self._band(w)
         self.refs = self._padded(refs.float())
         self.mu_r = self._filter(self.refs)
-        self.var_r = self._filter(self.refs * self.refs) - self.mu_r**2
+        var_r = self._filter(self.refs * self.refs) - self.mu_r**2
+        # The per-reference parts of SSIM's denominator, computed once.
+        self.mu_r2_c1, self.var_r_c2 = self.mu_r**2 + self.c1, var_r + self.c2
+
+    def _band(self, side: int) -> torch.Tensor:
+        """(side + 2 pad, side): column j holds the Gaussian taps at rows j .. j + 2 pad."""
+        taps = len(self.g)
+        band = torch.zeros(side + taps - 1, side)
+        for j in range(side):
+            band[j:j + taps, j] = self.g
+        return band
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         return self.F.pad(x, (self.pad,) * 4, mode="reflect")
 
     def _filter(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        gh = self.g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-        gv = self.g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-        return self.F.conv2d(self.F.conv2d(x, gh, groups=c), gv, groups=c)
+        """Padded (N, C, H + 2 pad, W + 2 pad) -> Gaussian-filtered (N, C, H, W)."""
+        return self.rows @ x @ self.cols
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         """(C, H, W) -> SSIM against every reference, (M,)."""
@@ -170,7 +183,7 @@ class SSIMIndex:
         var_q = self._filter(q * q) - mu_q**2
         cov = self._filter(self.refs * q) - mu_q * self.mu_r
         num = (2 * mu_q * self.mu_r + self.c1) * (2 * cov + self.c2)
-        den = (mu_q**2 + self.mu_r**2 + self.c1) * (var_q + self.var_r + self.c2)
+        den = (self.mu_r2_c1 + mu_q**2) * (self.var_r_c2 + var_q)
         return (num / den).flatten(1).mean(1)
 
 

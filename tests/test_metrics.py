@@ -78,12 +78,13 @@ def test_copy_thresholds_are_percentiles():
     assert t_ssim == pytest.approx(0.99) and t_dist == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("channels,size", [(1, 16), (3, 24), (1, 64)])
+@pytest.mark.parametrize("channels,size", [(1, 16), (3, 24), (1, 64), (1, (20, 32))])
 def test_ssim_index_matches_torchmetrics(channels, size):
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-    g = torch.Generator().manual_seed(size)
-    refs = torch.rand(7, channels, size, size, generator=g)
+    h, w = size if isinstance(size, tuple) else (size, size)  # not square: the two banded filters differ
+    g = torch.Generator().manual_seed(h * w)
+    refs = torch.rand(7, channels, h, w, generator=g)
     refs[3] = refs[0] * 0.8 + 0.1  # a related pair, so values are not all near 0
     query = refs[0]
     expected = ssim(query.expand(7, -1, -1, -1), refs, data_range=1.0, reduction="none")
