@@ -142,3 +142,19 @@ def test_cli_prints_the_table(planted, phantom_dir, tmp_path):
     res = subprocess.run([sys.executable, "-m", "augment", "audit", "--data", str(phantom_dir), "--synthetic", str(tmp_path / "x"),
                           "--out", str(tmp_path / "b")], capture_output=True, text=True)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_real_nearest_ssim_is_cached_and_equals_the_direct_search(report, phantom_dir, tmp_path):
+    from augment.audit import real_nearest_ssim
+    from augment.data.dataset import load_tensors
+    from augment.metrics import nearest_ssim
+
+    real, _ = load_data(phantom_dir)
+    train_x, _ = load_tensors(real[real["split"] == "train"].reset_index(drop=True), phantom_dir, masks=False)
+    direct, _ = nearest_ssim(train_x, train_x, exclude_self=True)
+    entries = list((phantom_dir / ".cache").glob("nearest-ssim-*.safetensors"))
+    assert len(entries) == 1  # written by the audit above
+    assert torch.equal(real_nearest_ssim(phantom_dir, train_x), direct)
+    entries[0].write_bytes(b"damaged")  # a damaged entry is recomputed and replaced
+    assert torch.equal(real_nearest_ssim(phantom_dir, train_x), direct)
+    assert entries[0].stat().st_size > len(b"damaged")
