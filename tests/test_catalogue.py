@@ -153,7 +153,7 @@ CASES = [
      "above max_synthetic_total (1000000)"),
     ("sample-ratio-huge", _balance("strategy: ratio\nratio: 1.0e+300\n"), ["sample", "--generator", R, "--balance", "{t}/b.yaml", "--out", O],
      "the plan asks for over 1e+16 synthetic pairs"),
-    ("sample-no-balance", None, ["sample", "--generator", R, "--out", O], "--balance is required"),
+    ("sample-no-balance", None, ["sample", "--generator", R, "--out", O], "required: --balance"),
     ("sample-unknown-sampler-key", None, ["sample", "--generator", R, "--balance", M, "--out", O, "--set", "sampler.foo=1"],
      "unknown key `foo` (allowed: temperature)"),
     ("sample-corrupt-run-json", _gen_copy(lambda g: (g / "run.json").write_text("{garbage")),
