@@ -56,6 +56,15 @@ def _clip(ci: tuple[float, float, float], metric: str, delta: bool = False) -> t
     return m, (a if math.isnan(a) else max(a, lo)), (b if math.isnan(b) else min(b, hi))
 
 
+def paired_delta(values: pd.Series, ref: pd.Series, metric: str) -> tuple[float, float, float, int]:
+    """``values - ref`` paired on their index (seed, or (budget, seed, ...)): the mean difference,
+    its 95% t-interval (clipped to +-the metric's range) and the number of pairs. Pairs missing on
+    either side are left out, never filled."""
+    paired = (values - ref.reindex(values.index)).dropna()
+    d, lo, hi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
+    return d, lo, hi, len(paired)
+
+
 def with_generator(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows with a ``generator`` column where the shared arms say ``none`` (older results without
     the column get ``synthetic`` for the others); duplicate shared-arm rows are dropped."""
@@ -83,8 +92,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                    "n": int(values.notna().sum()), "mean": m, "ci_low": lo, "ci_high": hi}
             for ref, name in (("real", "delta_vs_real"), ("real+classic", "delta_vs_classic")):
                 if refs[ref] is not None and arm != ref:
-                    paired = (values - refs[ref]).dropna()
-                    d, dlo, dhi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
+                    d, dlo, dhi, _ = paired_delta(values, refs[ref], metric)
                     rec.update({name: d, f"{name}_ci_low": dlo, f"{name}_ci_high": dhi})
             out.append(rec)
     frame = pd.DataFrame(out)
@@ -156,7 +164,9 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
     ``real+classic`` on the task's main metric, pooled over all (budget, seed) pairs (mean and
     95% t-interval), with the per-budget mean deltas and the same pooled delta for the second
     metric (:data:`RANKED`). ``verdict_*``: ``better`` / ``worse`` when the interval excludes 0,
-    else ``no evidence``."""
+    ``no evidence`` when it holds 0, ``unknown`` with fewer than 2 pairs. Per budget B:
+    ``{main}_delta_bB`` with its interval (``{main}_ci_low_bB``, ``{main}_ci_high_bB``) and
+    ``n_pairs_bB``."""
     rows = with_generator(rows)
     rows = rows[rows["task"] == task]
     main, second = RANKED[task]
@@ -166,13 +176,15 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
         rec = {"arm": row_label(generator, arm), "generator": generator, "recipe": arm}
         for metric in (main, second):
             part = group[group["metric"] == metric].set_index(["budget", "seed", "metric"])["value"]
-            paired = (part - ref.reindex(part.index)).dropna()
-            d, lo, hi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
+            d, lo, hi, n = paired_delta(part, ref, metric)
             rec.update({f"{metric}_delta": d, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi, f"verdict_{metric}": _verdict(metric, lo, hi)})
             if metric == main:
-                rec["n_pairs"] = len(paired)
-                for budget, g in paired.groupby(level="budget"):
-                    rec[f"{main}_delta_b{int(budget)}"] = float(g.mean())
+                rec["n_pairs"] = n
+                for budget, g in part.groupby(level="budget"):
+                    bd, blo, bhi, bn = paired_delta(g, ref, metric)
+                    if bn:
+                        b = int(budget)
+                        rec.update({f"{main}_delta_b{b}": bd, f"{main}_ci_low_b{b}": blo, f"{main}_ci_high_b{b}": bhi, f"n_pairs_b{b}": bn})
         out.append(rec)
     frame = pd.DataFrame(out)
     if frame.empty:
