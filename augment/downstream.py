@@ -47,6 +47,9 @@ class TaskConfig(Strict):
         "best_val", description="checkpoint rule: best_val (the task's val score), best_val_dice_fpr (segmentation: "
         "best mean of val lesion Dice and 1 - val false-positive rate), last")
     base_channels: int = Field(16, ge=4)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the model runs under bfloat16 autocast in channels_last layout (the loss, the "
+        "optimiser and the weights stay float32); about 1.3x faster per step on a CPU with AVX512-BF16")
 
 
 class SmallCNN(nn.Module):
@@ -209,6 +212,20 @@ TASKS: dict[str, Task] = {
 }
 
 
+class _Bf16(nn.Module):
+    """``inner`` run under bfloat16 autocast in channels_last layout, its output cast back to
+    float32 so the loss and the scores are computed as in float32."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
 @dataclass
 class Fitted:
     model: nn.Module  # in eval mode, with the selected checkpoint's weights
@@ -246,25 +263,28 @@ def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: t
     with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
         torch.manual_seed(mix_seed(seed, 0x7A5C))
         model = task.build(shapes, cfg.base_channels)
+    run = _Bf16(model) if cfg.precision == "bf16" else model
     loss_fn = task.loss(shapes, train_labels)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     select = val is not None and cfg.selection != "last"
     best, best_state, best_step = -np.inf, None, cfg.steps
     for step, idx in enumerate(track(batches, len(batches), "train", "steps"), start=1):
-        model.train()
+        run.train()
         x, m, y = draw_batch(idx)
         w = None if weights is None else torch.as_tensor(weights[idx], dtype=torch.float32)
-        loss = loss_fn(model, x, m, y, w)
+        loss = loss_fn(run, x, m, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if select and (step % cfg.eval_every == 0 or step == cfg.steps):
-            model.eval()
-            value = selection_score(task, cfg.selection, task.score(model, shapes, *val))
+            run.eval()
+            value = selection_score(task, cfg.selection, task.score(run, shapes, *val))
             if value > best:
                 best, best_state, best_step = value, copy.deepcopy(model.state_dict()), step
     if best_state is not None:
         model.load_state_dict(best_state)
+    if run is not model:
+        model = model.to(memory_format=torch.contiguous_format)  # callers predict in float32
     return Fitted(model.eval(), best_step, float(best) if select else None, time.time() - t)
 
 

@@ -168,3 +168,39 @@ def test_a_real_folder_is_not_a_synthetic_set(phantom_dir, tmp_path):
     with pytest.raises(DataError, match=r"is not a synthetic set made by `augment sample`"):
         evaluate(cfg, echo=lambda *_: None)
     assert not (tmp_path / "e").exists()
+
+
+
+def test_bf16_precision_runs_the_segmenter_in_bfloat16_and_learns_like_fp32():
+    """precision=bf16: the convolutions see bfloat16 activations, the weights stay float32, the
+    returned model predicts in float32, and on a learnable toy problem it fits as well as fp32."""
+    from augment.downstream import TASKS, Shapes, TaskConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.zeros(32, 16, 16, dtype=torch.int64)
+    for i in range(32):
+        r, c = divmod(i % 16, 4)
+        m[i, 3 * r:3 * r + 5, 3 * c:3 * c + 5] = 1
+    x = torch.rand(32, 1, 16, 16, generator=g) * 0.3 + 0.6 * m.unsqueeze(1)
+    y = torch.zeros(32, dtype=torch.int64)
+    shapes = Shapes(channels=1, num_classes=1, mask_classes=2)
+    fitted, seen = {}, {}
+    for precision in ("fp32", "bf16"):
+        dtypes = seen.setdefault(precision, set())
+
+        def record(module, inputs, output):
+            if isinstance(module, torch.nn.Conv2d) and module.training:
+                dtypes.add(output.dtype)
+
+        handle = torch.nn.modules.module.register_module_forward_hook(record)
+        try:
+            cfg = TaskConfig(steps=40, batch_size=8, eval_every=20, base_channels=8, precision=precision)
+            fitted[precision] = fit(TASKS["segmentation"], shapes, lambda idx: (x[idx], m[idx], y[idx]), 32, y, cfg, seed=0,
+                                    val=(x, m, y))
+        finally:
+            handle.remove()
+    assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    model = fitted["bf16"].model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model(x[:2]).dtype == torch.float32
+    assert fitted["fp32"].val_score > 0.8 and abs(fitted["bf16"].val_score - fitted["fp32"].val_score) < 0.05
