@@ -305,3 +305,75 @@ def summary(report: dict) -> str:
     lines.append(f"provenance: {'ok' if prov['ok'] else 'PROBLEMS: ' + '; '.join(prov['problems'][:5])} "
                  f"({prov['checked_rows']} rows; generator trained on {prov['generator_trained_on']} train images only)")
     return "\n".join(lines)
+
+
+#: the pass/flag rule of each check of the report's short audit table (said beside the table)
+CHECK_RULES = {
+    "frechet_distance": "flag when above 3x the real-vs-real baseline (real test vs real train): "
+                        "the synthetic set is much further from the train images than unseen real images are",
+    "kid": "flag when above 3x the real-vs-real baseline (3x its spread over subsets when the baseline is <= 0)",
+    "diversity": "flag when synthetic same-class pairs are more alike than real ones by more than 0.10 "
+                 "(mean pairwise SSIM / MS-SSIM); the least diverse class is shown",
+    "memorisation_fraction": "flag when above the real train split's own fraction under the same copy rule",
+    "mask_consistency": "flag when the segmenter trained on the budget agrees with synthetic masks by more than 0.10 Dice "
+                        "less than with real val masks of the class; the worst class is shown",
+}
+CHECK_NAMES = {"frechet_distance": "Fréchet distance", "kid": "KID", "diversity": "diversity",
+               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency"}
+EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception"}
+
+
+def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
+    if check == "frechet_distance":
+        return value > 3 * baseline
+    if check == "kid":
+        return value > 3 * (baseline if baseline > 0 else spread)
+    if check == "diversity":
+        return value - baseline > 0.10
+    if check == "memorisation_fraction":
+        return value > baseline
+    return baseline - value > 0.10  # mask_consistency
+
+
+def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.DataFrame:
+    """The audit as pass/flag checks, one row per (generator, budget, check): Fréchet distance
+    and KID per extractor, diversity and mask consistency at their worst class, memorised
+    fraction. ``value`` and ``baseline`` are means over the generator seeds; ``result`` is
+    ``pass`` / ``flag`` by :data:`CHECK_RULES`, or ``–`` without a baseline. ``quality``: the
+    report's quality rows (audit metrics tagged with generator, budget, seed)."""
+    q = pd.DataFrame(quality)
+    if q.empty:
+        return pd.DataFrame(columns=["generator", "budget", "check", "value", "baseline", "result"])
+    if "generator" not in q.columns:
+        q["generator"] = "synthetic"
+    if "budget" not in q.columns:
+        q["budget"] = None
+    for col in ("value", "baseline", "baseline_std"):
+        q[col] = pd.to_numeric(q[col], errors="coerce") if col in q.columns else float("nan")
+    kind = q["metric"].str.replace(r"^diversity_.*_class_\d+$", "diversity", regex=True).str.replace(
+        r"^mask_dice_class_\d+$", "mask_consistency", regex=True)
+    q = q.assign(check=kind, cls=q["metric"].str.extract(r"_class_(\d+)$")[0])
+    q = q[q["check"].isin(list(CHECK_RULES))]
+    means = q.groupby(["generator", "budget", "check", "extractor", "cls"], sort=False, dropna=False)[
+        ["value", "baseline", "baseline_std"]].mean().reset_index()
+    out = []
+    for (generator, budget), g in means.groupby(["generator", "budget"], sort=False, dropna=False):
+        for check in CHECK_RULES:
+            part = g[g["check"] == check]
+            if part.empty:
+                continue
+            if check in ("diversity", "mask_consistency"):
+                gap = part["value"] - part["baseline"]
+                worst = gap.idxmax() if check == "diversity" else gap.idxmin()
+                part = part.loc[[worst]] if pd.notna(worst) else part.iloc[:1]
+            for r in part.itertuples():
+                name = CHECK_NAMES[check]
+                if check in ("frechet_distance", "kid"):
+                    name += f" ({EXTRACTOR_NAMES.get(r.extractor, r.extractor)})"
+                elif pd.notna(r.cls):
+                    name += f" (class {(classes or {}).get(int(r.cls), r.cls)})"
+                known = pd.notna(r.value) and pd.notna(r.baseline)
+                flag = known and _flagged(check, r.value, r.baseline, r.baseline_std if pd.notna(r.baseline_std) else 0.0)
+                out.append({"generator": generator, "budget": budget, "check": name, "kind": check, "value": r.value,
+                            "baseline": r.baseline, "result": ("flag" if flag else "pass") if known else "–"})
+    return pd.DataFrame(out)
