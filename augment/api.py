@@ -468,19 +468,8 @@ def report(out: str | Path) -> StageResult:
 
 
 def _report_text(out: Path) -> str:
-    """The summary tables of a pipeline report: per metric, arms x budgets, then the paired
-    delta of each generator's arms vs real+classic."""
-    from augment.report import RANKING_NOTE, delta_table, rankings, ranking_text, summarize, summary_table
+    """The terminal summary of a pipeline report: the verdict lines first (see
+    :func:`augment.report.summary_text`)."""
+    from augment.report import summary_text
 
-    rows = pd.read_csv(out / "tables" / "downstream.csv")
-    if not len(rows):
-        return "no downstream results yet"
-    summary, parts = summarize(rows), []
-    for task, table in rankings(rows).items():
-        parts += [f"\n{task}: synthetic arms and recipes ranked by {RANKING_NOTE}", ranking_text(table, task)]
-    for metric in dict.fromkeys(summary["metric"]):
-        parts += [f"\n{metric} (mean [95% CI] over seeds, real test split)", summary_table(summary, metric).to_string()]
-        deltas = delta_table(summary, metric)
-        if len(deltas):
-            parts += [f"\n{metric}: paired delta vs real+classic (mean [95% CI], same budget and seed)", deltas.to_string()]
-    return "\n".join(parts)
+    return summary_text(out)

@@ -345,15 +345,19 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
     from augment.data.images import read_image, read_mask
     from augment.data.manifest import load_data
     from augment.generators.artifact import load_run
-    from augment.report import _png, figure_class_balance, figure_grid, figure_metric_vs_budget, write_report
+    from augment.figures import (
+        figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, png, synthetic_shortfalls,
+    )
+    from augment.report import summarize, write_report
 
-    quality, frames = [], []
+    quality, frames, inception = [], [], []
     for name in cfg.generators:
         for budget in cfg.budgets:
             for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
                 audit_json = generator_dir(out, name, budget, gseed) / "audit" / "audit.json"
                 if audit_json.is_file():
                     rep = read_json(audit_json, "audit record")
+                    inception.append((rep.get("extractors") or {}).get("inception") or {})
                     tag = {"generator": name, "budget": budget, "seed": gseed}
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
@@ -367,31 +371,42 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
                     frames.append(pd.read_csv(results))
     columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
     downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    from augment.report import summarize
-
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
     figures: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
     for task in downstream["task"].unique() if len(downstream) else []:
-        main = "dice" if task == "segmentation" else "balanced_accuracy"
-        figures[f"{task}_{main}_vs_budget"] = _png(figure_metric_vs_budget(summary, task, main))
-        if task == "segmentation":
-            figures["segmentation_fpr_vs_budget"] = _png(figure_metric_vs_budget(summary, task, "fpr"))
+        for metric in ("dice", "fpr") if task == "segmentation" else ("balanced_accuracy",):
+            figures[f"{task}_{metric}_vs_budget"] = png(figure_metric_vs_budget(summary, task, metric))
+            captions[f"{task}_{metric}_vs_budget"] = metric_caption(summary, task, metric)
 
     def items(frame, root):
         return [(read_image(root / r.image), read_mask(root / r.mask) if r.mask else None, int(r.label)) for r in frame.itertuples()]
 
     budget, gseed = cfg.budgets[-1], cfg.generator_seed(cfg.seeds[0])
-    for name in cfg.generators:
+    classes = load_data(out / "data")[1] if _done(out / "data") else {}
+    for name, spec in cfg.generators.items():
         run = generator_dir(out, name, budget, gseed)
         if not (run / "synthetic" / "run.json").is_file():
             continue
-        figures[f"class_balance_{name}"] = _png(figure_class_balance(pd.read_csv(run / "synthetic" / "plan.csv")))
+        syn, _ = load_data(run / "synthetic")
+        plan = pd.read_csv(run / "synthetic" / "plan.csv")
+        why = synthetic_shortfalls(plan, syn["label"].value_counts().to_dict(), spec.balance.strategy, spec.balance.classes)
+        where = f"budget {budget}, generator seed {gseed}"
+        figures[f"class_balance_{name}"] = png(figure_class_balance(plan))
+        captions[f"class_balance_{name}"] = (
+            f"{name} ({where}): images per class, the real images of the generator's budget subset with the synthetic "
+            f"pairs the balancing plan ({spec.balance.strategy}) added stacked on top."
+            + "".join(f" Class {classes.get(c, c)}: {text}." for c, text in why.items()))
         info = load_run(run / "generator")
-        syn, classes = load_data(run / "synthetic")
-        pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(6)
-        fig = figure_grid(items(info.rows.groupby("label").head(6), info.data_dir), items(pick, run / "synthetic"), classes)
-        fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=9)
-        figures[f"samples_{name}"] = _png(fig)
+        pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
+        real_items, syn_items = items(info.rows.groupby("label").head(4), info.data_dir), items(pick, run / "synthetic")
+        fig = figure_grid(real_items, syn_items, classes, why=why)
+        fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=10)
+        figures[f"samples_{name}"] = png(fig)
+        _, missing = grid_rows(real_items, syn_items, classes, 4, why)
+        captions[f"samples_{name}"] = (
+            f"{name} ({where}): real images of the budget subset and synthetic pairs, per class, each image beside its mask "
+            "(white: lesion)." + (" Not shown: " + "; ".join(missing) + "." if missing else ""))
     seg = cfg.evaluate.segmentation
     gens = "; ".join(
         f"{name}: {spec.generator.family}" + (f" ({spec.generator.mode} mode)" if hasattr(spec.generator, "mode") else "")
@@ -415,5 +430,6 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
 
         protocol += " Recipes (each a synthetic arm of every generator): " + "; ".join(
             f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
-    return write_report(out, quality, downstream, figures, {"name": cfg.name, "protocol": protocol,
-                                                            "generators": list(cfg.generators), "generator_seeds": gseeds})
+    meta = {"name": cfg.name, "protocol": protocol, "generators": list(cfg.generators), "generator_seeds": gseeds,
+            "classes": classes, "inception": inception}
+    return write_report(out, quality, downstream, figures, meta, captions)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def summary_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     cells = part.assign(row=labels, cell=[_fmt(r.mean, r.ci_low, r.ci_high) for r in part.itertuples()])
     table = cells.pivot(index="row", columns="budget", values="cell")
     table.index.name = "arm"
-    return table.reindex(list(dict.fromkeys(labels)))
+    return table.reindex(list(dict.fromkeys(labels))).fillna("–")
 
 
 def delta_table(summary: pd.DataFrame, metric: str, ref: str = "classic") -> pd.DataFrame:
@@ -141,7 +140,7 @@ def delta_table(summary: pd.DataFrame, metric: str, ref: str = "classic") -> pd.
                                           for r in part.itertuples()])
     table = cells.pivot(index="row", columns="budget", values="cell")
     table.index.name = f"delta vs {'real+classic' if ref == 'classic' else 'real'}"
-    return table.reindex(list(dict.fromkeys(labels)))
+    return table.reindex(list(dict.fromkeys(labels))).fillna("–")
 
 
 #: per task: the metric recipes are ranked by and the second one shown beside it
@@ -200,6 +199,56 @@ def rankings(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {task: table for task, table in tables.items() if len(table)}
 
 
+#: how a metric is named in a sentence
+METRIC_NAMES = {"dice": "Dice", "fpr": "false-positive rate", "balanced_accuracy": "balanced accuracy",
+                "minority_recall": "minority-class recall", "macro_f1": "macro-F1", "auroc": "AUROC"}
+#: a ranking verdict as the words of the report's verdict lines
+VERDICT_WORDS = {"better": "helped", "worse": "hurt", "no evidence": "did not help"}
+VERDICT_NOTE = ("Each generator's best synthetic arm or recipe (by its paired delta vs real+classic pooled over "
+                "every budget and seed; the full ranking is below) against real+classic at the same budget and seed, "
+                "mean and 95% t-interval over seeds. helped / hurt: the interval excludes 0; did not help: it holds 0. "
+                "The best of several arms is picked after seeing the results, so a lone 'helped' among many is weak evidence.")
+
+
+def verdicts(rows: pd.DataFrame) -> list[dict]:
+    """The verdict records: per task and generator, its best synthetic arm or recipe by pooled
+    paired delta (:func:`ranking`), one record per budget and, with several budgets, one pooled
+    over them (``budget`` None). Each: task, generator, arm, budget, metric, delta, ci_low,
+    ci_high (None when unknown), n_pairs, verdict (``helped`` / ``did not help`` / ``hurt``, or
+    ``unknown`` with fewer than 2 pairs) and ``line``, the sentence the report prints."""
+    out = []
+    for task, table in rankings(rows).items():
+        main = RANKED[task][0]
+        budgets = sorted(int(c.rsplit("b", 1)[1]) for c in table.columns if c.startswith(f"{main}_delta_b"))
+        for generator, group in table.groupby("generator", sort=False):  # the ranking's order: best first
+            best = group.iloc[0]
+            scopes = [(b, f"_b{b}", f"n_pairs_b{b}") for b in budgets]
+            if len(budgets) > 1:
+                scopes.append((None, "", "n_pairs"))
+            for budget, suffix, n in scopes:
+                d = best.get(f"{main}_delta{suffix}")
+                if d is None or pd.isna(d):
+                    continue  # this arm has no paired result at this budget
+                lo, hi = best[f"{main}_ci_low{suffix}"], best[f"{main}_ci_high{suffix}"]
+                rec = {"task": task, "generator": generator, "arm": best["recipe"], "budget": budget, "metric": main,
+                       "delta": float(d), "ci_low": None if pd.isna(lo) else float(lo), "ci_high": None if pd.isna(hi) else float(hi),
+                       "n_pairs": int(best[n]), "verdict": VERDICT_WORDS.get(_verdict(main, lo, hi), "unknown")}
+                out.append({**rec, "line": verdict_line(rec)})
+    return out
+
+
+def verdict_line(rec: dict) -> str:
+    """``cvae_mask (real+synthetic+classic) b16: synthetic data did not help vs real+classic:
+    +0.012 Dice [-0.020, +0.044] (3 seeds)``."""
+    where = "all budgets" if rec["budget"] is None else f"b{rec['budget']}"
+    pairs = f"{rec['n_pairs']} {'budget-seed pairs' if rec['budget'] is None else 'seeds' if rec['n_pairs'] > 1 else 'seed'}"
+    head = f"{rec['generator']} ({rec['arm']}) {where}"
+    value = f"{rec['delta']:+.3f} {METRIC_NAMES.get(rec['metric'], rec['metric'])}"
+    if rec["verdict"] == "unknown":
+        return f"{head}: {value} vs real+classic ({pairs}); not enough seeds for an interval"
+    return f"{head}: synthetic data {rec['verdict']} vs real+classic: {value} [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}] ({pairs})"
+
+
 def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
     """The ranking as a fixed-width table: pooled deltas with CIs, then the per-budget means."""
     main, second = RANKED[task]
@@ -207,10 +256,10 @@ def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
     shown = pd.DataFrame({
         "rank": table["rank"], "arm": table["arm"], "pairs": table["n_pairs"],
         f"{main} delta [95% CI]": [_fmt(r[f"{main}_delta"], r[f"{main}_ci_low"], r[f"{main}_ci_high"], signed=True) for _, r in table.iterrows()],
-        main: table[f"verdict_{main}"],
+        main: table[f"verdict_{main}"].replace("unknown", "–"),
         **{f"b{c.rsplit('b', 1)[1]}": table[c].map(lambda v: f"{v:+.3f}" if pd.notna(v) else "–") for c in per_budget},
         f"{second} delta [95% CI]": [_fmt(r[f"{second}_delta"], r[f"{second}_ci_low"], r[f"{second}_ci_high"], signed=True) for _, r in table.iterrows()],
-        second: table[f"verdict_{second}"],
+        second: table[f"verdict_{second}"].replace("unknown", "–"),
     })
     return shown.to_string(index=False)
 
@@ -225,84 +274,95 @@ def quality_table(quality: list[dict]) -> pd.DataFrame:
     return q.groupby(keys, sort=False)[["value", "baseline"]].mean()
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
+                "better / worse: the interval excludes 0; –: fewer than 2 pairs, no interval; bN: mean delta at budget N)")
+TABLE_NOTE = "A value without [CI]: one seed, so no interval; –: no result for that arm and budget."
+QUALITY_NOTE = "–: no real-vs-real baseline (a count, or a generator's own figure on its val split)."
 
 
-def figure_metric_vs_budget(summary: pd.DataFrame, task: str, metric: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
-    generators = [g for g in dict.fromkeys(part["generator"]) if g != "none"] or ["none"]
-    fig, axes = plt.subplots(1, len(generators), figsize=(5.2 * len(generators), 3.6), squeeze=False, sharey=True)
-    budgets = sorted(part["budget"].unique())
-    for ax, generator in zip(axes[0], generators):
-        # each panel: the shared real arms (dashed) and this generator's arms
-        for (gen, arm), g in part[part["generator"].isin(["none", generator])].groupby(["generator", "arm"], sort=False):
-            g = g.sort_values("budget")
-            line = ax.plot(g["budget"], g["mean"], marker="o", linestyle="--" if gen == "none" else "-", label=arm)[0]
-            if g["ci_low"].notna().any():
-                ax.fill_between(g["budget"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.set_xlabel("label budget (real training images)")
-        ax.set_title(generator if generator != "none" else "real arms", fontsize=9)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(metric)
-    fig.suptitle(f"{task}: {metric} on the real test split (mean, 95% CI over seeds)", fontsize=10)
-    fig.tight_layout()
-    return fig
+def inception_note(meta: dict) -> str:
+    """Whether the audit computed Inception FID, from the audits' ``extractors.inception`` records
+    (``meta["inception"]``: a list of them); empty when there was no audit."""
+    records = meta.get("inception") or []
+    if not records:
+        return ""
+    done = [r for r in records if r.get("computed")]
+    if done:
+        return (f"Inception FID computed with `{done[0].get('weights')}` in {len(done)} of {len(records)} audits; "
+                "the Fréchet distance and KID rows name their extractor.")
+    return ("Inception FID not computed: no Inception weights given (the audit's `inception_weights`, "
+            "`augment audit --inception-weights FILE`; a pipeline's audit stage takes none; never downloaded). "
+            "Fréchet distance and KID here use the domain encoder: a small CNN label classifier trained on the real train split.")
 
 
-def figure_class_balance(plan: pd.DataFrame):
-    import matplotlib
+def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions: dict[str, str], figures: list[str],
+            terminal: bool = False) -> list[tuple]:
+    """The report as blocks, in reading order: ("h", level, text), ("p", text), ("ul", [(text,
+    class)]), ("pre", text), ("table", frame, show_index), ("fig", name, caption). The terminal
+    gets the verdict, ranking, audit checks and metric tables; the files get everything."""
+    from augment.audit import CHECK_NAMES, CHECK_RULES, checks
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    summary = summarize(downstream) if len(downstream) else pd.DataFrame()
+    lines = verdicts(downstream) if len(downstream) else []
+    blocks: list[tuple] = [("h", 2, "Verdict: did synthetic data help?")]
+    if lines:
+        blocks += [("ul", [(v["line"], v["verdict"].replace(" ", "-")) for v in lines]), ("p", VERDICT_NOTE)]
+    else:
+        blocks.append(("p", "No synthetic arm or recipe has a paired result against real+classic yet."))
+    for task, table in rankings(downstream).items():
+        blocks += [("h", 2, f"Ranking ({task})"), ("p", f"Every synthetic arm and recipe ranked by {RANKING_NOTE}."),
+                   ("pre", ranking_text(table, task))]
+    classes = {int(k): v for k, v in (meta.get("classes") or {}).items()}
+    audit = checks(quality, classes)
+    if len(audit):
+        shown = audit.assign(value=audit["value"].map(_num), baseline=audit["baseline"].map(_num)).drop(columns="kind")
+        blocks += [("h", 2, "Audit: pass / flag per generator and budget (means over generator seeds; baseline: real vs real)"),
+                   ("table", shown, False),
+                   ("ul", [(f"{CHECK_NAMES[k]}: {rule}", "") for k, rule in CHECK_RULES.items() if k in set(audit["kind"])])]
+    note = inception_note(meta)
+    if note:
+        blocks.append(("p", note))
+    if not terminal and meta.get("protocol"):
+        blocks += [("h", 2, "Protocol"), ("p", meta["protocol"])]
+    for metric in dict.fromkeys(summary["metric"]) if len(summary) else []:
+        name = METRIC_NAMES.get(metric, metric)
+        blocks += [("h", 2, f"{name}: mean [95% CI] over seeds, real test split"), ("table", summary_table(summary, metric), True)]
+        deltas = delta_table(summary, metric)
+        if len(deltas):
+            blocks += [("h", 3, f"{name}: paired delta vs real+classic (same budget and seed)"), ("table", deltas, True)]
+        blocks.append(("p", TABLE_NOTE))
+    if terminal:
+        return blocks
+    if figures:
+        blocks.append(("h", 2, "Figures"))
+        blocks += [("fig", name, captions.get(name) or name.replace("_", " ")) for name in figures]
+    for metric in dict.fromkeys(summary["metric"]) if len(summary) else []:
+        deltas = delta_table(summary, metric, ref="real")
+        if len(deltas):
+            blocks += [("h", 3, f"Details: {METRIC_NAMES.get(metric, metric)}, paired delta vs real (same budget and seed)"),
+                       ("table", deltas, True)]
+    if quality:
+        blocks += [("h", 2, "Details: the full quality and memorisation audit (mean over generator seeds; baseline = real vs real)"),
+                   ("table", quality_table(quality), True), ("p", QUALITY_NOTE)]
+    return blocks
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    names = [f"{c} {n}" for c, n in zip(plan["class"], plan["name"])]
-    ax.bar(names, plan["real"], label="real (budget)")
-    ax.bar(names, plan["synthetic"], bottom=plan["real"], label="synthetic")
-    ax.set_ylabel("images")
-    ax.set_title("class balance before / after sampling")
-    ax.legend(fontsize=7)
-    return fig
+
+def _num(v) -> str:
+    return "–" if v is None or pd.isna(v) else f"{v:.4g}"
 
 
-def figure_grid(real: list[tuple], synthetic: list[tuple], classes: dict[int, str], per_class: int = 6):
-    """Rows: real and synthetic per class; each tile the image with its mask outlined.
-    ``real`` / ``synthetic``: lists of (image uint8 (H, W[, C]), mask uint8 (H, W), label)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2 * len(classes), per_class, figsize=(1.3 * per_class, 2.7 * len(classes)), squeeze=False)
-    for r, (label, name) in enumerate(sorted(classes.items())):
-        for k, (source, items) in enumerate((("real", real), ("synthetic", synthetic))):
-            picks = [it for it in items if it[2] == label][:per_class]
-            for c in range(per_class):
-                ax = axes[2 * r + k, c]
-                ax.set_axis_off()
-                if c < len(picks):
-                    image, mask, _ = picks[c]
-                    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-                    if mask is not None and mask.any():
-                        ax.contour(mask, levels=[0.5], colors="r", linewidths=0.7)
-            axes[2 * r + k, 0].set_title(f"{source}: {name}", fontsize=7, loc="left")
-    fig.tight_layout()
-    return fig
+def _table_text(frame: pd.DataFrame, index: bool) -> str:
+    return frame.to_string(index=index, na_rep="–", float_format=_num)
 
 
 def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame, figures: dict[str, bytes],
-                 meta: dict) -> Path:
-    """Write report.json / .md / .html, figures/*.png and tables/*.csv into ``out``."""
+                 meta: dict, captions: dict[str, str] | None = None) -> Path:
+    """Write report.json / .md / .html, figures/*.png and tables/*.csv into ``out``. ``captions``:
+    a sentence per figure name (the name itself, in words, where none is given); ``meta``: name,
+    protocol, and optionally ``classes`` ({label: name}) and ``inception`` (the audits'
+    ``extractors.inception`` records)."""
+    from augment.audit import checks
+
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
@@ -312,70 +372,94 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     downstream.to_csv(out / "tables" / "downstream.csv", index=False)
     summary.to_csv(out / "tables" / "summary.csv", index=False)
     pd.DataFrame(quality).to_csv(out / "tables" / "quality.csv", index=False)
+    audit = checks(quality, meta.get("classes"))
+    audit.to_csv(out / "tables" / "audit_checks.csv", index=False)
     ranks = rankings(downstream)
     for task, table in ranks.items():
         table.to_csv(out / "tables" / f"ranking_{task}.csv", index=False)
+    lines = verdicts(downstream) if len(downstream) else []
     write_json({"quality": quality, "downstream": downstream.to_dict("records"),
-                "summary": summary.to_dict("records"), "meta": meta,
+                "summary": summary.to_dict("records"), "meta": meta, "verdicts": lines,
+                "audit_checks": audit.to_dict("records"),
                 "ranking": {task: table.to_dict("records") for task, table in ranks.items()}}, out / "report.json")
-
-    metrics = list(dict.fromkeys(summary["metric"])) if len(summary) else []
-    md = [f"# augment report: {meta.get('name', '')}", "", meta.get("protocol", ""), ""]
-    for task, table in ranks.items():
-        md += [f"## {task}: synthetic arms and recipes ranked by {RANKING_NOTE}", "", "```", ranking_text(table, task), "```", ""]
-    for metric in metrics:
-        md += [f"## {metric} (mean [95% CI] over seeds, real test split)", "", "```",
-               summary_table(summary, metric).to_string(), "```", ""]
-        deltas = delta_table(summary, metric)
-        if len(deltas):
-            md += [f"### {metric}: paired delta vs real+classic (same budget and seed)", "", "```", deltas.to_string(), "```", ""]
-    if quality:
-        md += ["## Quality and memorisation audit (mean over seeds)", "", "```",
-               quality_table(quality).to_string(float_format="%.4g"), "```", ""]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(meta, summary, metrics, quality, figures, ranks))
+    blocks = _blocks(quality, downstream, meta, captions or {}, list(figures))
+    title = f"augment report: {meta.get('name', '')}"
+    (out / "report.md").write_text(_markdown(title, blocks))
+    (out / "report.html").write_text(_html(title, blocks, figures))
     return out
 
 
-RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
-                "better / worse: the interval excludes 0; bN: mean delta at budget N)")
+def summary_text(out: str | Path) -> str:
+    """What ``augment run`` and ``augment report`` print: the verdict lines first, then the
+    ranking, the audit checks and the metric tables, read back from ``OUT/report.json``."""
+    import json
+
+    rep = json.loads((Path(out) / "report.json").read_text())
+    downstream = pd.DataFrame(rep.get("downstream") or [])
+    if not len(downstream):
+        return "no downstream results yet"
+    lines = []
+    for block in _blocks(rep.get("quality") or [], downstream, rep.get("meta") or {}, {}, [], terminal=True):
+        kind = block[0]
+        if kind == "h":
+            lines += ["", block[2]]
+        elif kind == "ul":
+            lines += [f"  {text}" for text, _ in block[1]]
+        elif kind == "table":
+            lines.append(_table_text(block[1], block[2]))
+        else:
+            lines.append(block[1])
+    return "\n".join(lines).strip("\n")
 
 
-def _html(meta: dict, summary: pd.DataFrame, metrics: list[str], quality: list[dict], figures: dict[str, bytes],
-          ranks: dict[str, pd.DataFrame] | None = None) -> str:
-    def img(name: str) -> str:
-        if name not in figures:
-            return ""
-        data = base64.b64encode(figures[name]).decode()
-        return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(name)}</figcaption></figure>'
+def _markdown(title: str, blocks: list[tuple]) -> str:
+    md = [f"# {title}", ""]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            md += [f"{'#' * block[1]} {block[2]}", ""]
+        elif kind == "p":
+            md += [block[1], ""]
+        elif kind == "ul":
+            md += [f"- {text}" for text, _ in block[1]] + [""]
+        elif kind == "pre":
+            md += ["```", block[1], "```", ""]
+        elif kind == "table":
+            md += ["```", _table_text(block[1], block[2]), "```", ""]
+        else:
+            md += [f"![{block[2]}](figures/{block[1]}.png)", "", f"*{block[2]}*", ""]
+    return "\n".join(md)
 
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>augment report</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}",
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}",
-        "img{max-width:520px}.note{color:#555;font-size:13px}</style></head><body>",
-        f"<h1>augment report: {html.escape(str(meta.get('name', '')))}</h1>",
-        f"<p class='note'>{html.escape(meta.get('protocol', ''))}</p>",
-    ]
-    for task, table in (ranks or {}).items():
-        parts.append(f"<h2>{html.escape(task)}: synthetic arms and recipes ranked by {html.escape(RANKING_NOTE)}</h2>")
-        parts.append(f"<pre>{html.escape(ranking_text(table, task))}</pre>")
-    for metric in metrics:
-        parts.append(f"<h2>{html.escape(metric)}: mean [95% CI] over seeds, real test split</h2>")
-        parts.append(summary_table(summary, metric).to_html(escape=True))
-        deltas = delta_table(summary, metric)
-        if len(deltas):
-            parts.append(f"<h3>{html.escape(metric)}: paired delta vs real+classic (same budget and seed)</h3>")
-            parts.append(deltas.to_html(escape=True))
-    parts.append("<h2>Figures</h2>")
-    parts += [img(name) for name in figures]
-    if len(summary):
-        parts.append("<h2>Paired differences vs real and vs real+classic (same budget and seed)</h2>")
-        cols = ["task", "budget", "generator", "arm", "metric", "delta_vs_real", "delta_vs_real_ci_low", "delta_vs_real_ci_high",
-                "delta_vs_classic", "delta_vs_classic_ci_low", "delta_vs_classic_ci_high"]
-        parts.append(summary[summary["arm"] != "real"][[c for c in cols if c in summary]].to_html(index=False, float_format="%.3f"))
-    if quality:
-        parts.append("<h2>Quality and memorisation audit (mean over seeds; baseline = real vs real)</h2>")
-        parts.append(quality_table(quality).to_html(float_format="%.4g"))
+
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+         "figure{display:inline-block;margin:0.5em;vertical-align:top;max-width:100%}img{max-width:100%}"
+         "figcaption{font-size:13px;color:#444}p,li{font-size:14px}ul.verdicts li{font-size:15px;margin:0.3em 0;font-family:monospace}"
+         "li.helped{color:#1a7f37}li.hurt{color:#b42318}li.did-not-help,li.unknown{color:#444}"
+         "td.flag{color:#b42318;font-weight:bold}td.pass{color:#1a7f37}")
+
+
+def _html(title: str, blocks: list[tuple], figures: dict[str, bytes]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            parts.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(block[1])}</p>")
+        elif kind == "ul":
+            cls = " class='verdicts'" if any(c for _, c in block[1]) else ""
+            parts.append(f"<ul{cls}>" + "".join(f"<li class='{c}'>{html.escape(t)}</li>" for t, c in block[1]) + "</ul>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(block[1])}</pre>")
+        elif kind == "table":
+            table = block[1].to_html(index=block[2], na_rep="–", float_format=_num, escape=True)
+            parts.append(table.replace("<td>flag</td>", "<td class='flag'>flag</td>").replace("<td>pass</td>", "<td class='pass'>pass</td>"))
+        elif block[1] in figures:
+            data = base64.b64encode(figures[block[1]]).decode()
+            parts.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
