@@ -64,6 +64,9 @@ class AuditSpec(Strict):
     enabled: bool = True
     encoder_steps: int = Field(300, ge=1)
     segmenter_steps: int = Field(300, ge=1)
+    inception_weights: Path | None = Field(
+        None, description="a TorchScript Inception-v3 feature extractor file for Inception FID/KID beside the domain "
+        "encoder's (never downloaded; without it only the domain encoder's are computed)")
 
 
 #: the recipe a pipeline trains unless its spec names others: half of every batch synthetic. On
@@ -251,7 +254,8 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
                 stages.append((f"sample ({tag})", syn, partial(api.sample, scfg, resume=True, echo=quiet), "run.json"))
                 if cfg.audit.enabled:
                     acfg = make(AuditConfig, "audit", data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
-                                segmenter_steps=cfg.audit.segmenter_steps, seed=gseed, overwrite=True)
+                                segmenter_steps=cfg.audit.segmenter_steps, inception_weights=cfg.audit.inception_weights,
+                                seed=gseed, overwrite=True)
                     stages.append((f"audit ({tag})", run / "audit", partial(api.audit, acfg, echo=quiet), "audit.json"))
                 if own or ev.recipes:
                     ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name,

@@ -291,7 +291,7 @@ def inception_note(meta: dict) -> str:
         return (f"Inception FID computed with `{done[0].get('weights')}` in {len(done)} of {len(records)} audits; "
                 "the Fréchet distance and KID rows name their extractor.")
     return ("Inception FID not computed: no Inception weights given (the audit's `inception_weights`, "
-            "`augment audit --inception-weights FILE`; a pipeline's audit stage takes none; never downloaded). "
+            "`augment audit --inception-weights FILE`, or `audit: {inception_weights: FILE}` in a pipeline; never downloaded). "
             "Fréchet distance and KID here use the domain encoder: a small CNN label classifier trained on the real train split.")
 
 

@@ -62,6 +62,17 @@ def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):
         load_pipeline(_spec(tmp_path, body))
 
 
+def test_audit_inception_weights_reach_every_audit_stage(tmp_path):
+    from augment.pipeline import _stages
+
+    weights = tmp_path / "inception.pt"
+    cfg = load_pipeline(_spec(tmp_path, f"generator: {{family: cvae}}\naudit: {{inception_weights: {weights}}}\n"))
+    audits = [call.args[0] for name, _, call, _ in _stages(cfg, tmp_path / "out") if name.startswith("audit")]
+    assert audits and all(Path(a.inception_weights) == weights for a in audits)
+    plain = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\n"))
+    assert all(call.args[0].inception_weights is None for name, _, call, _ in _stages(plain, tmp_path / "o2") if name.startswith("audit"))
+
+
 def test_generator_seeds_map_task_seeds(tmp_path):
     cfg = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\nseeds: [0, 1, 2]\ngenerator_seeds: [5, 6]\n"))
     assert [cfg.generator_seed(s) for s in cfg.seeds] == [5, 6, 5]
