@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: where results go (``bench/results/<name>.json`` unless
+``--json`` says otherwise), the conditions a number was taken under (threads, CPU count, load
+average, commit), and a PASS/MISS line against a target."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from augment.runinfo import git_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_json(name: str) -> Path:
+    return RESULTS / f"{name}.json"
+
+
+def conditions() -> dict:
+    """What a timing depends on besides the code: a load average above the CPU count means the
+    figures were taken on a contended machine and are upper bounds."""
+    load = [round(x, 2) for x in os.getloadavg()]
+    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average_1_5_15": load,
+            "git_commit": git_commit(), "unix_time": round(time.time())}
+
+
+def describe(cond: dict) -> str:
+    load = cond["load_average_1_5_15"]
+    busy = " (contended: other work shares the CPUs)" if load[0] > cond["cpus"] else ""
+    return f"{cond['threads']} torch threads, {cond['cpus']} CPUs, load average {load[0]:.2f}{busy}"
+
+
+def verdict(met: bool, what: str) -> str:
+    return f"{'PASS' if met else 'MISS'}  {what}"
+
+
+def write(payload: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

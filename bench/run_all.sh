@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every benchmark in sequence, each printing its table and writing bench/results/<name>.json.
+#   bash bench/run_all.sh [--quick]          # --quick: fewer steps, repeats and pairs (a smoke run, ~10 min)
+#   BUSI_RUN=runs/busi bash bench/run_all.sh # also the per-stage table of that finished run and the
+#                                            # estimate for pipelines/busi_compare.yaml
+# Timings are wall clock: run on an otherwise idle machine (each table prints the load average).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NO_ALBUMENTATIONS_UPDATE=1
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if [ "$quick" = 1 ]; then
+  loop=(--steps 30 --repeats 1) prec=(--steps 10 --repeats 1) fam=(--n 32 --repeats 1 --train-steps 2) mem=(--n 100 1000)
+else
+  loop=() prec=() fam=() mem=()
+fi
+echo "== 1. shared training loop vs a bare PyTorch loop (target: bare/loop >= 0.95)"
+python bench/train_loop.py "${loop[@]}" --json bench/results/train_loop.json
+echo "== 2. ms per training step: fp32, channels_last, bf16"
+python bench/precision.py "${prec[@]}"
+echo "== 3. sampling ms per 64 px pair per family (busi_compare settings)"
+python bench/sample_families.py "${fam[@]}"
+echo "== 4. peak RSS and wall time of augment sample (targets: memory ratio <= 1.1, time within 10% of linear)"
+python bench/sample_memory.py "${mem[@]}"
+echo "== 5. wall time of the quickstart per stage (target <= 120 s)"
+python bench/wall_time.py
+if [ -n "${BUSI_RUN:-}" ]; then
+  echo "== 6. wall time of $BUSI_RUN per stage, and the estimate for pipelines/busi_compare.yaml (target <= 2 h)"
+  python bench/wall_time.py --run "$BUSI_RUN" --estimate pipelines/busi_compare.yaml --json bench/results/wall_time_busi.json
+fi
