@@ -10,7 +10,7 @@ first ``--warmup`` steps of each run are not timed. Prints ms per step and the t
 bare/loop (1.0 = no overhead; the target is >= 0.95) and writes JSON.
 
     python bench/train_loop.py [--source phantom|../shared/data/busi] [--steps 60] [--repeats 3]
-        [--families cvae ldm] [--set train.mixed_precision=bf16] [--json bench_out/train_loop.json]
+        [--families cvae ldm] [--set train.mixed_precision=bf16] [--json bench/results/train_loop.json]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from augment.data.guard import load_training_set
 from augment.generators import DataSpec, TrainConfig, build
 from augment.generators.loop import DataOrder, lr_at, make_accelerator, phase_settings, train_loop
 from augment.seeding import mix_seed
+
+from _results import default_json  # bench/_results.py
 
 # The phase each family's timing is about, and the settings of the phases before it.
 TIMED = {"cvae": "main", "ldm": "denoiser"}
@@ -112,7 +114,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--families", nargs="+", default=["cvae", "ldm"], choices=sorted(TIMED))
     ap.add_argument("--set", action="append", default=[], help="TrainConfig overrides, e.g. train.mixed_precision=bf16")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=default_json("train_loop"))
     args = ap.parse_args()
     if args.source != "phantom" and not Path(args.source).exists():
         sys.exit(f"source {args.source} is absent; pass --source phantom")
@@ -143,10 +145,9 @@ def main() -> None:
     for r in results:
         ok = "met" if r["ratio"] >= 0.95 else "MISSED"
         print(f"{r['family']:<7}{r['phase']:<10}{r['loop_ms_median']:>13.1f}{r['bare_ms_median']:>13.1f}{r['ratio']:>10.3f}  {ok}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
