@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in sequence, each printing its table and writing bench/results/<name>.json.
 #   bash bench/run_all.sh [--quick]          # --quick: fewer steps, repeats and pairs (a smoke run, ~10 min)
-#   BUSI_RUN=runs/busi bash bench/run_all.sh # also the per-stage table of that finished run and the
+#   BUSI_RUN=runs/busi bash bench/run_all.sh # also the per-stage table of that run (finished or not) and the
 #                                            # estimate for pipelines/busi_compare.yaml
 # Timings are wall clock: run on an otherwise idle machine (each table prints the load average).
 set -euo pipefail
