@@ -37,6 +37,7 @@ from _results import conditions, default_json, describe, verdict, write  # bench
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = re.compile(r"^(?P<kind>[a-z ]+?)(?: \((?P<what>.*)\))?$")
 BUDGET = re.compile(r"budget (\d+)")
+KINDS = ("prepare", "evaluate real arms", "train", "sample", "audit", "evaluate", "report")  # the order a run goes in
 BASIS = ("measured", "same stage, other seed", "same generator, other budget", "same family", "same kind", "missing")
 
 
@@ -86,8 +87,10 @@ def table(stages: dict[str, float]) -> list[dict]:
     for name, seconds in stages.items():
         kind, gen, _ = parse(name)
         groups[kind, gen].append(seconds)
-    return [{"stage": kind, "generator": gen or "-", "count": len(v), "total_s": round(sum(v), 1),
-             "mean_s": round(statistics.mean(v), 1)} for (kind, gen), v in groups.items()]
+    order = {k: i for i, k in enumerate(KINDS)}
+    keys = sorted(groups, key=lambda kg: (order.get(kg[0], len(order)), kg[1] or ""))  # timings.json is key-sorted
+    return [{"stage": kind, "generator": gen or "-", "count": len(groups[kind, gen]), "total_s": round(sum(groups[kind, gen]), 1),
+             "mean_s": round(statistics.mean(groups[kind, gen]), 1)} for kind, gen in keys]
 
 
 def estimate(stages: dict[str, float], run_families: dict[str, str], spec_path: Path) -> tuple[list[dict], list[str]]:
@@ -130,7 +133,9 @@ def _run_quickstart(spec: Path, out: Path) -> float:
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:
-        sys.exit(f"augment run failed:\n{res.stderr.strip()}")
+        how = f"killed by signal {-res.returncode}" if res.returncode < 0 else f"exit status {res.returncode}"
+        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-5:])
+        sys.exit(f"augment run failed ({how}) after {time.perf_counter() - t:.0f} s; its last lines:\n{tail}")
     return time.perf_counter() - t
 
 
