@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1
+py=python  # the active environment's; else the README's .venv
+[ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ "$quick" = 1 ]; then
@@ -15,16 +17,16 @@ else
   loop=() prec=() fam=() mem=()
 fi
 echo "== 1. shared training loop vs a bare PyTorch loop (target: bare/loop >= 0.95)"
-python bench/train_loop.py "${loop[@]}" --json bench/results/train_loop.json
+$py bench/train_loop.py "${loop[@]}" --json bench/results/train_loop.json
 echo "== 2. ms per training step: fp32, channels_last, bf16"
-python bench/precision.py "${prec[@]}"
+$py bench/precision.py "${prec[@]}"
 echo "== 3. sampling ms per 64 px pair per family (busi_compare settings)"
-python bench/sample_families.py "${fam[@]}"
+$py bench/sample_families.py "${fam[@]}"
 echo "== 4. peak RSS and wall time of augment sample (targets: memory ratio <= 1.1, time within 10% of linear)"
-python bench/sample_memory.py "${mem[@]}"
+$py bench/sample_memory.py "${mem[@]}"
 echo "== 5. wall time of the quickstart per stage (target <= 120 s)"
-python bench/wall_time.py
+$py bench/wall_time.py
 if [ -n "${BUSI_RUN:-}" ]; then
   echo "== 6. wall time of $BUSI_RUN per stage, and the estimate for pipelines/busi_compare.yaml (target <= 2 h)"
-  python bench/wall_time.py --run "$BUSI_RUN" --estimate pipelines/busi_compare.yaml --json bench/results/wall_time_busi.json
+  $py bench/wall_time.py --run "$BUSI_RUN" --estimate pipelines/busi_compare.yaml --json bench/results/wall_time_busi.json
 fi
