@@ -7,7 +7,8 @@ A spec names one generator (``generator: {family: cvae, ...}``) or several side 
 real}}}``); an entry may override ``train``, ``balance`` (merged over the spec's) and ``sampler``.
 ``generator_seeds`` (default: ``seeds``) are the seeds generators are trained with; task seed
 ``seeds[i]`` uses generator seed ``generator_seeds[i % len]`` and that seed's budget subset, so
-a user can train fewer generators than task models. The arms without synthetic data (``real``,
+a user can train fewer generators than task models; an override ``generators.NAME: null`` (``--set
+generators.cvae=null``) runs the spec without that entry. The arms without synthetic data (``real``,
 ``real+classic``) are trained once per (budget, seed) and shared by every generator;
 ``evaluate.recipes`` (:mod:`augment.recipes`) are trained for every generator, beside its arms.
 
@@ -150,7 +151,8 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
     up, so a typo is reported as a typo; ``balance`` may name a manifest file (relative to the
     working directory, the spec's folder or its parent)."""
     path = Path(path)
-    spec = merge(load_yaml(path), overrides or {})
+    spec = load_yaml(path)
+    spec = merge(spec, _without_dropped(spec, overrides or {}, path))
     allowed = set(PipelineConfig.model_fields) | {"generator"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
@@ -167,7 +169,7 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
         resolved = {}
         for name, entry in spec["generators"].items():
             if not isinstance(entry, dict):
-                raise ConfigError(f"pipeline `{path}`: generators.{name} must be a mapping (e.g. {{family: cvae}})")
+                raise ConfigError(f"pipeline `{path}`: generators.{name} must be a mapping (e.g. {{family: cvae}}), or null in an override to drop it")
             entry = dict(entry)
             if isinstance(entry.get("balance"), str):
                 entry["balance"] = _balance_file(entry["balance"], path)
@@ -180,6 +182,24 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
             }
         spec["generators"] = resolved
     return validate(PipelineConfig, spec, f"pipeline `{path}`")
+
+
+def _without_dropped(spec: dict, overrides: dict, path: Path) -> dict:
+    """``overrides`` less the generator entries it sets to null, which are removed from ``spec``
+    (``--set generators.cvae=null`` runs a spec without its ``cvae`` entry). A null for an entry
+    the spec does not have is a ConfigError naming the entries it has."""
+    entries = overrides.get("generators")
+    if not isinstance(entries, dict):
+        return overrides
+    have = spec.get("generators") if isinstance(spec.get("generators"), dict) else {}
+    for name in [n for n, v in entries.items() if v is None]:
+        if name not in have:
+            raise ConfigError(f"pipeline `{path}`: generators.{name}=null drops an entry, but the spec has none "
+                              f"named `{name}` (it has: {', '.join(have) or 'none'})")
+        del have[name]
+    if not have:
+        raise ConfigError(f"pipeline `{path}`: every generator entry was dropped with =null; keep at least one")
+    return {**overrides, "generators": {n: v for n, v in entries.items() if v is not None}}
 
 
 def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None:

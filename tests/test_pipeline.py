@@ -62,6 +62,24 @@ def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):
         load_pipeline(_spec(tmp_path, body))
 
 
+def test_an_override_to_null_drops_a_generator_entry(tmp_path):
+    spec = _spec(tmp_path, f"""generators:
+  a: {{family: cvae, {TINY}}}
+  b: {{family: cvae, mode: mask, balance: {{mask_source: real}}}}
+  c: {{family: cvae, {TINY}}}
+""")
+    cfg = load_pipeline(spec, {"generators": {"a": None, "c": None, "b": {"latent_dim": 3}}})
+    assert list(cfg.generators) == ["b"] and cfg.generators["b"].generator.latent_dim == 3
+    assert list(load_pipeline(spec).generators) == ["a", "b", "c"]  # the file itself is untouched
+    with pytest.raises(ConfigError, match=r"generators.x=null drops an entry, but the spec has none named `x` \(it has: a, b, c\)"):
+        load_pipeline(spec, {"generators": {"x": None}})
+    with pytest.raises(ConfigError, match="every generator entry was dropped"):
+        load_pipeline(spec, {"generators": {"a": None, "b": None, "c": None}})
+    cli = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(tmp_path / "o"),
+                          "--set", "generators.q=null"], capture_output=True, text=True)
+    assert cli.returncode == 2 and "none named `q`" in cli.stderr and not (tmp_path / "o").exists()
+
+
 def test_audit_inception_weights_reach_every_audit_stage(tmp_path):
     from augment.pipeline import _stages
 
