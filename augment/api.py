@@ -406,7 +406,7 @@ def audit(cfg, echo=print) -> StageResult:
 def evaluate(cfg, echo=print) -> StageResult:
     """``augment evaluate``: task models on each arm and seed, tested on the real test split."""
     from augment.evaluate import evaluate as run_evaluation
-    from augment.report import summarize
+    from augment.verdicts import summarize
 
     out = run_evaluation(cfg, echo=echo)
     summary = summarize(pd.read_csv(out / "results.csv"))

@@ -13,7 +13,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from augment.report import ARM_ORDER, METRIC_NAMES
+from augment.verdicts import ARM_ORDER, METRIC_NAMES
 
 
 def _pyplot():

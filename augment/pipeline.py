@@ -372,7 +372,8 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
     from augment.figures import (
         figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, png, synthetic_shortfalls,
     )
-    from augment.report import summarize, write_report
+    from augment.report import write_report
+    from augment.verdicts import summarize
 
     quality, frames, inception = [], [], []
     for name in cfg.generators:

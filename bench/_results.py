@@ -21,8 +21,9 @@ def default_json(name: str) -> Path:
 
 
 def conditions() -> dict:
-    """What a timing depends on besides the code: a load average above the CPU count means the
-    figures were taken on a contended machine and are upper bounds."""
+    """What a timing depends on besides the code: a load average more than half a CPU above the
+    CPU count means the figures were taken on a contended machine and are upper bounds (the
+    benchmark's own threads alone bring the load up to the CPU count)."""
     load = [round(x, 2) for x in os.getloadavg()]
     return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average_1_5_15": load,
             "git_commit": git_commit(), "unix_time": round(time.time())}
@@ -30,7 +31,7 @@ def conditions() -> dict:
 
 def describe(cond: dict) -> str:
     load = cond["load_average_1_5_15"]
-    busy = " (contended: other work shares the CPUs)" if load[0] > cond["cpus"] else ""
+    busy = " (contended: other work shares the CPUs)" if load[0] > cond["cpus"] + 0.5 else ""
     return f"{cond['threads']} torch threads, {cond['cpus']} CPUs, load average {load[0]:.2f}{busy}"
 
 

@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from augment.report import mean_ci, summarize, summary_table, write_report
+from augment.report import summary_table, write_report
+from augment.verdicts import mean_ci, summarize
 
 
 def test_mean_ci_known_values():
@@ -114,7 +115,8 @@ def _recipe_rows():
 
 
 def test_recipes_are_ranked_by_pooled_paired_delta_with_verdicts():
-    from augment.report import ranking, ranking_text
+    from augment.report import ranking_text
+    from augment.verdicts import ranking
 
     table = ranking(_recipe_rows()).set_index("recipe")
     assert table.loc["good", "rank"] == 1 and table.loc["flat", "rank"] == 2
@@ -152,7 +154,7 @@ def _frame(deltas: dict[str, list[float]], budget: int = 16) -> pd.DataFrame:
 
 
 def test_verdict_wording_follows_the_interval():
-    from augment.report import verdicts
+    from augment.verdicts import verdicts
 
     lines = {v["generator"]: v for v in verdicts(_frame({"up": [0.04, 0.05, 0.06], "flat": [-0.02, 0.01, 0.03],
                                                           "down": [-0.05, -0.04, -0.06]}))}
@@ -166,7 +168,7 @@ def test_verdict_wording_follows_the_interval():
 
 
 def test_verdicts_pool_over_budgets_and_pick_each_generators_best_arm():
-    from augment.report import verdicts
+    from augment.verdicts import verdicts
 
     rows = pd.concat([_frame({"g": [0.04, 0.05, 0.06]}, 16), _frame({"g": [0.01, 0.02, 0.0]}, 32)])
     worse = rows[rows["generator"] == "g"].assign(arm="synthetic", value=lambda f: f["value"] - 0.2)

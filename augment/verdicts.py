@@ -1,0 +1,209 @@
+"""What the downstream rows say, as numbers: per (task, budget, generator, arm, metric) the mean
+and its 95% confidence interval over seeds (Student t), the paired difference (same budget, same
+seed) against the shared ``real`` and ``real+classic`` arms with its own interval, the ranking of
+every synthetic arm and recipe, and the verdict per generator and budget ("synthetic data helped /
+did not help / hurt vs real+classic"). :mod:`augment.report` lays these out; the terminal summary
+prints the verdict lines.
+
+``real`` and ``real+classic`` use no synthetic data: they are one shared reference (generator
+``none``) for every generator of a pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval; with one value the interval is (nan, nan): it is unknown, not zero."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+#: metrics with a bounded range: their intervals are clipped to it (deltas to +-its width).
+#: A metric not named here (a distance, a loss) is never clipped.
+METRIC_RANGE = {m: (0.0, 1.0) for m in ("dice", "fpr", "dice_all", "balanced_accuracy", "macro_f1", "minority_recall", "auroc")}
+ARM_ORDER = ["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
+SHARED_ARMS = ("real", "real+classic")
+
+
+def _clip(ci: tuple[float, float, float], metric: str, delta: bool = False) -> tuple[float, float, float]:
+    """A t-interval from 2-3 seeds can overshoot a bounded metric's range, and a bound outside
+    it says nothing; unbounded metrics are left alone."""
+    if metric not in METRIC_RANGE:
+        return ci
+    lo, hi = METRIC_RANGE[metric]
+    if delta:
+        lo, hi = lo - hi, hi - lo
+    m, a, b = ci
+    return m, (a if math.isnan(a) else max(a, lo)), (b if math.isnan(b) else min(b, hi))
+
+
+def paired_delta(values: pd.Series, ref: pd.Series, metric: str) -> tuple[float, float, float, int]:
+    """``values - ref`` paired on their index (seed, or (budget, seed, ...)): the mean difference,
+    its 95% t-interval (clipped to +-the metric's range) and the number of pairs. Pairs missing on
+    either side are left out, never filled."""
+    paired = (values - ref.reindex(values.index)).dropna()
+    d, lo, hi = _clip(mean_ci(paired.to_numpy()), metric, delta=True)
+    return d, lo, hi, len(paired)
+
+
+def with_generator(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a ``generator`` column where the shared arms say ``none`` (older results without
+    the column get ``synthetic`` for the others); duplicate shared-arm rows are dropped."""
+    rows = rows.copy()
+    if "generator" not in rows.columns:
+        rows["generator"] = "synthetic"
+    rows["generator"] = rows["generator"].fillna("synthetic").astype(str)
+    rows.loc[rows["arm"].isin(SHARED_ARMS), "generator"] = "none"
+    return rows.drop_duplicates(["task", "budget", "generator", "arm", "seed", "metric"])
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, budget, generator, arm, metric): n, mean, ci_low, ci_high, and the
+    paired deltas ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high) against
+    the shared ``real`` / ``real+classic`` arms. Intervals of bounded metrics are clipped to the
+    metric's range (:data:`METRIC_RANGE`)."""
+    rows = with_generator(rows)
+    out = []
+    for (task, budget, metric), group in rows.groupby(["task", "budget", "metric"], sort=True):
+        series = {key: g.set_index("seed")["value"] for key, g in group.groupby(["generator", "arm"])}
+        refs = {arm: series.get(("none", arm)) for arm in SHARED_ARMS}
+        for (generator, arm), values in series.items():
+            m, lo, hi = _clip(mean_ci(values.to_numpy()), metric)
+            rec = {"task": task, "budget": int(budget), "generator": generator, "arm": arm, "metric": metric,
+                   "n": int(values.notna().sum()), "mean": m, "ci_low": lo, "ci_high": hi}
+            for ref, name in (("real", "delta_vs_real"), ("real+classic", "delta_vs_classic")):
+                if refs[ref] is not None and arm != ref:
+                    d, dlo, dhi, _ = paired_delta(values, refs[ref], metric)
+                    rec.update({name: d, f"{name}_ci_low": dlo, f"{name}_ci_high": dhi})
+            out.append(rec)
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    order = {a: i for i, a in enumerate(ARM_ORDER)}
+    frame["_g"] = frame["generator"].ne("none")
+    frame["_a"] = frame["arm"].map(order)
+    frame = frame.sort_values(["task", "metric", "budget", "_g", "generator", "_a"]).drop(columns=["_g", "_a"])
+    return frame.reset_index(drop=True)
+
+
+def row_label(generator: str, arm: str) -> str:
+    return arm if generator == "none" else f"{generator}: {arm}"
+
+
+#: per task: the metric recipes are ranked by and the second one shown beside it
+RANKED = {"segmentation": ("dice", "fpr"), "classification": ("balanced_accuracy", "minority_recall")}
+#: which way is better, for the verdict
+LOWER_IS_BETTER = {"fpr"}
+
+
+def _verdict(metric: str, lo: float, hi: float) -> str:
+    if math.isnan(lo):
+        return "unknown"
+    if lo > 0 or hi < 0:
+        better = (hi < 0) if metric in LOWER_IS_BETTER else (lo > 0)
+        return "better" if better else "worse"
+    return "no evidence"
+
+
+def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
+    """Every synthetic arm and recipe (``generator: arm``) ranked by its paired delta vs
+    ``real+classic`` on the task's main metric, pooled over all (budget, seed) pairs (mean and
+    95% t-interval), with the per-budget mean deltas and the same pooled delta for the second
+    metric (:data:`RANKED`). ``verdict_*``: ``better`` / ``worse`` when the interval excludes 0,
+    ``no evidence`` when it holds 0, ``unknown`` with fewer than 2 pairs. Per budget B:
+    ``{main}_delta_bB`` with its interval (``{main}_ci_low_bB``, ``{main}_ci_high_bB``) and
+    ``n_pairs_bB``."""
+    rows = with_generator(rows)
+    rows = rows[rows["task"] == task]
+    main, second = RANKED[task]
+    ref = rows[(rows["generator"] == "none") & (rows["arm"] == "real+classic")].set_index(["budget", "seed", "metric"])["value"]
+    out = []
+    for (generator, arm), group in rows[rows["generator"] != "none"].groupby(["generator", "arm"], sort=False):
+        rec = {"arm": row_label(generator, arm), "generator": generator, "recipe": arm}
+        for metric in (main, second):
+            part = group[group["metric"] == metric].set_index(["budget", "seed", "metric"])["value"]
+            d, lo, hi, n = paired_delta(part, ref, metric)
+            rec.update({f"{metric}_delta": d, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi, f"verdict_{metric}": _verdict(metric, lo, hi)})
+            if metric == main:
+                rec["n_pairs"] = n
+                for budget, g in part.groupby(level="budget"):
+                    bd, blo, bhi, bn = paired_delta(g, ref, metric)
+                    if bn:
+                        b = int(budget)
+                        rec.update({f"{main}_delta_b{b}": bd, f"{main}_ci_low_b{b}": blo, f"{main}_ci_high_b{b}": bhi, f"n_pairs_b{b}": bn})
+        out.append(rec)
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(f"{main}_delta", ascending=False, na_position="last").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
+def rankings(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`ranking` for every task the rows hold that has synthetic arms or recipes."""
+    tables = {task: ranking(rows, task) for task in RANKED if len(rows) and (rows["task"] == task).any()}
+    return {task: table for task, table in tables.items() if len(table)}
+
+
+#: how a metric is named in a sentence
+METRIC_NAMES = {"dice": "Dice", "fpr": "false-positive rate", "balanced_accuracy": "balanced accuracy",
+                "minority_recall": "minority-class recall", "macro_f1": "macro-F1", "auroc": "AUROC"}
+#: a ranking verdict as the words of the report's verdict lines
+VERDICT_WORDS = {"better": "helped", "worse": "hurt", "no evidence": "did not help"}
+VERDICT_NOTE = ("Each generator's best synthetic arm or recipe (by its paired delta vs real+classic pooled over "
+                "every budget and seed; the full ranking is below) against real+classic at the same budget and seed, "
+                "mean and 95% t-interval over seeds. helped / hurt: the interval excludes 0; did not help: it holds 0. "
+                "The best of several arms is picked after seeing the results, so a lone 'helped' among many is weak evidence.")
+
+
+def verdicts(rows: pd.DataFrame) -> list[dict]:
+    """The verdict records: per task and generator, its best synthetic arm or recipe by pooled
+    paired delta (:func:`ranking`), one record per budget and, with several budgets, one pooled
+    over them (``budget`` None). Each: task, generator, arm, budget, metric, delta, ci_low,
+    ci_high (None when unknown), n_pairs, verdict (``helped`` / ``did not help`` / ``hurt``, or
+    ``unknown`` with fewer than 2 pairs) and ``line``, the sentence the report prints."""
+    out = []
+    for task, table in rankings(rows).items():
+        main = RANKED[task][0]
+        budgets = sorted(int(c.rsplit("b", 1)[1]) for c in table.columns if c.startswith(f"{main}_delta_b"))
+        for generator, group in table.groupby("generator", sort=False):  # the ranking's order: best first
+            best = group.iloc[0]
+            scopes = [(b, f"_b{b}", f"n_pairs_b{b}") for b in budgets]
+            if len(budgets) > 1:
+                scopes.append((None, "", "n_pairs"))
+            for budget, suffix, n in scopes:
+                d = best.get(f"{main}_delta{suffix}")
+                if d is None or pd.isna(d):
+                    continue  # this arm has no paired result at this budget
+                lo, hi = best[f"{main}_ci_low{suffix}"], best[f"{main}_ci_high{suffix}"]
+                rec = {"task": task, "generator": generator, "arm": best["recipe"], "budget": budget, "metric": main,
+                       "delta": float(d), "ci_low": None if pd.isna(lo) else float(lo), "ci_high": None if pd.isna(hi) else float(hi),
+                       "n_pairs": int(best[n]), "verdict": VERDICT_WORDS.get(_verdict(main, lo, hi), "unknown")}
+                out.append({**rec, "line": verdict_line(rec)})
+    return out
+
+
+def verdict_line(rec: dict) -> str:
+    """``cvae_mask (real+synthetic+classic) b16: synthetic data did not help vs real+classic:
+    +0.012 Dice [-0.020, +0.044] (3 seeds)``."""
+    where = "all budgets" if rec["budget"] is None else f"b{rec['budget']}"
+    pairs = f"{rec['n_pairs']} {'budget-seed pairs' if rec['budget'] is None else 'seeds' if rec['n_pairs'] > 1 else 'seed'}"
+    head = f"{rec['generator']} ({rec['arm']}) {where}"
+    value = f"{rec['delta']:+.3f} {METRIC_NAMES.get(rec['metric'], rec['metric'])}"
+    if rec["verdict"] == "unknown":
+        return f"{head}: {value} vs real+classic ({pairs}); not enough seeds for an interval"
+    return f"{head}: synthetic data {rec['verdict']} vs real+classic: {value} [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}] ({pairs})"
