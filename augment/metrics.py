@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from augment.errors import DataError
+from augment.progress import track
 
 MS_SSIM_MIN_SIDE = 161  # 5 scales with an 11-px Gaussian window need > (11 - 1) * 2**4 px
 SSIM_MIN_SIDE = 6  # the 11-px Gaussian window reflection-pads 5 px, which needs more than 5 px
@@ -200,7 +201,7 @@ def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool =
     _neighbours("nearest-neighbour SSIM", queries, refs, exclude_self)
     index = SSIMIndex(refs)
     best, arg = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.int64)
-    for q in range(len(queries)):
+    for q in track(range(len(queries)), len(queries), "nearest-neighbour SSIM", "images"):
         vals = index(queries[q])
         if exclude_self:
             vals[q] = -2.0

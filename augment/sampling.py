@@ -334,27 +334,34 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
 
 
 class _bar:
-    """A rich progress bar with samples/s (only on a terminal, only on the main process)."""
+    """Sampling progress on the main process: a rich bar with samples/s on a terminal, else a
+    :class:`augment.progress.Lines` line every ~30 s with an ETA."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         import sys
 
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from augment.progress import Lines, console
 
         self.progress = Progress(
             TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:.1f} samples/s"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True, disable=not (enabled and sys.stderr.isatty()),
+            console=console(), transient=True, disable=not (enabled and sys.stderr.isatty()),
         )
         self.task = self.progress.add_task("sample", total=total, rate=0.0)
+        self.lines = Lines("sample", total, "pairs", enabled=enabled)
 
     def __enter__(self) -> "_bar":
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+    def __exit__(self, kind, *exc) -> None:
+        self.progress.__exit__(kind, *exc)
+        if kind is None:
+            self.lines.finish()
 
     def advance(self, done: int, seconds: float) -> None:
-        self.progress.update(self.task, completed=done, rate=done / max(seconds, 1e-9))
+        rate = done / max(seconds, 1e-9)
+        self.progress.update(self.task, completed=done, rate=rate)
+        self.lines.update(done, f"{rate:.1f} pairs/s")

@@ -7,7 +7,10 @@ seeded noise, NaN check, grad clipping, learning-rate schedule, logging, checkpo
 default cadence) and (b) a bare loop: index the batch, forward, backward, clip, AdamW step.
 Runs alternate (loop, bare, loop, bare, ...) so drift on a shared machine hits both alike; the
 first ``--warmup`` steps of each run are not timed. Prints ms per step and the throughput ratio
-bare/loop (1.0 = no overhead; the target is >= 0.95) and writes JSON.
+bare/loop (1.0 = no overhead; the target is >= 0.95) and writes JSON. The verdict uses the
+fastest run of each (the least disturbed, as in the other benchmarks): on this 2-core machine
+the same run repeated varies by up to 15%, more than the overhead being measured, so the ratio
+of medians and each pair's ratio are printed beside it.
 
     python bench/train_loop.py [--source phantom|../shared/data/busi] [--steps 60] [--repeats 3]
         [--families cvae ldm] [--set train.mixed_precision=bf16] [--json bench/results/train_loop.json]
@@ -32,7 +35,7 @@ from augment.generators import DataSpec, TrainConfig, build
 from augment.generators.loop import DataOrder, lr_at, make_accelerator, phase_settings, train_loop
 from augment.seeding import mix_seed
 
-from _results import default_json  # bench/_results.py
+from _results import conditions, default_json, describe, verdict  # bench/_results.py
 
 # The phase each family's timing is about, and the settings of the phases before it.
 TIMED = {"cvae": "main", "ldm": "denoiser"}
@@ -137,14 +140,20 @@ def main() -> None:
             results.append({"family": family, "phase": TIMED[family], "size": args.size, "batch_size": args.batch_size,
                             "timed_steps": args.steps - args.warmup, "repeats": args.repeats,
                             "loop_ms": [round(1000 * v, 1) for v in loop], "bare_ms": [round(1000 * v, 1) for v in bare],
+                            "loop_ms_min": round(1000 * min(loop), 1), "bare_ms_min": round(1000 * min(bare), 1),
                             "loop_ms_median": round(1000 * lm, 1), "bare_ms_median": round(1000 * bm, 1),
-                            "ratio": round(bm / lm, 3), "overrides": args.set})
+                            "ratio": round(min(bare) / min(loop), 3), "ratio_of_medians": round(bm / lm, 3),
+                            "pair_ratios": [round(b / a, 3) for a, b in zip(loop, bare)], "overrides": args.set})
     print(f"{torch.get_num_threads()} threads, {args.source} {args.size} px, batch {args.batch_size}, "
-          f"{args.steps - args.warmup} timed steps x {args.repeats} runs each, medians")
-    print(f"{'family':<7}{'phase':<10}{'loop ms/step':>13}{'bare ms/step':>13}{'bare/loop':>10}  target >= 0.95")
+          f"{args.steps - args.warmup} timed steps x {args.repeats} runs each; {describe(conditions())}")
+    print(f"{'family':<7}{'phase':<10}{'loop ms/step':>13}{'bare ms/step':>13}{'bare/loop':>10}  "
+          f"{'medians':>15}{'ratio':>7}  each pair's ratio")
     for r in results:
-        ok = "met" if r["ratio"] >= 0.95 else "MISSED"
-        print(f"{r['family']:<7}{r['phase']:<10}{r['loop_ms_median']:>13.1f}{r['bare_ms_median']:>13.1f}{r['ratio']:>10.3f}  {ok}")
+        print(f"{r['family']:<7}{r['phase']:<10}{r['loop_ms_min']:>13.1f}{r['bare_ms_min']:>13.1f}{r['ratio']:>10.3f}  "
+              f"{r['loop_ms_median']:>7.1f}/{r['bare_ms_median']:<7.1f}{r['ratio_of_medians']:>7.3f}  "
+              f"{', '.join(f'{v:.3f}' for v in r['pair_ratios'])}")
+    for r in results:
+        print(verdict(r["ratio"] >= 0.95, f"{r['family']} {r['phase']}: bare/loop {r['ratio']:.3f} on the fastest runs (target >= 0.95)"))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")

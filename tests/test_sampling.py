@@ -223,11 +223,16 @@ def test_export_folder_and_combined_training_manifest(syn, phantom_dir, tiny_run
 def test_cli_sample_end_to_end(tiny_run, tmp_path):
     manifest = Path(__file__).resolve().parents[1] / "manifests" / "rare_only.yaml"
     res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tiny_run), "--balance", str(manifest),
-                          "--out", str(tmp_path / "s")], capture_output=True, text=True)
+                          "--out", str(tmp_path / "s")], capture_output=True, text=True,
+                         env={**os.environ, "AUGMENT_PROGRESS_SECONDS": "0"})
     assert res.returncode == 0, res.stderr
     assert "class" in res.stdout and "synthetic" in res.stdout and "wrote" in res.stdout
     df = read_manifest(tmp_path / "s")
     assert set(df["label"]) == {2}
+    # not a terminal: plain progress lines on stderr (every pair here, as the interval is 0), never on stdout
+    n = len(df)
+    assert f"sample: 1/{n} pairs" in res.stderr and "ETA" in res.stderr and "pairs/s" in res.stderr
+    assert f"sample: {n}/{n} pairs done in" in res.stderr and "sample: " not in res.stdout
     res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tmp_path / "nope"), "--balance",
                           str(manifest), "--out", str(tmp_path / "t")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
