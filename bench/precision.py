@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from augment.data.guard import load_training_set
 from augment.downstream import TASKS, Shapes
 from augment.generators import DataSpec, TrainConfig, build
 from augment.seeding import mix_seed
+
+from _results import conditions, default_json, describe, write  # bench/_results.py
 
 SETTINGS = ("fp32", "channels_last", "bf16", "bf16+cl")
 
@@ -117,7 +118,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["cvae", "ldm", "unet"], choices=["cvae", "ldm", "unet"])
-    ap.add_argument("--json", type=Path, default=Path("bench/results/precision.json"))
+    ap.add_argument("--json", type=Path, default=default_json("precision"))
     args = ap.parse_args()
     if args.source != "phantom" and not Path(args.source).exists():
         sys.exit(f"source {args.source} is absent; pass --source phantom")
@@ -138,13 +139,13 @@ def main() -> None:
             for s in SETTINGS:
                 rows.append({"model": name, "setting": s, "ms_per_step": round(1000 * best[s][0], 1),
                              "speedup_vs_fp32": round(best["fp32"][0] / best[s][0], 2), "last_loss": round(best[s][1], 4)})
-    print(f"\n{'model':6} {'setting':14} {'ms/step':>8} {'x fp32':>7} {'last loss':>10}")
+    cond = conditions()
+    print(f"\nfastest of {args.repeats} runs of {args.steps - args.warmup} timed steps; {describe(cond)}")
+    print(f"{'model':6} {'setting':14} {'ms/step':>8} {'x fp32':>7} {'last loss':>10}")
     for r in rows:
         print(f"{r['model']:6} {r['setting']:14} {r['ms_per_step']:8.1f} {r['speedup_vs_fp32']:7.2f} {r['last_loss']:10.4f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                                     "rows": rows}, indent=2))
-    print(f"\nwrote {args.json}")
+    write({"benchmark": "precision", "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+           "conditions": cond, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":
