@@ -49,10 +49,10 @@ from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
+from augment.verdicts import ARM_ORDER, SHARED_ARMS  # the arms, and those without synthetic data (shared by every generator)
 
-ARMS = ("real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic")
+ARMS = tuple(ARM_ORDER)
 Arm = Literal["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
-SHARED_ARMS = ("real", "real+classic")  # no synthetic data: the same for every generator
 NO_GENERATOR = "none"
 
 

@@ -151,8 +151,8 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
     up, so a typo is reported as a typo; ``balance`` may name a manifest file (relative to the
     working directory, the spec's folder or its parent)."""
     path = Path(path)
-    spec = load_yaml(path)
-    spec = merge(spec, _without_dropped(spec, overrides or {}, path))
+    spec, overrides = _drop_entries(load_yaml(path), overrides or {}, path)
+    spec = merge(spec, overrides)
     allowed = set(PipelineConfig.model_fields) | {"generator"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
@@ -184,22 +184,23 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
     return validate(PipelineConfig, spec, f"pipeline `{path}`")
 
 
-def _without_dropped(spec: dict, overrides: dict, path: Path) -> dict:
-    """``overrides`` less the generator entries it sets to null, which are removed from ``spec``
-    (``--set generators.cvae=null`` runs a spec without its ``cvae`` entry). A null for an entry
-    the spec does not have is a ConfigError naming the entries it has."""
+def _drop_entries(spec: dict, overrides: dict, path: Path) -> tuple[dict, dict]:
+    """(spec, overrides) without the generator entries ``overrides`` sets to null (``--set
+    generators.cvae=null`` runs a spec without its ``cvae`` entry). A null for an entry the spec
+    does not have, or for every entry, is a ConfigError."""
     entries = overrides.get("generators")
-    if not isinstance(entries, dict):
-        return overrides
+    if not isinstance(entries, dict) or None not in entries.values():
+        return spec, overrides
     have = spec.get("generators") if isinstance(spec.get("generators"), dict) else {}
-    for name in [n for n, v in entries.items() if v is None]:
+    dropped = [n for n, v in entries.items() if v is None]
+    for name in dropped:
         if name not in have:
             raise ConfigError(f"pipeline `{path}`: generators.{name}=null drops an entry, but the spec has none "
                               f"named `{name}` (it has: {', '.join(have) or 'none'})")
-        del have[name]
-    if not have:
+    kept = {n: v for n, v in have.items() if n not in dropped}
+    if not kept:
         raise ConfigError(f"pipeline `{path}`: every generator entry was dropped with =null; keep at least one")
-    return {**overrides, "generators": {n: v for n, v in entries.items() if v is not None}}
+    return {**spec, "generators": kept}, {**overrides, "generators": {n: v for n, v in entries.items() if v is not None}}
 
 
 def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None:

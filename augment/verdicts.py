@@ -34,6 +34,8 @@ def mean_ci(values) -> tuple[float, float, float]:
 #: metrics with a bounded range: their intervals are clipped to it (deltas to +-its width).
 #: A metric not named here (a distance, a loss) is never clipped.
 METRIC_RANGE = {m: (0.0, 1.0) for m in ("dice", "fpr", "dice_all", "balanced_accuracy", "macro_f1", "minority_recall", "auroc")}
+#: the evaluation arms in report order (augment.evaluate takes them from here), and those without
+#: synthetic data, trained once per (budget, seed) and shared by every generator
 ARM_ORDER = ["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
 SHARED_ARMS = ("real", "real+classic")
 
