@@ -10,6 +10,22 @@ Its network is an ``nn.Module`` with:
   parameters: when a phase ends the loop swaps its EMA weights in (when it had EMA), sets its
   modules' ``requires_grad`` off, keeps them in eval mode and drops their grads, so later phases
   train against exactly the weights that are saved (and BatchNorm statistics stay as they were);
+* optionally ``phase_parts(phase) -> dict[str, Part]``: a phase trained by several optimizers
+  stepped in turn (an adversarial pair: ``{"d": Part([disc], lr=2e-4, betas=(0.5, 0.999)),
+  "g": Part([gen], ...)}``). Each :class:`Part` names its modules and its AdamW settings (``None``
+  takes the phase's ``train`` value; the phase's warm-up and schedule apply to every part's lr);
+  parts train disjoint parameters and ``phase_modules`` still lists all of them. Every optimizer
+  step runs the parts in order on the same batch: for each part, each micro-batch of the
+  gradient accumulation calls ``forward(..., part=name)`` and backpropagates, then the loop clips
+  that part's parameters, steps its optimizer and drops the grads of every parameter of the
+  phase, so one part's step never carries another's gradients. The first part draws the noise a
+  one-optimizer phase would; later ones draw from seeds that also mix in their position. Loss
+  rows get ``loss_<part>``, ``lr_<part>`` and every part's logs (keep their keys distinct);
+  checkpoints hold every part's optimizer state; under data parallelism DDP needs
+  ``find_unused_parameters`` (a discriminator step leaves the generator unused), which
+  ``make_accelerator(..., several_parts=True)`` turns on. Without
+  ``phase_parts`` a phase has one optimizer (AdamW with the phase's settings) and ``forward``
+  gets no ``part``;
 * optionally ``on_phase_start(phase, data)``: called by the loop under ``torch.no_grad()`` at
   the start of every phase, after the earlier phases are frozen, with ``data`` = (images, masks,
   labels), the whole training set on CPU. It derives state from frozen modules and data (e.g. a
@@ -17,8 +33,9 @@ Its network is an ``nn.Module`` with:
   checkpoint's weights are loaded after it, so state it writes into the state dict takes its
   checkpointed value and anything else is recomputed: it must be deterministic;
 * ``forward(images, masks, labels, phase, step, generator) -> (loss, logs)``: the scalar loss
-  for one batch at optimizer step ``step`` of that phase, and floats to log (``forward`` rather
-  than a named method, so data-parallel wrappers see the call);
+  for one batch at optimizer step ``step`` of that phase (of its part ``part``, a keyword given
+  only to models with ``phase_parts``), and floats to log (``forward`` rather than a named
+  method, so data-parallel wrappers see the call);
 * ``sample(labels, generator, masks=None, settings=None) -> Sample``: new pairs conditioned on
   ``labels``. ``generator`` is one ``torch.Generator`` for the batch, or a list with one per
   label; with a list, item ``i`` depends only on ``generator[i]`` (draw noise with :func:`randn`,
@@ -64,6 +81,28 @@ class Sample:
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Part:
+    """One optimizer of a training phase (see ``phase_parts``): the modules it trains and its
+    AdamW settings; ``lr`` and ``weight_decay`` of ``None`` take the phase's ``train`` values."""
+
+    modules: Sequence[torch.nn.Module]
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        # Families build parts from their validated config; these only catch a family's own slip.
+        if isinstance(self.modules, torch.nn.Module):
+            raise ValueError("a Part's modules must be a list of modules, not one module")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"a Part's lr must be > 0, not {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"a Part's betas must be two numbers in [0, 1), not {self.betas}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"a Part's weight_decay must be >= 0, not {self.weight_decay}")
 
 
 @runtime_checkable

@@ -5,7 +5,9 @@ A checkpoint is a folder ``RUN/state/step_XXXXXXXX`` holding
 * ``model.safetensors``: the live model's state dict (every parameter and buffer);
 * ``optimizer.safetensors`` + ``optimizer.json``: the AdamW state of the phase the run resumes
   in: tensors ``state.<i>.step`` (float32 scalar), ``state.<i>.exp_avg`` and
-  ``state.<i>.exp_avg_sq`` (shaped like parameter ``i``), and the param groups' hyper-parameters;
+  ``state.<i>.exp_avg_sq`` (shaped like parameter ``i``), and the param groups' hyper-parameters.
+  A phase with several optimizers (``phase_parts``) has one such pair per part instead,
+  ``optimizer.<part>.safetensors`` + ``optimizer.<part>.json``;
 * ``ema.safetensors``: the EMA shadow of that phase's modules (only when EMA is on for it);
 * ``scaler.json``: the fp16 grad scaler's state (only with ``mixed_precision: fp16``);
 * ``trainer.json``: ``step`` (optimizer steps done, over all phases), ``phase`` and
@@ -61,18 +63,26 @@ def optimizer_files(state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return _cpu(tensors), [dict(g) for g in state["param_groups"]]
 
 
+def optimizer_names(part: str) -> tuple[str, str]:
+    """File names (tensors, param groups) of the optimizer of ``part`` ("" for a phase's only
+    optimizer: the names a one-optimizer checkpoint has always had)."""
+    if not part:
+        return OPTIMIZER, OPTIMIZER_GROUPS
+    return f"optimizer.{part}.safetensors", f"optimizer.{part}.json"
+
+
 def save_checkpoint(
     acc,
     run_dir: Path,
     trainer: dict,
     model: dict[str, torch.Tensor],
-    optimizer: dict,
+    optimizers: dict[str, dict],
     ema: dict[str, torch.Tensor] | None,
     keep: int,
 ) -> Path:
     """Write one checkpoint for ``trainer["step"]`` (main process writes, every process waits),
-    then drop all but the newest ``keep``. ``model``/``ema`` are state dicts, ``optimizer`` a
-    torch optimizer ``state_dict()``."""
+    then drop all but the newest ``keep``. ``model``/``ema`` are state dicts, ``optimizers``
+    maps part names ("" for a phase's only optimizer) to torch optimizer ``state_dict()``s."""
     state = Path(run_dir) / STATE
     final = state / f"step_{trainer['step']:08d}"
     tmp = state / f".step_{trainer['step']:08d}.partial"
@@ -81,9 +91,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(_cpu(model), tmp / MODEL)
-        tensors, groups = optimizer_files(optimizer)
-        save_file(tensors, tmp / OPTIMIZER)
-        (tmp / OPTIMIZER_GROUPS).write_text(json.dumps({"param_groups": groups}))
+        for part, optimizer in optimizers.items():
+            tensors_name, groups_name = optimizer_names(part)
+            tensors, groups = optimizer_files(optimizer)
+            save_file(tensors, tmp / tensors_name)
+            (tmp / groups_name).write_text(json.dumps({"param_groups": groups}))
         if ema is not None:
             save_file(_cpu(ema), tmp / EMA)
         if getattr(acc, "scaler", None) is not None:
@@ -150,12 +162,14 @@ def restore_tensors(path: Path, live: dict[str, torch.Tensor], what: str = "the 
         v.copy_(got[k])
 
 
-def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
-    """Load ``optimizer.safetensors`` + ``optimizer.json`` of ``folder`` into ``optimizer``
-    (a torch optimizer over ``params``, in order). Per-parameter tensors must be scalars
-    (``step``) or shaped like their parameter."""
-    tensors = read_tensors(folder / OPTIMIZER)
-    groups_file = folder / OPTIMIZER_GROUPS
+def restore_optimizer(
+    folder: Path, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], part: str = ""
+) -> None:
+    """Load the optimizer files of ``part`` (:func:`optimizer_names`) in ``folder`` into
+    ``optimizer`` (a torch optimizer over ``params``, in order). Per-parameter tensors must be
+    scalars (``step``) or shaped like their parameter."""
+    tensors_file, groups_file = (folder / name for name in optimizer_names(part))
+    tensors = read_tensors(tensors_file)
     groups = read_json(groups_file).get("param_groups")
     ours = optimizer.state_dict()["param_groups"]
     if not isinstance(groups, list) or [g.get("params") if isinstance(g, dict) else None for g in groups] != [
@@ -166,11 +180,11 @@ def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer, params: li
     for key, value in tensors.items():
         parts = key.split(".")
         if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(params):
-            raise TrainingError(f"checkpoint file `{folder / OPTIMIZER}` does not fit the optimizer: unexpected `{key}`")
+            raise TrainingError(f"checkpoint file `{tensors_file}` does not fit the optimizer: unexpected `{key}`")
         i, name = int(parts[1]), parts[2]
         if value.dim() != 0 and value.shape != params[i].shape:
             raise TrainingError(
-                f"checkpoint file `{folder / OPTIMIZER}` does not fit the optimizer: `{key}` is "
+                f"checkpoint file `{tensors_file}` does not fit the optimizer: `{key}` is "
                 f"{tuple(value.shape)} but parameter {i} is {tuple(params[i].shape)}"
             )
         state.setdefault(i, {})[name] = value
@@ -181,7 +195,7 @@ def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer, params: li
         inner.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0]
-        raise TrainingError(f"checkpoint file `{folder / OPTIMIZER}` does not fit the optimizer ({reason})") from None
+        raise TrainingError(f"checkpoint file `{tensors_file}` does not fit the optimizer ({reason})") from None
 
 
 def restore_scaler(folder: Path, scaler) -> None:
