@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Under ``pytest -n 2`` each worker gets one core: one intra-op thread here, and one in every
+    # process a test starts (``python -m augment``, torchrun's ranks), which inherit the environment.
+    # Two workers each spinning a thread per core would oversubscribe the CPU and run slower.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -77,7 +89,51 @@ def shared(path: str) -> Path:
     return p
 
 
-TINY_CVAE = {"family": "cvae", "base_channels": 4, "max_channels": 8, "latent_dim": 4}
+#: The smallest config of each generator family that still runs all of its code (8-16 channels);
+#: the contract in test_generators.py runs over every family here, so a new family needs an entry.
+TINY = {
+    "cvae": {"base_channels": 4, "max_channels": 8, "latent_dim": 4},
+    "ldm": {"ae_channels": [8, 8], "unet_channels": [8, 16], "latent_channels": 2},
+    "vqvae2": {"channels": 8, "res_blocks": 1, "code_dim": 4, "top_codes": 8, "bottom_codes": 8,
+               "prior_width": 16, "prior_layers": 1, "prior_heads": 2},
+}
+TINY_CVAE = {"family": "cvae", **TINY["cvae"]}
+#: a downstream task (``segmentation`` / ``classification``) trained for a few steps by the API
+TINY_TASK = {"steps": 6, "batch_size": 8, "eval_every": 3, "base_channels": 4}
+#: the same, shorter, as written in the pipeline specs that tests run end to end
+TINY_SPEC_TASK = {**TINY_TASK, "steps": 4, "eval_every": 2}
+
+
+def _yaml(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # JSON is YAML, and `true` is a bool in both
+
+
+def set_args(values: dict, prefix: str = "") -> list[str]:
+    """``{"k": v}`` as the CLI's ``--set prefix.k=v`` arguments, e.g. ``set_args(TINY["cvae"], "generator")``."""
+    return [arg for k, v in values.items() for arg in ("--set", f"{prefix}.{k}={_yaml(v)}" if prefix else f"{k}={_yaml(v)}")]
+
+
+def yaml_items(values: dict) -> str:
+    """``{"k": v}`` as ``k: v, ...``, to write inside a YAML flow mapping of a test's spec."""
+    return ", ".join(f"{k}: {_yaml(v)}" for k, v in values.items())
+
+
+def augment_cmd(*args) -> list[str]:
+    """The command line of ``python -m augment ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "augment", *map(str, args)]
+
+
+def run_cli(*args, cwd=None, env=None, timeout: float | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m augment ARGS`` in a fresh process, its output captured as text (end-to-end CLI tests)."""
+    return subprocess.run(augment_cmd(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=check)
+
+
+def run_ddp(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m augment ARGS`` as ``processes`` CPU ranks under torchrun, one thread each."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "augment", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -17,6 +15,7 @@ from augment.data.images import sha256_file
 from augment.data.manifest import load_data, read_manifest, write_manifest
 from augment.errors import DataError
 from augment.sampling import SampleConfig, sample
+from tests.conftest import run_cli, set_args
 
 FAST = {"encoder_steps": 30, "segmenter_steps": 20, "kid_subsets": 5, "kid_subset_size": 20}
 
@@ -134,13 +133,10 @@ def test_inception_path_is_used_when_given(planted, phantom_dir, tmp_path):
 
 
 def test_cli_prints_the_table(planted, phantom_dir, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "augment", "audit", "--data", str(phantom_dir), "--synthetic", str(planted[0]),
-                          "--out", str(tmp_path / "a"), *sum((["--set", f"{k}={v}"] for k, v in FAST.items()), [])],
-                         capture_output=True, text=True)
+    res = run_cli("audit", "--data", phantom_dir, "--synthetic", planted[0], "--out", tmp_path / "a", *set_args(FAST))
     assert res.returncode == 0, res.stderr
     assert "frechet_distance" in res.stdout and "copies: 1 of" in res.stdout and "Inception FID not computed" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "augment", "audit", "--data", str(phantom_dir), "--synthetic", str(tmp_path / "x"),
-                          "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    res = run_cli("audit", "--data", phantom_dir, "--synthetic", tmp_path / "x", "--out", tmp_path / "b")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
 
 

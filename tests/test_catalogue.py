@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from augment.cli import main
-from tests.conftest import write_folder
+from tests.conftest import TINY, set_args, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "generator.base_channels=4", "--set", "generator.max_channels=8", "--set", "generator.latent_dim=4",
-        "--set", "train.batch_size=8", "--set", "train.max_steps=4", "--set", "train.checkpoint_every=2"]
+TINY_ARGS = [*set_args(TINY["cvae"], "generator"), *set_args({"batch_size": 8, "max_steps": 4, "checkpoint_every": 2}, "train")]
 EVAL = ["--set", "seeds=[0]", "--set", "segmentation.steps=2", "--set", "segmentation.base_channels=4"]
 SPEC = """data: {{source: phantom, image_size: 16, count: 60}}
 generator: {{family: cvae}}
@@ -37,7 +36,7 @@ def syn(tiny_run, tmp_path_factory) -> Path:
 def unfinished(phantom_dir, tmp_path_factory) -> Path:
     """A generator run killed after its step-2 checkpoint (no weights, no run.json)."""
     out = tmp_path_factory.mktemp("cat") / "unfinished"
-    assert main(["train", "--data", str(phantom_dir), "--generator", "cvae", "--out", str(out), "--budget", "24", *TINY]) == 0
+    assert main(["train", "--data", str(phantom_dir), "--generator", "cvae", "--out", str(out), "--budget", "24", *TINY_ARGS]) == 0
     for name in ("run.json", "model.safetensors", "loss.csv"):
         (out / name).unlink()
     shutil.rmtree(out / "state" / "step_00000004", ignore_errors=True)
@@ -129,19 +128,19 @@ CASES = [
     ("train-out-is-finished-run", lambda c: _copy(c["run"], c["t"] / "out"), ["train", "--data", D, "--generator", "cvae", "--out", O],
      "already holds a finished generator run"),
     ("train-out-is-a-dataset", _data_copy, ["train", "--data", D, "--generator", "cvae", "--out", O], "is not a generator run"),
-    ("train-unfinished-no-resume", _unfinished_copy, ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY],
+    ("train-unfinished-no-resume", _unfinished_copy, ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS],
      "pass --resume"),
     ("train-resume-other-config", _unfinished_copy,
-     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY, "--set", "train.lr=0.5", "--resume"],
+     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS, "--set", "train.lr=0.5", "--resume"],
      "--resume with a different config"),
     ("train-resume-corrupt-trainer-json", lambda c: _unfinished_copy(c, lambda s: (s / "trainer.json").write_text("{oops")),
-     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY, "--resume"], "trainer.json` is not JSON"),
+     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS, "--resume"], "trainer.json` is not JSON"),
     ("train-resume-trainer-json-wrong-types", lambda c: _unfinished_copy(c, lambda s: (s / "trainer.json").write_text('{"format": 1, "step": "2"}')),
-     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY, "--resume"], "is not a trainer record"),
+     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS, "--resume"], "is not a trainer record"),
     ("train-resume-garbage-weights", lambda c: _unfinished_copy(c, lambda s: (s / "model.safetensors").write_bytes(b"junk")),
-     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY, "--resume"], "is not a safetensors file"),
+     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS, "--resume"], "is not a safetensors file"),
     ("train-resume-state-is-a-file", lambda c: _unfinished_copy(c, lambda s: (shutil.rmtree(s.parent), s.parent.write_text("x"))),
-     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY, "--resume"], "checkpoint folder but is a file"),
+     ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "24", *TINY_ARGS, "--resume"], "checkpoint folder but is a file"),
     # sample
     ("sample-ratio-nan", _balance("strategy: ratio\nratio: .nan\n"), ["sample", "--generator", R, "--balance", "{t}/b.yaml", "--out", O],
      "`ratio` must be a finite number (got nan)"),

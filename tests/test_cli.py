@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +11,14 @@ import pytest
 from augment.cli import _verbs, build_parser, main
 from augment.config import parse_overrides
 from augment.data.manifest import read_manifest
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "augment", *args], capture_output=True, text=True, cwd=cwd)
-
-
 def test_prepare_phantom_end_to_end(tmp_path):
-    res = _run("prepare", "--source", "phantom", "--out", str(tmp_path / "d"), "--count", "30",
-               "--image-size", "16", "--set", "split.val=0.2", "--set", "split.test=0.1")
+    res = run_cli("prepare", "--source", "phantom", "--out", tmp_path / "d", "--count", "30",
+                  "--image-size", "16", "--set", "split.val=0.2", "--set", "split.test=0.1")
     assert res.returncode == 0, res.stderr
     assert "all" in res.stdout and "wrote" in res.stdout and "(30 images)" in res.stdout
     df = read_manifest(tmp_path / "d")
@@ -47,7 +42,7 @@ def test_prepare_phantom_end_to_end(tmp_path):
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     t = str(tmp_path)
-    res = _run(*[a.format(t=t) for a in args])
+    res = run_cli(*[a.format(t=t) for a in args])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -83,9 +78,9 @@ def test_export_hf(tmp_path):
 
 
 def test_help_lists_verbs():
-    res = _run("--help")
+    res = run_cli("--help")
     assert res.returncode == 0 and "prepare" in res.stdout
-    res = _run("prepare", "--help")
+    res = run_cli("prepare", "--help")
     assert res.returncode == 0 and "--image-size N" in res.stdout and "--set" in res.stdout
 
 

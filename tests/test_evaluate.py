@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +14,7 @@ from augment.errors import ConfigError, DataError
 from augment.downstream import cls_metrics, seg_metrics
 from augment.evaluate import EvaluateConfig, evaluate
 from augment.sampling import SampleConfig, sample
+from tests.conftest import TINY, TINY_SPEC_TASK, TINY_TASK, run_cli, yaml_items
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +44,6 @@ def syn(tiny_run, tmp_path_factory):
     sample(validate(SampleConfig, {"generator": tiny_run, "out": out, "balance": {"strategy": "match_max"}}, "s"),
            echo=lambda *_: None)
     return out
-
-
-TINY_TASK = {"steps": 6, "batch_size": 8, "eval_every": 3, "base_channels": 4}
 
 
 def test_evaluate_all_arms_and_resume(phantom_dir, syn, tmp_path):
@@ -89,16 +85,16 @@ def test_pipeline_end_to_end_skips_complete_stages(tmp_path):
     spec.write_text(f"""
 name: tiny
 data: {{source: phantom, image_size: 16, count: 60, seed: 1}}
-generator: {{family: cvae, base_channels: 4, max_channels: 8, latent_dim: 4}}
+generator: {{family: cvae, {yaml_items(TINY['cvae'])}}}
 train: {{max_steps: 4, batch_size: 8, checkpoint_every: 2}}
 budgets: [12, 24]
 seeds: [0, 1]
 balance: {ROOT / 'manifests' / 'match_max.yaml'}
 audit: {{encoder_steps: 5, segmenter_steps: 5}}
-evaluate: {{segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}}}
+evaluate: {{segmentation: {{{yaml_items(TINY_SPEC_TASK)}}}}}
 """)
-    cmd = [sys.executable, "-m", "augment", "run", str(spec), "--out", str(tmp_path / "out")]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = ["run", spec, "--out", tmp_path / "out"]
+    res = run_cli(*cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {r["budget"] for r in rep["downstream"]} == {12, 24} and {r["seed"] for r in rep["downstream"]} == {0, 1}
@@ -107,10 +103,10 @@ evaluate: {{segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channel
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "dice" in html
     assert "dice" in res.stdout and "report.html" in res.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True)
+    again = run_cli(*cmd)
     # prepare + per (budget, seed): real arms, train, sample, audit, generator arms
     assert again.returncode == 0 and again.stdout.count("[skip]") == 1 + 4 * 5 and "[run]" not in again.stdout
-    changed = subprocess.run(cmd + ["--set", "generator.latent_dim=8"], capture_output=True, text=True)
+    changed = run_cli(*cmd, "--set", "generator.latent_dim=8")
     assert changed.returncode == 2 and "different pipeline spec (changed: generators)" in changed.stderr
 
 

@@ -21,12 +21,11 @@ import pytest
 
 from augment.cli import main
 from augment.lock import LockError, lock_path, output_lock
-from tests.conftest import kill_when
+from tests.conftest import TINY, TINY_SPEC_TASK, augment_cmd, kill_when, run_cli, set_args, yaml_items
 
 ROOT = Path(__file__).resolve().parents[1]
 MATCH_MAX = str(ROOT / "manifests" / "match_max.yaml")
-TINY = ["--set", "generator.base_channels=4", "--set", "generator.max_channels=8", "--set", "generator.latent_dim=4",
-        "--set", "train.batch_size=8"]
+TINY_ARGS = [*set_args(TINY["cvae"], "generator"), "--set", "train.batch_size=8"]
 HOLD = """import contextlib, sys
 from augment.lock import output_lock
 with contextlib.ExitStack() as stack:
@@ -78,14 +77,14 @@ def test_every_writing_verb_fails_at_once_naming_the_process_that_holds_its_outp
 
 def test_two_train_processes_on_one_run_folder(tmp_path, phantom_dir):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "augment", "train", "--data", str(phantom_dir), "--generator", "cvae", "--out", str(out),
-           "--budget", "24", *TINY, "--set", "train.max_steps=1000000", "--set", "train.checkpoint_every=1000000"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["train", "--data", phantom_dir, "--generator", "cvae", "--out", out,
+            "--budget", "24", *TINY_ARGS, "--set", "train.max_steps=1000000", "--set", "train.checkpoint_every=1000000"]
+    first = subprocess.Popen(augment_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not (out / "config.json").is_file() and time.time() < deadline:  # training has begun
             time.sleep(0.05)
-        second = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
+        second = run_cli(*args, "--resume", timeout=120)
         assert first.poll() is None
     finally:
         first.send_signal(signal.SIGKILL)
@@ -154,17 +153,17 @@ def test_disk_full_while_sampling_keeps_finished_pairs_and_resumes_exactly(tmp_p
     assert main(argv + [str(out), "--resume"]) == 0
     assert (out / "manifest.csv").read_bytes() == (tmp_path / "clean" / "manifest.csv").read_bytes()
 G0 = "generators/cvae/b12_g0"
-SPEC = """name: faults
-data: {source: phantom, image_size: 16, count: 60, seed: 1}
-generator: {family: cvae, base_channels: 4, max_channels: 8, latent_dim: 4}
-train: {max_steps: 6, batch_size: 8, checkpoint_every: 2}
+SPEC = f"""name: faults
+data: {{source: phantom, image_size: 16, count: 60, seed: 1}}
+generator: {{family: cvae, {yaml_items(TINY['cvae'])}}}
+train: {{max_steps: 6, batch_size: 8, checkpoint_every: 2}}
 budgets: [12]
 seeds: [0, 1]
 generator_seeds: [0]
-balance: {strategy: ratio, ratio: 3, seed: 0}
-sample: {batch_size: 2}
-audit: {encoder_steps: 5, segmenter_steps: 5}
-evaluate: {arms: [real, real+classic, real+synthetic, synthetic], segmentation: {steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}
+balance: {{strategy: ratio, ratio: 3, seed: 0}}
+sample: {{batch_size: 2}}
+audit: {{encoder_steps: 5, segmenter_steps: 5}}
+evaluate: {{arms: [real, real+classic, real+synthetic, synthetic], segmentation: {{{yaml_items(TINY_SPEC_TASK)}}}}}
 """
 
 # (where the run is when it is killed, the file whose appearance or growth triggers the kill,
@@ -221,7 +220,7 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(tmp_path, capsys):
     assert main(["run", str(spec), "--out", str(reference)]) == 0
     capsys.readouterr()
 
-    cmd = [sys.executable, "-m", "augment", "run", str(spec), "--out", str(killed)]
+    cmd = augment_cmd("run", spec, "--out", killed)
     survived = []
     for name, pattern, complete in POINTS:
         if (killed / complete).is_file():

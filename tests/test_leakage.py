@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from augment.data.guard import load_training_set
 from augment.data.images import sha256_file
 from augment.data.manifest import REFERENCES, load_data, read_manifest
 from augment.errors import ConfigError, DataError
-from tests.conftest import TINY_CVAE, write_folder
+from tests.conftest import TINY_CVAE, run_cli, write_folder
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -140,8 +138,7 @@ def test_export_refuses_crafted_manifests(phantom_dir, tmp_path, capsys, fmt, co
 def test_cli_prepare_over_its_own_source_is_refused(tmp_path):
     src = write_folder(tmp_path / "D", {0: 4, 1: 4})
     before = _files(src)
-    res = subprocess.run([sys.executable, "-m", "augment", "prepare", "--source", str(src), "--out", str(src), "--overwrite"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = run_cli("prepare", "--source", src, "--out", src, "--overwrite", env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and f"output `{src}` is the source `{src}` itself" in res.stderr
     assert _files(src) == before and sorted(p.name for p in tmp_path.iterdir()) == ["D"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,6 +12,7 @@ import torch
 from PIL import Image
 
 from augment.plausibility import ScorerConfig, _errors, fit_scorer
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -47,8 +46,7 @@ def test_scorer_is_deterministic_and_ranks_unlike_images_higher():
 def test_score_cli_ranks_planted_anomalies_first(planted, tmp_path):
     data, ids = planted
     out = tmp_path / "scores"
-    cmd = [sys.executable, "-m", "augment", "score", str(data), "--out", str(out), "--set", "scorer.steps=100", "--top", "3"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = run_cli("score", data, "--out", out, "--set", "scorer.steps=100", "--top", "3")
     assert res.returncode == 0, res.stderr[-2000:]
     table = pd.read_csv(out / "scores.csv")
     assert set(table["id"].head(2)) == set(ids) and table["rank"].tolist() == list(range(1, len(table) + 1))
@@ -56,9 +54,9 @@ def test_score_cli_ranks_planted_anomalies_first(planted, tmp_path):
     assert ids[0] in res.stdout and "most anomalous first" in res.stdout
     record = json.loads((out / "run.json").read_text())
     assert record["stage"] == "score" and record["n_images"] == len(table)
-    again = subprocess.run(cmd, capture_output=True, text=True)
+    again = run_cli("score", data, "--out", out, "--set", "scorer.steps=100", "--top", "3")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
-    train_only = subprocess.run(cmd[:5] + ["--out", str(tmp_path / "t"), "--split", "train", "--set", "scorer.steps=5"], capture_output=True, text=True)
+    train_only = run_cli("score", data, "--out", tmp_path / "t", "--split", "train", "--set", "scorer.steps=5")
     assert train_only.returncode == 0
     assert set(pd.read_csv(tmp_path / "t" / "scores.csv")["split"]) == {"train"}
 
@@ -67,9 +65,8 @@ def test_score_refuses_mixed_sizes_and_unknown_keys(planted, tmp_path):
     data, _ = planted
     df = pd.read_csv(data / "manifest.csv")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(data / df["image"].iloc[-1])
-    res = subprocess.run([sys.executable, "-m", "augment", "score", str(data), "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    res = run_cli("score", data, "--out", tmp_path / "s")
     assert res.returncode == 2 and "mixes image sizes" in res.stderr and "--image-size" in res.stderr
-    bad = subprocess.run([sys.executable, "-m", "augment", "score", str(data), "--out", str(tmp_path / "s"), "--set", "scorer.stpes=3"],
-                         capture_output=True, text=True)
+    bad = run_cli("score", data, "--out", tmp_path / "s", "--set", "scorer.stpes=3")
     assert bad.returncode == 2 and "scorer.stpes" in bad.stderr
     assert not (tmp_path / "s").exists()

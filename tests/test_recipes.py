@@ -17,8 +17,8 @@ from augment.errors import ConfigError, DataError
 from augment.evaluate import EvaluateConfig, evaluate
 from augment.recipes import RecipeConfig, reconstruction_keep, schedule, segmenter_keep, take
 from augment.sampling import SampleConfig, sample
+from tests.conftest import TINY_TASK
 
-TINY_TASK = {"steps": 6, "batch_size": 8, "eval_every": 3, "base_channels": 4}
 QUIET = lambda *_: None  # noqa: E731
 
 

@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from augment.data.manifest import load_data, read_manifest, validate_manifest
 from augment.errors import AugmentError, ConfigError, DataError
 from augment import sampling
 from augment.sampling import SampleConfig, passes, regenerate, sample
-from tests.conftest import kill_when
+from tests.conftest import augment_cmd, kill_when, run_cli, run_ddp
 
 
 def _cfg(run, out, balance=None, **kw):
@@ -153,33 +151,31 @@ def test_filter_on_real_predicate_keeps_only_plausible_masks(tiny_run, tmp_path,
         assert read_mask(out / r.mask).max() == 0
 
 
-def _cmd(run, out, extra=()):
-    return [sys.executable, "-m", "augment", "sample", "--generator", str(run), "--balance", str(MANIFESTS / "ratio_big.yaml"),
-            "--out", str(out), "--batch-size", "4", *extra]
+def _args(run, out, manifest, *extra):
+    return ["sample", "--generator", run, "--balance", manifest, "--out", out, "--batch-size", "4", *extra]
 
 
-MANIFESTS = Path(__file__).resolve().parent / "_manifests"
+@pytest.fixture(scope="module")
+def big_manifest(tmp_path_factory) -> Path:
+    """A ratio manifest planning 600 pairs, so that a kill lands mid-way (in a temporary folder:
+    pytest-xdist workers may run this module's tests at once)."""
+    path = tmp_path_factory.mktemp("manifests") / "ratio_big.yaml"
+    path.write_text("strategy: ratio\nratio: 25\nseed: 3\n")
+    return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _big_manifest():
-    MANIFESTS.mkdir(exist_ok=True)
-    (MANIFESTS / "ratio_big.yaml").write_text("strategy: ratio\nratio: 25\nseed: 3\n")
-    yield
-    shutil.rmtree(MANIFESTS, ignore_errors=True)
-
-
-def test_kill_and_resume_ends_with_exactly_the_plan(tiny_run, tmp_path):
+def test_kill_and_resume_ends_with_exactly_the_plan(tiny_run, big_manifest, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     journal = killed / ".journal" / "rank0.jsonl"
-    rc = kill_when(_cmd(tiny_run, killed), lambda: journal.is_file() and journal.read_text().count("\n") >= 40)
+    rc = kill_when(augment_cmd(*_args(tiny_run, killed, big_manifest)),
+                   lambda: journal.is_file() and journal.read_text().count("\n") >= 40)
     assert rc == -signal.SIGKILL, "sampling finished before it could be killed"
     assert not (killed / "manifest.csv").exists()
     done_before = journal.read_text().count("\n")
 
-    res = subprocess.run(_cmd(tiny_run, killed, ["--resume"]), capture_output=True, text=True)
+    res = run_cli(*_args(tiny_run, killed, big_manifest, "--resume"))
     assert res.returncode == 0, res.stderr
-    subprocess.run(_cmd(tiny_run, clean), check=True, capture_output=True)
+    run_cli(*_args(tiny_run, clean, big_manifest), check=True)
 
     df = read_manifest(killed)
     assert df["id"].is_unique and len(df) == 600 and done_before < 600
@@ -189,12 +185,10 @@ def test_kill_and_resume_ends_with_exactly_the_plan(tiny_run, tmp_path):
     assert (killed / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes()
 
 
-def test_two_processes_give_the_single_process_manifest(tiny_run, tmp_path):
+def test_two_processes_give_the_single_process_manifest(tiny_run, big_manifest, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_cmd(tiny_run, single), check=True, capture_output=True)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "augment"]
-    res = subprocess.run(cmd + _cmd(tiny_run, double)[3:], capture_output=True, text=True, env=env, timeout=300)
+    run_cli(*_args(tiny_run, single, big_manifest), check=True)
+    res = run_ddp(*_args(tiny_run, double, big_manifest))
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((double / "run.json").read_text())["processes"] == 2
     assert (single / "manifest.csv").read_bytes() == (double / "manifest.csv").read_bytes()
@@ -222,9 +216,8 @@ def test_export_folder_and_combined_training_manifest(syn, phantom_dir, tiny_run
 
 def test_cli_sample_end_to_end(tiny_run, tmp_path):
     manifest = Path(__file__).resolve().parents[1] / "manifests" / "rare_only.yaml"
-    res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tiny_run), "--balance", str(manifest),
-                          "--out", str(tmp_path / "s")], capture_output=True, text=True,
-                         env={**os.environ, "AUGMENT_PROGRESS_SECONDS": "0"})
+    res = run_cli("sample", "--generator", tiny_run, "--balance", manifest, "--out", tmp_path / "s",
+                  env={**os.environ, "AUGMENT_PROGRESS_SECONDS": "0"})
     assert res.returncode == 0, res.stderr
     assert "class" in res.stdout and "synthetic" in res.stdout and "wrote" in res.stdout
     df = read_manifest(tmp_path / "s")
@@ -233,8 +226,7 @@ def test_cli_sample_end_to_end(tiny_run, tmp_path):
     n = len(df)
     assert f"sample: 1/{n} pairs" in res.stderr and "ETA" in res.stderr and "pairs/s" in res.stderr
     assert f"sample: {n}/{n} pairs done in" in res.stderr and "sample: " not in res.stdout
-    res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tmp_path / "nope"), "--balance",
-                          str(manifest), "--out", str(tmp_path / "t")], capture_output=True, text=True)
+    res = run_cli("sample", "--generator", tmp_path / "nope", "--balance", manifest, "--out", tmp_path / "t")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
 
 
@@ -261,9 +253,8 @@ def test_sampler_settings_are_validated_by_the_family_and_recorded(tiny_run, tmp
 
 def test_cli_set_reaches_the_balance_and_the_sampler(tiny_run, tmp_path):
     manifest = Path(__file__).resolve().parents[1] / "manifests" / "match_max.yaml"
-    res = subprocess.run([sys.executable, "-m", "augment", "sample", "--generator", str(tiny_run), "--balance", str(manifest),
-                          "--out", str(tmp_path / "s"), "--set", "balance.classes=[2]", "--set", "sampler.temperature=0.7"],
-                         capture_output=True, text=True)
+    res = run_cli("sample", "--generator", tiny_run, "--balance", manifest, "--out", tmp_path / "s",
+                  "--set", "balance.classes=[2]", "--set", "sampler.temperature=0.7")
     assert res.returncode == 0, res.stderr
     df = read_manifest(tmp_path / "s")
     assert set(df["label"]) == {2} and {json.loads(s)["temperature"] for s in df["sampler"]} == {0.7}

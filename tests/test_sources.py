@@ -16,7 +16,7 @@ from augment.config import PrepareConfig
 from augment.data.images import read_image, read_mask, sha256_file
 from augment.data.manifest import load_data, read_manifest
 from augment.errors import ConfigError, DataError
-from tests.conftest import write_folder
+from tests.conftest import run_cli, write_folder
 
 
 def _prepare(source, out, **kw) -> Path:
@@ -399,14 +399,10 @@ def test_manifest_with_a_path_as_id_is_invalid(phantom_dir):
 
 
 def test_cli_prepares_a_plain_folder(tmp_path, capsys):
-    import subprocess
-    import sys
-
     from augment.cli import main
 
     write_plain(tmp_path / "src", n=8, mask_ext=".jpg", quality=95)
-    res = subprocess.run([sys.executable, "-m", "augment", "prepare", "--source", str(tmp_path / "src"),
-                          "--out", str(tmp_path / "out"), "--set", "mask_threshold=128"], capture_output=True, text=True)
+    res = run_cli("prepare", "--source", tmp_path / "src", "--out", tmp_path / "out", "--set", "mask_threshold=128")
     assert res.returncode == 0, res.stderr
     assert "0 lesion" in res.stdout and "(8 images)" in res.stdout
     assert main(["prepare", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "bad")]) == 2

@@ -4,11 +4,8 @@ data parallel, non-finite losses, the held-out hash check and the run-folder rul
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -22,15 +19,15 @@ from augment.config import PrepareConfig, validate
 from augment.errors import ConfigError, DataError
 from augment.generators import TrainConfig
 from augment.generators.loop import DataOrder, LoopConfig, TrainingError, lr_at, make_accelerator, train_loop
-from tests.conftest import kill_when, write_folder
+from tests.conftest import TINY, TINY_CVAE, augment_cmd, kill_when, run_cli, run_ddp, set_args, write_folder
 
-TINY = ["--set", "generator.base_channels=4", "--set", "generator.max_channels=8", "--set", "generator.latent_dim=4"]
+TINY_ARGS = set_args(TINY["cvae"], "generator")
 
 
 def _cfg(data, out, budget=None, **train_opts):
     loop = {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, **train_opts}
     return validate(TrainConfig, {
-        "data": data, "out": out, "budget": budget, "generator": {"family": "cvae", "base_channels": 4, "max_channels": 8, "latent_dim": 4},
+        "data": data, "out": out, "budget": budget, "generator": TINY_CVAE,
         "train": loop,
     }, "train")
 
@@ -133,28 +130,24 @@ def test_run_folder_rules(phantom_dir, tmp_path):
         train(_cfg(phantom_dir, other, max_steps=2))
 
 
-def _cli(*args, env=None):
-    return [sys.executable, "-m", "augment", *args]
-
-
-def _train_cmd(data, out, steps):
-    return _cli("train", "--data", str(data), "--generator", "cvae", "--out", str(out), "--budget", "24", *TINY,
-                "--set", f"train.max_steps={steps}", "--set", "train.checkpoint_every=10", "--set", "train.batch_size=8",
-                "--set", "train.grad_accum=2", "--set", "train.ema=true", "--set", "train.ema_decay=0.9")
+def _train_args(data, out, steps):
+    return ["train", "--data", data, "--generator", "cvae", "--out", out, "--budget", "24", *TINY_ARGS,
+            "--set", f"train.max_steps={steps}", "--set", "train.checkpoint_every=10", "--set", "train.batch_size=8",
+            "--set", "train.grad_accum=2", "--set", "train.ema=true", "--set", "train.ema_decay=0.9"]
 
 
 def test_kill_and_resume_gives_the_same_weights(phantom_dir, tmp_path):
     steps = 200
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    rc = kill_when(_train_cmd(phantom_dir, killed, steps), lambda: any((killed / "state").glob("step_*")))
+    rc = kill_when(augment_cmd(*_train_args(phantom_dir, killed, steps)), lambda: any((killed / "state").glob("step_*")))
     assert rc == -signal.SIGKILL, "the run finished before it could be killed; raise `steps`"
     assert not (killed / "run.json").exists()
     ckpts = sorted(p.name for p in (killed / "state").glob("step_*"))
     assert ckpts, "no checkpoint was written before the kill"
 
-    res = subprocess.run(_train_cmd(phantom_dir, killed, steps) + ["--resume"], capture_output=True, text=True)
+    res = run_cli(*_train_args(phantom_dir, killed, steps), "--resume")
     assert res.returncode == 0, res.stderr
-    subprocess.run(_train_cmd(phantom_dir, clean, steps), check=True, capture_output=True)
+    run_cli(*_train_args(phantom_dir, clean, steps), check=True)
 
     info = json.loads((killed / "run.json").read_text())
     assert info["resumed_from_step"] >= 10 and info["steps"] == steps
@@ -169,12 +162,9 @@ def test_kill_and_resume_gives_the_same_weights(phantom_dir, tmp_path):
 
 def test_two_process_data_parallel_keeps_replicas_identical(phantom_dir, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "augment", "train", "--data", str(phantom_dir), "--generator", "cvae", "--out", str(out),
-           "--budget", "24", *TINY, "--set", "train.max_steps=6", "--set", "train.batch_size=4",
-           "--set", "train.checkpoint_every=3"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = run_ddp("train", "--data", phantom_dir, "--generator", "cvae", "--out", out,
+                  "--budget", "24", *TINY_ARGS, "--set", "train.max_steps=6", "--set", "train.batch_size=4",
+                  "--set", "train.checkpoint_every=3")
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())
     assert info["processes"] == 2
@@ -184,8 +174,7 @@ def test_two_process_data_parallel_keeps_replicas_identical(phantom_dir, tmp_pat
 
 
 def test_cli_unknown_family_is_one_line(phantom_dir, tmp_path):
-    res = subprocess.run(_cli("train", "--data", str(phantom_dir), "--generator", "gan", "--out", str(tmp_path / "r")),
-                         capture_output=True, text=True)
+    res = run_cli("train", "--data", phantom_dir, "--generator", "gan", "--out", tmp_path / "r")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"
