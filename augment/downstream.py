@@ -27,6 +27,7 @@ from torch import nn
 
 from augment.config import Strict
 from augment.errors import ConfigError
+from augment.metrics import dice_per_image
 from augment.progress import track
 from augment.seeding import mix_seed
 
@@ -102,13 +103,6 @@ def epoch_batches(n: int, batch_size: int, steps: int, seed: int) -> list[np.nda
 def predict_masks(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """(N, C, H, W) -> (N, H, W) int64 argmax predictions."""
     return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-
-
-def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Foreground (any class > 0) Dice per image; 1.0 when both masks are empty."""
-    p, t = (pred > 0).flatten(1).float(), (target > 0).flatten(1).float()
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
 def seg_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

@@ -1,5 +1,7 @@
 """Quality metrics as plain functions over tensors: Fréchet distance and KID in a feature space,
-SSIM / MS-SSIM, nearest neighbours and the copy thresholds of the memorisation audit.
+SSIM / MS-SSIM, PSNR, mask Dice, nearest neighbours and the copy thresholds of the memorisation
+audit, and :func:`generator_heldout`, which measures a generator's own parts (autoencoder round
+trip, codebooks, token priors) on held-out pairs through the methods the families expose.
 
 The maths comes from MONAI (Fréchet distance) and torchmetrics (polynomial-kernel MMD for KID,
 SSIM, MS-SSIM); this module only arranges inputs and sampling. Features: (N, D) float tensors.
@@ -243,3 +245,120 @@ def copy_thresholds(real_nn_ssim: torch.Tensor, real_nn_dist: torch.Tensor, perc
         )
     return (float(np.percentile(real_nn_ssim.numpy(), 100 - percentile)),
             float(np.percentile(real_nn_dist.numpy(), percentile)))
+
+
+# ---- a generator's own parts on held-out pairs ----
+
+HELDOUT_BATCH = 64  # pairs per model call, which bounds the memory of 256 val pairs at 256 px
+
+
+def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Foreground Dice of each mask pair: ``pred`` and ``target`` (N, H, W) class indices,
+    foreground = any class > 0 -> (N,) float32; 1.0 when both masks are empty."""
+    p, t = (pred > 0).flatten(1).float(), (target > 0).flatten(1).float()
+    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def psnr_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each pair (x[i], y[i]), images (N, C, H, W) in [0, 1] (data range 1): (N,)
+    values. The MSE is floored at 1e-10, so identical images give 100 dB, not infinity."""
+    _pairs("PSNR", x, y, min_side=1)
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
+def codebook_usage(codes: torch.Tensor, size: int) -> tuple[float, float]:
+    """Share of a codebook's ``size`` codes that ``codes`` (int64 indices, any shape) use, and
+    the perplexity of their frequencies (exp of the entropy in nats: 1 when one code takes all,
+    ``size`` when all are used equally)."""
+    counts = torch.bincount(codes.flatten(), minlength=size).float()
+    p = counts / counts.sum()
+    return float((counts > 0).float().mean()), float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
+
+
+def _heldout_pairs(what: str, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor | None) -> None:
+    if images.ndim != 4:
+        raise DataError(f"the held-out measures need {what} images as (N, C, H, W); they have shape {_shape(images)}")
+    n = len(images)
+    if n == 0:
+        raise DataError(f"the held-out measures need at least 1 pair; the {what} pairs are none")
+    if tuple(masks.shape) != (n, *images.shape[2:]):
+        raise DataError(f"the held-out measures need {what} masks as (N, H, W) = ({n}, {images.shape[2]}, {images.shape[3]}) "
+                        f"for images {_shape(images)}; the masks have shape {_shape(masks)}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise DataError(f"the held-out measures need one {what} label per image, ({n},); the labels have shape {_shape(labels)}")
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, i + HELDOUT_BATCH) for i in range(0, n, HELDOUT_BATCH)]
+
+
+def _prior_scores(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``{prior_{level}_nll: nats per token, prior_{level}_accuracy: share}`` over chunks of
+    HELDOUT_BATCH pairs (each chunk's mean over its scored tokens, weighted by its pairs), with
+    one masking draw seeded 0 (a generator on the model's device) so two sets are measured alike."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(0)
+    sums: dict[str, float] = {}
+    for s in _chunks(len(images)):
+        n = len(images[s])
+        for level, (logits, target) in model.prior_logits(images[s], masks[s], labels[s], g).items():
+            nll = torch.nn.functional.cross_entropy(logits, target)
+            acc = (logits.argmax(-1) == target).float().mean()
+            for name, value in ((f"prior_{level}_nll", nll), (f"prior_{level}_accuracy", acc)):
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+    return {k: v / len(images) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def generator_heldout(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor | None = None,
+                      train: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """What a trained generator's own parts do on held-out pairs, as one flat ``{name: float}``.
+
+    ``images`` (N, C, H, W) float32 in [0, 1], ``masks`` (N, H, W) int64 class indices, ``labels``
+    (N,) int64, on the CPU; ``train`` = (images, masks, labels) of the generator's training pairs,
+    alike. The model (in eval mode, as training leaves it and loading returns it) is duck-typed;
+    each part is measured when the model exposes it, in chunks of ``HELDOUT_BATCH`` pairs:
+
+    * ``reconstruct(images, masks)`` (a two-stage family's autoencoder): ``autoencoder_psnr`` (dB)
+      and ``autoencoder_ssim``, means over the pairs, and ``autoencoder_mask_dice``, the mean
+      :func:`dice_per_image` of the decoded masks over pairs with a lesion (absent when the
+      decoder is given the mask, or no pair has a lesion);
+    * ``codes(images, masks)`` with ``codebook_sizes``: per level (e.g. ``top``),
+      ``{level}_codebook_usage`` and ``{level}_perplexity`` (:func:`codebook_usage`) of the codes
+      the pairs use;
+    * ``prior_logits(images, masks, labels, generator)`` (token priors): per level,
+      ``prior_{level}_nll_val`` (nats per token) and ``prior_{level}_accuracy_val`` when ``labels``
+      are given, and ``prior_{level}_nll_train`` / ``prior_{level}_accuracy_train`` on ``train``
+      when it is given, measured alike (one masking draw seeded 0 each): a wide gap means the
+      priors memorise their few training code maps.
+
+    ``n_pairs`` (N, as a float) comes with any of them; a model that exposes none (cvae) gives {}.
+    Nothing is rounded.
+    """
+    _heldout_pairs("held-out", images, masks, labels)
+    if train is not None:
+        _heldout_pairs("training", *train)
+    out: dict[str, float] = {}
+    if hasattr(model, "reconstruct"):
+        parts = [model.reconstruct(images[s], masks[s]) for s in _chunks(len(images))]
+        rec = torch.cat([r for r, _ in parts])
+        out["autoencoder_psnr"] = float(psnr_pairs(rec, images).mean())
+        out["autoencoder_ssim"] = float(ssim_pairs(rec, images).mean())
+        if parts[0][1] is not None:  # None: the decoder is given the mask, there is none to score
+            lesion = masks.flatten(1).gt(0).any(1)
+            if bool(lesion.any()):
+                out["autoencoder_mask_dice"] = float(dice_per_image(torch.cat([m for _, m in parts]), masks)[lesion].mean())
+    if hasattr(model, "codes"):
+        parts = [model.codes(images[s], masks[s]) for s in _chunks(len(images))]
+        for level, size in model.codebook_sizes.items():
+            usage, perplexity = codebook_usage(torch.cat([p[level] for p in parts]), size)
+            out[f"{level}_codebook_usage"], out[f"{level}_perplexity"] = usage, perplexity
+    if hasattr(model, "prior_logits"):
+        sets = ([("val", (images, masks, labels))] if labels is not None else []) + ([("train", train)] if train is not None else [])
+        for split, pairs in sets:
+            out.update({f"{k}_{split}": v for k, v in _prior_scores(model, *pairs).items()})
+    if out:
+        out["n_pairs"] = float(len(images))
+    return out

@@ -12,14 +12,14 @@ from augment.config import validate
 from augment.errors import ConfigError
 from augment.generators import DataSpec, TrainConfig, build
 from augment.generators.ldm import LDMConfig, LDMSampler
+from tests.conftest import TINY
 
 SPEC = DataSpec(image_size=16, channels=1, num_classes=3, mask_classes=3)
-TINY = {"ae_channels": (8, 8), "unet_channels": (8, 16), "latent_channels": 2}
 
 
 def _model(mode="joint", seed=0):
     torch.manual_seed(seed)
-    return build(LDMConfig(mode=mode, **TINY), SPEC).eval()
+    return build(LDMConfig(mode=mode, **TINY["ldm"]), SPEC).eval()
 
 
 def _masks(n, size=16):
@@ -82,9 +82,35 @@ def test_latent_round_trip_shapes_and_ranges():
     assert z.shape == (5, 2, 8, 8) == drawn.shape and not torch.equal(z, drawn)
     assert rec.shape == images.shape and logits.shape == (5, 3, 16, 16)
     assert float(rec.min()) >= 0 and float(rec.max()) <= 1
-    metrics = model.reconstruction_metrics(images, masks)
-    assert set(metrics) == {"psnr", "ssim", "mask_dice", "n"} and metrics["n"] == 5
-    assert 0 <= metrics["mask_dice"] <= 1 and -1 <= metrics["ssim"] <= 1
+    again, decoded = model.reconstruct(images, masks)
+    assert torch.equal(again, rec.float()) and torch.equal(decoded, logits.argmax(1))  # the posterior mean, decoded
+
+
+@pytest.mark.parametrize("mode", ["joint", "mask"])
+def test_heldout_measures_the_autoencoder_round_trip(mode):
+    """Both modes decode a mask (the autoencoder encodes it), so both have a mask Dice; the
+    values are the plain formulas over the round trip, written out here."""
+    import numpy as np
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from augment.metrics import generator_heldout
+
+    model = _model(mode)
+    images, masks = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(2)), _masks(6)
+    masks[0] = 0  # no lesion: left out of the Dice
+    got = generator_heldout(model, images, masks, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert set(got) == {"autoencoder_psnr", "autoencoder_ssim", "autoencoder_mask_dice", "n_pairs"}
+    assert all(type(v) is float for v in got.values()) and got["n_pairs"] == 6
+
+    rec, decoded = model.reconstruct(images, masks)
+    x, r = images.numpy().astype(np.float64), rec.numpy().astype(np.float64)
+    psnr = np.mean([10 * np.log10(1 / np.mean((r[i] - x[i]) ** 2)) for i in range(6)])
+    p, t = decoded.numpy()[1:] > 0, masks.numpy()[1:] > 0
+    dice = np.mean([2 * (a & b).sum() / (a.sum() + b.sum()) for a, b in zip(p, t)])
+    ssim = float(structural_similarity_index_measure(rec, images, data_range=1.0))
+    assert got["autoencoder_psnr"] == pytest.approx(psnr, rel=1e-5)
+    assert got["autoencoder_mask_dice"] == pytest.approx(dice, rel=1e-6)
+    assert got["autoencoder_ssim"] == pytest.approx(ssim, rel=1e-5)
 
 
 def test_denoiser_phase_scales_latents_to_unit_std():
@@ -147,7 +173,7 @@ def test_resumed_inside_the_denoiser_phase_equals_uninterrupted(phantom_dir, tmp
 
     def cfg(out):
         return validate(TrainConfig, {
-            "data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": "ldm", **TINY},
+            "data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": "ldm", **TINY["ldm"]},
             "train": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 4, "keep_checkpoints": 5,
                       "phases": {"autoencoder": {"max_steps": 2}, "denoiser": {"ema": True, "ema_decay": 0.9}}}}, "train")
 

@@ -8,8 +8,8 @@ import scipy.linalg
 import torch
 
 from augment.metrics import (
-    SSIMIndex, copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, ms_ssim_pairs, nearest_distance, nearest_ssim,
-    ssim_pairs, structural_measure,
+    HELDOUT_BATCH, SSIMIndex, codebook_usage, copy_thresholds, dice_per_image, frechet_distance, generator_heldout, kid,
+    mean_pairwise_similarity, ms_ssim_pairs, nearest_distance, nearest_ssim, psnr_pairs, ssim_pairs, structural_measure,
 )
 
 
@@ -91,6 +91,89 @@ def test_ssim_index_matches_torchmetrics(channels, size):
     assert torch.allclose(SSIMIndex(refs)(query), expected, atol=1e-5)
 
 
+def test_dice_per_image_known_values_and_the_downstream_figures_use_it():
+    from augment.downstream import seg_metrics
+
+    target = torch.zeros(4, 4, 4, dtype=torch.int64)
+    target[0, :2, :2] = 1  # 4 px
+    target[1, :2, :2] = 2  # any class > 0 is foreground
+    target[2, 0, 0] = 1
+    pred = torch.zeros_like(target)
+    pred[0, :2, :1] = 1  # 2 px inside: 2 * 2 / (2 + 4)
+    pred[1, :2, :2] = 1  # the same foreground, another class: 1
+    pred[3, 3, 3] = 1  # a lesion where there is none: 0; image 2 misses its lesion: 0
+    assert dice_per_image(pred, target).tolist() == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
+    assert dice_per_image(target[3:], target[3:]).tolist() == [1.0]  # both empty
+    got = seg_metrics(pred, target)
+    assert got["dice"] == pytest.approx((2 / 3 + 1 + 0) / 3) and got["fpr"] == 1.0
+    assert got["dice_all"] == pytest.approx((2 / 3 + 1) / 4)
+
+
+def test_psnr_and_codebook_usage_known_values():
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.stack([torch.full((1, 4, 4), 0.1), torch.zeros(1, 4, 4)])
+    assert psnr_pairs(x, y).tolist() == pytest.approx([20.0, 100.0])  # MSE 0.01; identical: floored at 1e-10
+    assert codebook_usage(torch.tensor([[0, 0], [1, 1]]), 4) == pytest.approx((0.5, 2.0))
+    assert codebook_usage(torch.tensor([3, 3, 3]), 4) == pytest.approx((0.25, 1.0))
+
+
+class _Parts(torch.nn.Module):
+    """A duck-typed generator: the identity round trip, fixed code maps and a prior that scores
+    one position per pair with uniform logits over 4 codes, the label as the true code."""
+
+    def __init__(self, give_mask: bool = True) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.give_mask, self.calls = give_mask, []
+        self.codebook_sizes = {"top": 4}
+
+    def reconstruct(self, images, masks):
+        self.calls.append(len(images))
+        return images.clone(), masks.clone() if self.give_mask else None
+
+    def codes(self, images, masks):
+        return {"top": torch.arange(len(images))[:, None, None] % 2}
+
+    def prior_logits(self, images, masks, labels, generator):
+        return {"top": (torch.zeros(len(images), 4), labels.clone())}
+
+
+def test_heldout_of_an_identity_round_trip_is_perfect_and_flat():
+    g = torch.Generator().manual_seed(0)
+    n = HELDOUT_BATCH + 6
+    images = torch.rand(n, 1, 8, 8, generator=g)
+    masks = torch.zeros(n, 8, 8, dtype=torch.int64)
+    masks[::2, 2:5, 2:5] = 1
+    labels = torch.tensor([0, 1, 2, 3] * (n // 4) + [0, 1][: n % 4])
+    model = _Parts()
+    got = generator_heldout(model, images, masks, labels, train=(images[:4], masks[:4], torch.tensor([0, 0, 0, 1])))
+    assert model.calls == [HELDOUT_BATCH, 6]  # measured in chunks
+    assert all(type(v) is float for v in got.values())
+    assert got == pytest.approx({
+        "autoencoder_psnr": 100.0, "autoencoder_ssim": 1.0, "autoencoder_mask_dice": 1.0,
+        "top_codebook_usage": 0.5, "top_perplexity": 2.0,
+        "prior_top_nll_val": float(np.log(4)), "prior_top_accuracy_val": float((labels == 0).float().mean()),
+        "prior_top_nll_train": float(np.log(4)), "prior_top_accuracy_train": 0.75, "n_pairs": float(n),
+    }, abs=1e-6)
+
+
+def test_heldout_leaves_out_what_it_cannot_measure():
+    images, masks = torch.rand(3, 1, 8, 8), torch.zeros(3, 8, 8, dtype=torch.int64)
+    assert "autoencoder_mask_dice" not in generator_heldout(_Parts(), images, masks)  # no lesion among the pairs
+    masks[0, 2:4, 2:4] = 1
+    assert "autoencoder_mask_dice" not in generator_heldout(_Parts(give_mask=False), images, masks)  # the mask is given
+    got = generator_heldout(_Parts(), images, masks)
+    assert got["autoencoder_mask_dice"] == 1.0 and not any(k.startswith("prior_") for k in got)  # no labels, no train
+
+
+def test_heldout_of_a_family_that_exposes_nothing_is_empty():
+    from augment.generators import DataSpec, build
+    from augment.generators.cvae import CVAEConfig
+
+    model = build(CVAEConfig(), DataSpec(image_size=16, channels=1, num_classes=2, mask_classes=2)).eval()
+    assert generator_heldout(model, torch.rand(2, 1, 16, 16), torch.zeros(2, 16, 16, dtype=torch.int64), torch.tensor([0, 1])) == {}
+
+
 # ---- inputs a metric cannot use: one DataError saying what is needed and what was given ----
 
 F8 = torch.zeros(8, 4)
@@ -122,11 +205,20 @@ IMG = torch.zeros(3, 1, 16, 16)
     (lambda: nearest_ssim(IMG[:1], IMG[:1], exclude_self=True),
      r"^nearest-neighbour SSIM with exclude_self needs one set of at least 2 images as queries and references; got 1 queries and 1 references$"),
     (lambda: nearest_distance(F8, F8[:0]), r"^the nearest-neighbour distance needs at least 1 reference image; got none$"),
-    (lambda: nearest_distance(F8, torch.zeros(2, 3)), r"^the nearest-neighbour distance needs features of one dimension; the query set has 4, the reference set 3$"),
+    (lambda: nearest_distance(F8, torch.zeros(2, 3)),
+     r"^the nearest-neighbour distance needs features of one dimension; the query set has 4, the reference set 3$"),
     (lambda: nearest_distance(F8[:2], F8, exclude_self=True), r"with exclude_self needs one set .*; got 2 queries and 8 references$"),
     (lambda: copy_thresholds(torch.zeros(0), torch.zeros(0)),
      r"^copy thresholds need at least 1 real nearest-neighbour value; got 0 SSIM and 0 distance values$"),
     (lambda: copy_thresholds(torch.zeros(3), torch.zeros(3), percentile=101), r"^copy thresholds need a percentile in 0\.\.100; percentile is 101$"),
+    (lambda: psnr_pairs(IMG, IMG[:2]), r"^PSNR compares images pair by pair and needs two batches of one shape; got \(3, 1, 16, 16\) and \(2, 1, 16, 16\)$"),
+    (lambda: generator_heldout(_Parts(), IMG[:, 0], IMG[:, 0].long()),
+     r"^the held-out measures need held-out images as \(N, C, H, W\); they have shape \(3, 16, 16\)$"),
+    (lambda: generator_heldout(_Parts(), IMG[:0], IMG[:0, 0].long()), r"^the held-out measures need at least 1 pair; the held-out pairs are none$"),
+    (lambda: generator_heldout(_Parts(), IMG, IMG[:2, 0].long()),
+     r"^the held-out measures need held-out masks as \(N, H, W\) = \(3, 16, 16\) for images \(3, 1, 16, 16\); the masks have shape \(2, 16, 16\)$"),
+    (lambda: generator_heldout(_Parts(), IMG, IMG[:, 0].long(), train=(IMG, IMG[:, 0].long(), torch.zeros(2, dtype=torch.int64))),
+     r"^the held-out measures need one training label per image, \(3,\); the labels have shape \(2\)$"),
 ])
 def test_unusable_inputs_raise_one_clear_data_error(call, match):
     from augment.errors import DataError

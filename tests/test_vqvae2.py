@@ -14,15 +14,14 @@ from augment.config import validate
 from augment.errors import ConfigError
 from augment.generators import DataSpec, TrainConfig, build
 from augment.generators.vqvae2 import Quantizer, VQVAE2Config, VQVAE2Sampler
+from tests.conftest import TINY, run_ddp, set_args
 
 SPEC = DataSpec(image_size=16, channels=1, num_classes=3, mask_classes=2)
-TINY = {"channels": 8, "res_blocks": 1, "code_dim": 4, "top_codes": 8, "bottom_codes": 8,
-        "prior_width": 16, "prior_layers": 1, "prior_heads": 2}
 
 
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
-    return build(VQVAE2Config(**{**TINY, **kw}), SPEC).eval()
+    return build(VQVAE2Config(**{**TINY["vqvae2"], **kw}), SPEC).eval()
 
 
 def _batch(n=6, seed=0):
@@ -41,6 +40,52 @@ def test_code_maps_are_at_a_quarter_and_an_eighth_of_the_side():
     images, logits = model.decode(top, bottom)
     assert images.shape == (2, 1, 64, 64) and logits.shape == (2, 2, 64, 64)
     assert float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+@pytest.mark.parametrize("mode,prior", [("joint", "maskgit"), ("mask", "autoregressive")])
+def test_heldout_parts_and_their_measures(mode, prior):
+    """What the model exposes (codes, round trip, prior logits at scored positions) and what
+    generator_heldout makes of it, checked against the formulas written out here."""
+    import numpy as np
+
+    from augment.metrics import generator_heldout
+
+    model = _model(mode=mode, prior=prior)
+    g = torch.Generator().manual_seed(1)  # spread the codebooks so several codes are used
+    for q in (model.quant_top, model.quant_bottom):
+        q.embed.copy_(torch.randn(q.embed.shape, generator=g) * 0.1)
+    images, masks, labels = _batch(6)
+    codes = model.codes(images, masks)
+    assert codes["top"].shape == (6, 2, 2) and codes["bottom"].shape == (6, 4, 4) and codes["top"].dtype == torch.int64
+    assert model.codebook_sizes == {"top": 8, "bottom": 8}
+    rec, decoded = model.reconstruct(images, masks)
+    assert rec.shape == images.shape and (decoded is None) == (mode == "mask")
+    logits = model.prior_logits(images, masks, labels, torch.Generator().manual_seed(0))
+    for level, (lg, target) in logits.items():
+        assert lg.shape == (len(target), 8) and lg.dtype == torch.float32
+        if prior == "autoregressive":  # every next token is scored
+            assert torch.equal(target, codes[level].flatten())
+        else:  # a random share of each map, at least one position per map
+            assert 6 <= len(target) <= codes[level].numel() and set(target.tolist()) <= set(codes[level].flatten().tolist())
+
+    got = generator_heldout(model, images, masks, labels, train=(images, masks, labels))
+    assert all(type(v) is float for v in got.values()) and got["n_pairs"] == 6
+    assert ("autoencoder_mask_dice" in got) == (mode == "joint")  # mask mode: the decoder is given the mask
+    for level in ("top", "bottom"):
+        c = codes[level].flatten().numpy()
+        freq = np.bincount(c, minlength=8) / c.size
+        assert got[f"{level}_codebook_usage"] == len(set(c.tolist())) / 8
+        nz = freq[freq > 0]
+        assert got[f"{level}_perplexity"] == pytest.approx(float(np.exp(-(nz * np.log(nz)).sum())), rel=1e-6)
+        lg, target = (v.double().numpy() for v in logits[level])  # the same masking draw (seed 0)
+        logp = lg - np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True)) - lg.max(1, keepdims=True)
+        assert got[f"prior_{level}_nll_val"] == pytest.approx(-logp[np.arange(len(target)), target.astype(int)].mean(), rel=1e-5)
+        assert got[f"prior_{level}_accuracy_val"] == pytest.approx(float((lg.argmax(1) == target).mean()))
+        # measured alike: the same pairs as "training" pairs give the same figures
+        for measure in ("nll", "accuracy"):
+            assert got[f"prior_{level}_{measure}_train"] == got[f"prior_{level}_{measure}_val"]
+    without = generator_heldout(model, images, masks)
+    assert not any(k.startswith("prior_") for k in without) and "top_codebook_usage" in without
 
 
 def test_codebook_moves_to_the_mean_of_its_assigned_vectors():
@@ -88,7 +133,7 @@ def test_training_uses_the_codebooks_and_logs_both_levels(phantom_dir, tmp_path)
     from augment.api import train
 
     cfg = validate(TrainConfig, {
-        "data": phantom_dir, "out": tmp_path / "run", "budget": 12, "seed": 0, "generator": {"family": "vqvae2", **TINY},
+        "data": phantom_dir, "out": tmp_path / "run", "budget": 12, "seed": 0, "generator": {"family": "vqvae2", **TINY["vqvae2"]},
         "train": {"max_steps": 30, "batch_size": 4, "checkpoint_every": 1000, "log_every": 1, "lr": 0.003}}, "train")
     result = train(cfg)
     loss = pd.read_csv(tmp_path / "run" / "loss.csv")
@@ -100,13 +145,23 @@ def test_training_uses_the_codebooks_and_logs_both_levels(phantom_dir, tmp_path)
     prior = loss[loss["phase"] == "prior"]
     assert {"top_ce", "bottom_ce", "top_acc", "bottom_acc"} <= set(prior.columns)
     assert prior["loss"].iloc[-5:].mean() < prior["loss"].iloc[:5].mean()
-    rec = result.record["val_reconstruction"]
-    assert 0 < rec["top_codebook_usage"] <= 1 and 0 < rec["bottom_codebook_usage"] <= 1
-    p = rec["prior"]
+    # The trained parts on the val split, and the priors on their own training pairs beside it.
+    from augment.data.dataset import load_tensors
+    from augment.data.guard import load_training_set
+    from augment.data.manifest import load_data
+    from augment.generators.artifact import load_generator
+    from augment.metrics import generator_heldout
+
+    manifest, _ = load_data(phantom_dir)
+    val = manifest[manifest["split"] == "val"]
+    images, masks = load_tensors(val, phantom_dir)
+    data = load_training_set(phantom_dir, 12, 0)
+    got = generator_heldout(load_generator(result.out).model, images, masks, torch.tensor(val["label"].to_numpy()),
+                            train=(data.images, data.masks, data.labels))
+    assert 0 < got["top_codebook_usage"] <= 1 and 0 < got["bottom_codebook_usage"] <= 1
     for split in ("train", "val"):
         for level in ("top", "bottom"):
-            assert 0 <= p[f"{split}_{level}_accuracy"] <= 1 and p[f"{split}_{level}_nll"] > 0
-    assert "codebook on val" in result.summary and "prior token accuracy: train" in result.summary
+            assert 0 <= got[f"prior_{level}_accuracy_{split}"] <= 1 and got[f"prior_{level}_nll_{split}"] > 0
 
 
 @pytest.mark.parametrize("mode", ["joint", "mask"])
@@ -190,7 +245,7 @@ def test_resumed_run_equals_uninterrupted(phantom_dir, tmp_path, stop):
 
     def cfg(out):
         return validate(TrainConfig, {
-            "data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": "vqvae2", **TINY},
+            "data": phantom_dir, "out": out, "budget": 12, "seed": 0, "generator": {"family": "vqvae2", **TINY["vqvae2"]},
             "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "keep_checkpoints": 5}}, "train")
 
     clean = tmp_path / "clean"
@@ -211,19 +266,12 @@ def test_two_process_data_parallel_keeps_one_codebook(phantom_dir, tmp_path):
     """Each process restarts dead codes with its own noise; the assignment statistics are summed
     and the restarts broadcast, so the replicas end with identical weights and codebooks."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    tiny = [f"--set=generator.{k}={v}" for k, v in TINY.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "augment", "train", "--data", str(phantom_dir), "--generator", "vqvae2", "--out", str(out),
-           "--budget", "24", *tiny, "--set", "train.max_steps=3", "--set", "train.batch_size=4"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = run_ddp("train", "--data", phantom_dir, "--generator", "vqvae2", "--out", out,
+                  "--budget", "24", *set_args(TINY["vqvae2"], "generator"), "--set", "train.max_steps=3", "--set", "train.batch_size=4")
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())
     assert info["processes"] == 2

@@ -270,28 +270,17 @@ class LDM(nn.Module):
         out_masks = given if given is not None else logits.argmax(1)
         return Sample(images=images.float().cpu(), masks=out_masks.cpu(), labels=labels.cpu())
 
+    # ------------------------------------------------------------------ held-out round trip
     @torch.no_grad()
-    def reconstruction_metrics(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-        """Autoencoder round trip on held-out pairs (posterior means): PSNR (dB), SSIM and the
-        Dice of the decoded lesion mask (foreground = any class > 0, over images with a lesion)."""
-        from augment.metrics import ssim_pairs
+    def reconstruct(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The autoencoder round trip through the posterior mean, measured by
+        :func:`augment.metrics.generator_heldout`.
 
+        images (B, C, H, W) float32 in [0, 1] and masks (B, H, W) int64 class indices, on any
+        device -> reconstructed images (B, C, H, W) float32 in [0, 1] and decoded masks (B, H, W)
+        int64 (argmax of the mask logits), on the CPU. The autoencoder encodes and decodes the
+        mask in both modes, so both return one.
+        """
         device = self.latent_scale.device
-        recs, preds = [], []
-        for i in range(0, len(images), 64):
-            x, m = images[i:i + 64].to(device), masks[i:i + 64].to(device)
-            r, logits = self.decode(self.encode(x, m))
-            recs.append(r.float().cpu())
-            preds.append(logits.argmax(1).cpu())
-        rec, pred = torch.cat(recs), torch.cat(preds)
-        mse = (rec - images).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        fg_p, fg_t = pred > 0, masks > 0
-        has = fg_t.flatten(1).any(1)
-        inter = (fg_p & fg_t).flatten(1).sum(1).float()
-        dice = 2 * inter / (fg_p.flatten(1).sum(1) + fg_t.flatten(1).sum(1)).clamp_min(1)
-        return {
-            "psnr": float((10 * torch.log10(1 / mse)).mean()),
-            "ssim": float(ssim_pairs(rec, images).mean()),
-            "mask_dice": float(dice[has].mean()) if bool(has.any()) else None,  # None: no lesion among them
-            "n": len(images),
-        }
+        rec, logits = self.decode(self.encode(images.to(device), masks.to(device)))
+        return rec.float().cpu(), logits.argmax(1).cpu()

@@ -33,8 +33,9 @@ accuracy 0.98 on the 16 training images vs 0.05 on val).
 
 Small data: priors over tens of images overfit quickly. ``prior_dropout`` (dropout on the
 attention outputs and MLPs) and ``token_dropout`` (that share of the visible input tokens replaced by random codes
-during training) regularise them; the training record reports prior token accuracy and NLL on
-the training set and on val, measured the same way, so the gap is visible; the sampling
+during training) regularise them; ``augment.metrics.generator_heldout`` measures prior token
+accuracy and NLL on the training set and on val the same way (through ``prior_logits``), so the
+gap is visible; the sampling
 ``temperature`` and ``top_k`` trade fidelity for diversity and the audit's memorisation check
 is the judge.
 
@@ -294,7 +295,6 @@ class VQVAE2(nn.Module):
         mk = k if self.mask_conditioned else 0
         self.prior_top = TokenPrior(cfg.top_codes, self.top_side**2, n, mk, cfg)
         self.prior_bottom = TokenPrior(cfg.bottom_codes, self.bottom_side**2, n, d + mk, cfg)
-        self._train_codes: tuple | None = None  # set by on_phase_start("prior"), for the train-vs-val prior report
 
     def phase_modules(self, phase: str) -> list[nn.Module]:
         if phase == "vqvae":
@@ -366,11 +366,11 @@ class VQVAE2(nn.Module):
         cond_b = torch.cat(parts_b, 1).flatten(2).transpose(1, 2)
         return cond_t, cond_b
 
-    def _prior_terms(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float):
-        """Cross-entropy (mean over scored positions), accuracy and scored count of one prior on
-        code maps ``tokens`` (B, T): maskgit scores a cosine-scheduled random share of masked
-        positions, the autoregressive prior every next token. ``corrupt``: share of the visible
-        input tokens replaced by random codes."""
+    def _scored_logits(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float):
+        """One prior's logits at its scored positions of code maps ``tokens`` (B, T), (S, vocab)
+        float32, and the true codes there, (S,) int64: maskgit scores a cosine-scheduled random
+        share of masked positions (drawn with ``generator``), the autoregressive prior every next
+        token. ``corrupt``: share of the visible input tokens replaced by random codes."""
         b, t = tokens.shape
         dev = tokens.device
         inputs = tokens
@@ -387,19 +387,14 @@ class VQVAE2(nn.Module):
             rank = torch.rand((b, t), generator=generator, device=dev).argsort(1).argsort(1)
             scored = rank < n_masked
             logits = prior(torch.where(scored, torch.full_like(inputs, prior.vocab), inputs), labels, cond)
-        ce = F.cross_entropy(logits[scored], tokens[scored])
-        acc = (logits[scored].argmax(-1) == tokens[scored]).float().mean()
-        return ce, acc
+        return logits[scored], tokens[scored]
 
-    def on_phase_start(self, phase: str, data) -> None:
-        """Before the priors: keep the training set's codes (not saved) so the training record can
-        compare prior accuracy on train and val the same way."""
-        if phase != "prior":
-            return
-        images, masks, labels = data
-        device = self.quant_top.embed.device
-        codes = [self.encode(images[i:i + 64].to(device), masks[i:i + 64].to(device)) for i in range(0, len(images), 64)]
-        self._train_codes = (torch.cat([t for t, _ in codes]).cpu(), torch.cat([b for _, b in codes]).cpu(), masks.clone(), labels.clone())
+    def _prior_terms(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float):
+        """Cross-entropy (mean over scored positions) and accuracy of one prior (see ``_scored_logits``)."""
+        logits, target = self._scored_logits(prior, tokens, labels, cond, generator, corrupt)
+        ce = F.cross_entropy(logits, target)
+        acc = (logits.argmax(-1) == target).float().mean()
+        return ce, acc
 
     def _prior_loss(self, images, masks, labels, generator):
         with torch.no_grad():
@@ -484,70 +479,53 @@ class VQVAE2(nn.Module):
         out_masks = given if given is not None else logits.argmax(1)
         return Sample(images=images.float().cpu(), masks=out_masks.cpu(), labels=labels.cpu())
 
-    # ------------------------------------------------------------------ held-out measures
-    def _prior_scores(self, top, bottom, masks, labels) -> dict[str, float]:
-        """Token NLL and accuracy of both priors on given code maps, in eval mode, with a fixed
-        masking draw (seed 0) so train and val are measured alike."""
-        g = torch.Generator(device=top.device).manual_seed(0)
-        out: dict[str, list] = {}
-        for i in range(0, len(top), 64):
-            t, b, m, y = top[i:i + 64], bottom[i:i + 64], masks[i:i + 64], labels[i:i + 64]
-            cond_t, cond_b = self._conditions(t, m)
-            for name, prior, tokens, cond in (("top", self.prior_top, t, cond_t), ("bottom", self.prior_bottom, b, cond_b)):
-                ce, acc = self._prior_terms(prior, tokens.flatten(1), y, cond, g, 0.0)
-                out.setdefault(f"{name}_nll", []).append(float(ce) * len(t))
-                out.setdefault(f"{name}_accuracy", []).append(float(acc) * len(t))
-        return {k: sum(v) / len(top) for k, v in out.items()}
+    # ------------------------------------------------------------------ held-out parts
+    # What augment.metrics.generator_heldout measures; the model itself measures nothing.
+    @property
+    def codebook_sizes(self) -> dict[str, int]:
+        """Codes per level: ``{"top": top_codes, "bottom": bottom_codes}``."""
+        return {"top": self.config.top_codes, "bottom": self.config.bottom_codes}
 
     @torch.no_grad()
-    def reconstruction_metrics(self, images: torch.Tensor, masks: torch.Tensor) -> dict:
-        """The autoencoder round trip on held-out pairs: PSNR (dB), SSIM, the Dice of the decoded
-        lesion mask (joint mode; foreground = any class > 0, over images with a lesion; None in
-        mask mode, where the decoder is given the mask), and the share of each codebook the pairs
-        use with its perplexity."""
-        from augment.metrics import ssim_pairs
-
+    def codes(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, C, H, W) float32 in [0, 1] and masks (B, H, W) int64 class indices, on any
+        device -> the nearest code indices ``{"top": (B, ht, wt), "bottom": (B, hb, wb)}`` int64,
+        on the CPU (indices into codebooks of ``codebook_sizes``)."""
         device = self.quant_top.embed.device
-        recs, preds, tops, bottoms = [], [], [], []
-        for i in range(0, len(images), 64):
-            x, m = images[i:i + 64].to(device), masks[i:i + 64].to(device)
-            top, bottom = self.encode(x, m)
-            r, logits = self.decode(top, bottom, m if self.mask_conditioned else None)
-            recs.append(r.float().cpu())
-            preds.append((m if logits is None else logits.argmax(1)).cpu())
-            tops.append(top)
-            bottoms.append(bottom)
-        rec, pred = torch.cat(recs), torch.cat(preds)
-        mse = (rec - images).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        fg_p, fg_t = pred > 0, masks > 0
-        has = fg_t.flatten(1).any(1)
-        inter = (fg_p & fg_t).flatten(1).sum(1).float()
-        dice = 2 * inter / (fg_p.flatten(1).sum(1) + fg_t.flatten(1).sum(1)).clamp_min(1)
-        out = {
-            "psnr": float((10 * torch.log10(1 / mse)).mean()),
-            "ssim": float(ssim_pairs(rec, images).mean()),
-            "n": len(images),
-        }
-        if not self.mask_conditioned:  # mask mode: the decoder is given the mask, there is none to score
-            out["mask_dice"] = float(dice[has].mean()) if bool(has.any()) else None  # None: no lesion among them
-        top, bottom = torch.cat(tops), torch.cat(bottoms)
-        for name, codes, size in (("top", top, self.config.top_codes), ("bottom", bottom, self.config.bottom_codes)):
-            counts = torch.bincount(codes.flatten(), minlength=size).float()
-            p = counts / counts.sum()
-            out[f"{name}_codebook_usage"] = float((counts > 0).float().mean())
-            out[f"{name}_perplexity"] = float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
-        return out
+        top, bottom = self.encode(images.to(device), masks.to(device))
+        return {"top": top.cpu(), "bottom": bottom.cpu()}
 
     @torch.no_grad()
-    def prior_metrics(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict:
-        """The priors' token NLL and accuracy on held-out pairs (``val_*``) beside the same
-        measures on the training set (``train_*``, when this process trained the priors): a wide
-        gap means the priors memorise their few training code maps."""
+    def reconstruct(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The autoencoder round trip through the nearest codes.
+
+        images (B, C, H, W) float32 in [0, 1] and masks (B, H, W) int64 class indices, on any
+        device -> reconstructed images (B, C, H, W) float32 in [0, 1] and decoded masks (B, H, W)
+        int64 (argmax of the mask logits), on the CPU; the masks are None in mask mode, where the
+        decoder is given the mask.
+        """
         device = self.quant_top.embed.device
-        codes = [self.encode(images[i:i + 64].to(device), masks[i:i + 64].to(device)) for i in range(0, len(images), 64)]
-        top, bottom = torch.cat([t for t, _ in codes]), torch.cat([b for _, b in codes])
-        out = {f"val_{k}": v for k, v in self._prior_scores(top, bottom, masks.to(device), labels.to(device)).items()}
-        if self._train_codes is not None:
-            t, b, m, y = (v.to(device) for v in self._train_codes)
-            out.update({f"train_{k}": v for k, v in self._prior_scores(t, b, m, y).items()})
-        return {**out, "n": len(images)}
+        m = masks.to(device)
+        top, bottom = self.encode(images.to(device), m)
+        rec, logits = self.decode(top, bottom, m if self.mask_conditioned else None)
+        return rec.float().cpu(), None if logits is None else logits.argmax(1).cpu()
+
+    @torch.no_grad()
+    def prior_logits(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                     generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Both priors scored on the pairs' own code maps, as in training but without token
+        corruption: ``{"top": (logits, target), "bottom": (logits, target)}`` with logits (S, K)
+        float32 over the level's K codes and target (S,) int64 the true codes at the S scored
+        positions (maskgit: a cosine-scheduled random share of each map masked, drawn with
+        ``generator``, top level first; autoregressive: every next token, no draw).
+
+        images (B, C, H, W) float32 in [0, 1], masks (B, H, W) and labels (B,) int64, on any
+        device; ``generator`` on the model's device; logits and targets on the model's device.
+        Call in eval mode (no dropout), so the logits depend on the draw alone.
+        """
+        device = self.quant_top.embed.device
+        m, y = masks.to(device), labels.to(device=device, dtype=torch.int64)
+        top, bottom = self.encode(images.to(device), m)
+        cond_t, cond_b = self._conditions(top, m)
+        return {name: self._scored_logits(prior, tokens.flatten(1), y, cond, generator, 0.0)
+                for name, prior, tokens, cond in (("top", self.prior_top, top, cond_t), ("bottom", self.prior_bottom, bottom, cond_b))}
