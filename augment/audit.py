@@ -35,23 +35,26 @@ from augment.config import Strict
 from augment.data.dataset import load_tensors
 from augment.data.images import sha256_file
 from augment.data.guard import check_trained_on
-from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, manifest_problems, write_classes, write_manifest
+from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, load_synthetic, manifest_problems, write_classes, write_manifest
 from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit_tensors, predict_masks
 from augment.errors import DataError
-from augment.generators.artifact import load_run
+from augment.lock import locked
 from augment.metrics import (
     copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
 from augment.output import atomic_path, read_json
 from augment.progress import stage, track
 from augment.runinfo import run_record, write_json
+from augment.runs import read_run, read_synthetic_record
 
 
-class AuditConfig(Strict):
-    data: Path
-    synthetic: Path
-    out: Path
-    inception_weights: Path | None = None
+class AuditSettings(Strict):
+    """How an audit measures: every option of ``augment audit`` except its inputs, output and
+    seed (a pipeline's ``audit:`` section is these plus ``enabled``)."""
+
+    inception_weights: Path | None = Field(
+        None, description="a TorchScript Inception-v3 feature extractor file for Inception FID/KID beside the domain "
+        "encoder's (never downloaded; without it only the domain encoder's are computed)")
     drop_copies: bool = False
     copy_percentile: float = Field(1.0, gt=0, lt=50)
     encoder_steps: int = Field(300, ge=1)
@@ -59,6 +62,12 @@ class AuditConfig(Strict):
     max_pairs: int = Field(200, ge=1, description="pairs per class for the diversity measure")
     kid_subsets: int = Field(50, ge=1)
     kid_subset_size: int = Field(100, ge=2)
+
+
+class AuditConfig(AuditSettings):
+    data: Path
+    synthetic: Path
+    out: Path
     seed: int = Field(0, ge=0)
     overwrite: bool = False
 
@@ -66,9 +75,7 @@ class AuditConfig(Strict):
 def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.DataFrame, classes: dict[int, str]) -> dict:
     """Hash checks that tie every synthetic file to its generator and the generator to DATA."""
     info = {"checked_rows": len(syn), "problems": []}
-    from augment.sampling import read_record
-
-    run = read_record(syn_dir, syn)
+    run = read_synthetic_record(syn_dir, syn)
     problems = [f"{i}: {m}" for i, m in manifest_problems(syn, syn_dir, classes, check_files=True, check_hashes=True)]
     bad = syn.loc[syn["generator_sha256"] != run["generator_sha256"], "id"].tolist()
     problems += [f"{i}: generator_sha256 differs from run.json" for i in bad]
@@ -207,7 +214,7 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
 
     consistency = None
     if has_masks:
-        budget = load_run(read_json(syn_dir / "run.json")["generator_run"]).rows  # checked by check_provenance
+        budget = read_run(read_json(syn_dir / "run.json")["generator_run"]).rows  # checked by check_provenance
         bx, bm = load_tensors(budget, data)
         mask_classes = max(2, int(max(bm.max(), syn_m.max())) + 1)
         with stage("audit mask segmenter"):
@@ -249,6 +256,7 @@ def _row(metric, extractor, value, baseline, n_real, n_syn, **extra) -> dict:
             "n_real": n_real, "n_synthetic": n_syn, **extra}
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "audit")
 def audit(cfg: AuditConfig, echo=print) -> Path:
     """``augment audit``: write ``AUD/audit.json`` (+ ``nearest.csv``) and return ``AUD``."""
     from augment.output import building
@@ -256,9 +264,7 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
     started = time.time()
     data, syn_dir = Path(cfg.data), Path(cfg.synthetic)
     real, classes = load_data(data)
-    syn, syn_classes = load_data(syn_dir)
-    if syn_classes != classes:
-        raise DataError(f"`{syn_dir}` and `{data}` have different classes.csv")
+    syn = load_synthetic(syn_dir, data, classes)
     inputs = {"--data": data.resolve(), "--synthetic": syn_dir.resolve()}
     for flag, folder in inputs.items():
         if Path(cfg.out).resolve() in (folder, *folder.parents):

@@ -17,6 +17,7 @@ import textwrap
 from typing import Any
 
 from augment.errors import AugmentError, ConfigError
+from augment.seeding import rank_zero
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -75,11 +76,6 @@ def _add_common(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help=_set_help("set any option", example))
 
 
-def _main_process() -> bool:
-    """Under a multi-process launcher only rank 0 prints (``RANK`` is set by torchrun/accelerate)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def cmd_prepare(args: argparse.Namespace) -> None:
     from augment import api
     from augment.config import validate
@@ -120,7 +116,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ConfigError("--balance names the manifest file; change its keys with --set balance.KEY=VALUE")
     data["balance"] = merge(load_yaml(args.balance), given)
     result = api.sample(validate(api.SampleConfig, data, "sample"), resume=args.resume)
-    if _main_process():
+    if rank_zero():
         print(result.summary)
 
 
@@ -177,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.generator:
         cli["generator"] = {"family": args.generator}
     result = api.train(validate(api.TrainConfig, _config_from(args, cli), "train"), resume=args.resume)
-    if _main_process():
+    if rank_zero():
         print(result.summary)
 
 

@@ -43,16 +43,10 @@ class SplitFractions(Strict):
         return self
 
 
-class PrepareConfig(Strict):
-    """Options of ``augment prepare``.
+class PrepareSettings(Strict):
+    """How a source is read, converted and split: every option of ``augment prepare`` except
+    where from and where to. A pipeline's ``data:`` section is these plus ``source``."""
 
-    ``source`` is ``phantom`` or a path: a folder in the BUSI layout (``images/``, ``masks/``,
-    ``labels.csv``, ``classes.csv``), a plain segmentation folder (``images/`` and ``masks/`` only:
-    one class), a MedMNIST ``.npz``, or a Hugging Face dataset saved with ``save_to_disk``.
-    """
-
-    source: str
-    out: Path
     image_size: int | None = Field(None, ge=8, le=4096, description="resize to N x N (images bilinear, masks nearest)")
     seed: int = Field(0, ge=0)
     count: int | None = Field(None, ge=1, le=1_000_000, description="phantom only: number of pairs (default 300, at most 1,000,000)")
@@ -71,6 +65,18 @@ class PrepareConfig(Strict):
     label_column: str = "label"
     split_column: str | None = "split"
     group_column: str | None = "group"
+
+
+class PrepareConfig(PrepareSettings):
+    """Options of ``augment prepare``.
+
+    ``source`` is ``phantom`` or a path: a folder in the BUSI layout (``images/``, ``masks/``,
+    ``labels.csv``, ``classes.csv``), a plain segmentation folder (``images/`` and ``masks/`` only:
+    one class), a MedMNIST ``.npz``, or a Hugging Face dataset saved with ``save_to_disk``.
+    """
+
+    source: str
+    out: Path
     overwrite: bool = False
 
 

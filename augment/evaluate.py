@@ -18,7 +18,7 @@ Segmentation: MONAI UNet, Dice + CE; Dice over test images with a lesion, false-
 test images whose mask is empty. Classification: SmallCNN, class-weighted CE; balanced accuracy,
 macro-F1, recall of the rarest class, macro one-vs-rest AUROC. Each (task, arm, seed) result is
 its own JSON file, so an interrupted evaluation resumes where it stopped. The real rows are the
-exact rows the generator was trained on (:func:`augment.generators.artifact.load_run`), and a
+exact rows the generator was trained on (:func:`augment.runs.read_run`), and a
 generator that saw any val or test image of the data is refused (by sha256).
 """
 
@@ -39,11 +39,12 @@ from augment.config import Strict, load_json, save_json
 from augment.data.dataset import to_tensor
 from augment.data.guard import check_trained_on
 from augment.data.images import read_image, read_mask
-from augment.data.manifest import load_data
+from augment.data.manifest import load_data, load_synthetic
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
 from augment.errors import AugmentError, ConfigError, DataError
-from augment.output import atomic_path, discard, read_json
+from augment.lock import locked
+from augment.output import atomic_path, discard, read_json, resumable_output
 from augment.plausibility import ScorerConfig
 from augment.progress import stage
 from augment.recipes import RecipeConfig
@@ -174,8 +175,7 @@ def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig,
 def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """The real training rows (the generator's own, or a budget subset), the synthetic rows and
     what the record says about where they came from."""
-    from augment.generators.artifact import load_run
-    from augment.sampling import read_record
+    from augment.runs import read_run, read_synthetic_record
 
     needs = [a for a in cfg.arms if a not in SHARED_ARMS] + list(cfg.recipes)
     if cfg.synthetic is None:
@@ -186,17 +186,16 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
     if cfg.budget is not None:
         raise ConfigError("evaluate: `budget` comes from the synthetic set's generator; give one or the other")
     syn_dir = Path(cfg.synthetic)
-    syn, syn_classes = load_data(syn_dir)
-    if syn_classes != classes:
-        raise DataError(f"`{syn_dir}` and `{cfg.data}` have different classes.csv")
-    record = read_record(syn_dir, syn)
+    syn = load_synthetic(syn_dir, cfg.data, classes)
+    record = read_synthetic_record(syn_dir, syn)
     gen_path, trained = record["generator_run"], record["generator_trained_on_sha256"]
     check_trained_on(trained, real, Path(cfg.data), f"`{syn_dir}`")
-    run = load_run(gen_path)
-    return run.rows, syn, {"budget": run.config.budget, "generator_seed": run.config.seed,
+    run = read_run(gen_path)
+    return run.rows, syn, {"budget": run.budget, "generator_seed": run.seed,
                            "generator": cfg.generator_name or run.family, "generator_run": str(run.path)}
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "evaluate")
 def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     """``augment evaluate``: every (task, arm, seed); writes ``EVAL/results.csv`` (one row per
     task, budget, generator, arm, seed, metric) and ``EVAL/run.json``. Finished (task, arm, seed)
@@ -248,9 +247,7 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
 def _check_out(out: Path, cfg: EvaluateConfig) -> bool:
     """Refuse an output that holds anything but an evaluation with the same fixed settings;
     True when ``out`` is new (absent or empty)."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
+    if resumable_output(out, "config.json", "an evaluation folder"):
         return True
     record = out / "run.json"
     try:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from augment.errors import AugmentError
+from augment.seeding import rank_zero
 
 _HELD: dict[str, int] = {}  # lock file -> how many times this process holds it
 
@@ -40,14 +41,6 @@ def lock_path(out: str | Path) -> Path:
     spellings of one folder share a lock)."""
     out = Path(os.path.abspath(out))
     return out.parent.resolve() / f".{out.name}.lock"
-
-
-def rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (or not launched by torchrun/accelerate)."""
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip():
-            return os.environ[var].strip() == "0"
-    return True
 
 
 def holds(out: str | Path) -> bool:

@@ -9,7 +9,9 @@ whole output folders, so a failed or killed stage never leaves a half-written fi
   Stages that resume in place (train, sample, evaluate) instead keep their own journal or
   checkpoints and write their ``run.json`` last; its presence marks a finished stage.
 * :func:`discard` undoes a stage that failed in place in an output that was new.
-* :func:`read_json` reads a record a stage wrote; a corrupt one is a :class:`DataError` naming it.
+* :func:`read_json` reads a record a stage wrote; a corrupt one is a :class:`DataError` naming it;
+  :func:`read_csv` does the same for a table a stage wrote.
+* :class:`StageResult` is what every stage function returns: its folder, record and summary.
 
 A write that fails for lack of space raises ``OSError(ENOSPC)`` naming the file being written
 (not its temporary name); the CLI turns it into one line.
@@ -26,12 +28,23 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from augment.errors import DataError
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # out of disk space or quota
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage made: its output folder, its record (``run.json``, ``audit.json`` for the
+    audit) and a short human summary (what the CLI prints)."""
+
+    out: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
 
 
 def _umask() -> int:
@@ -92,6 +105,41 @@ def read_json(path: str | Path, what: str = "record") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{what} `{p}` is not a JSON object (corrupt or from another tool)")
     return data
+
+
+def record_of(out: str | Path, name: str = "run.json") -> dict[str, Any]:
+    """The record ``name`` in a stage's folder ``out`` ({} while the stage has not finished)."""
+    path = Path(out) / name
+    return read_json(path) if path.is_file() else {}
+
+
+def read_csv(path: str | Path, what: str = "table", **options: Any):
+    """A CSV table a stage wrote (pandas ``read_csv`` ``options``); a missing, empty or unparsable
+    file is a DataError naming it."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} `{p}` does not exist")
+    try:
+        return pd.read_csv(p, **options)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise DataError(f"{what} `{p}` is not a readable CSV table (corrupt or truncated)") from None
+
+
+def resumable_output(out: str | Path, marker: str, what: str) -> bool:
+    """The first check of every stage that resumes in place: ``out`` must be absent, an empty
+    folder, or a folder holding ``marker`` (the file that stage writes first, e.g. its config).
+    Returns True when ``out`` is new (absent or empty); a file, or a folder of something else, is
+    a DataError naming ``what`` the folder should be."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return True
+    if not (out / marker).is_file():
+        raise DataError(f"`{out}` is not empty and is not {what}; choose another --out")
+    return False
 
 
 def claim_output(out: str | Path, overwrite: bool) -> Path:

@@ -17,8 +17,9 @@ Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synt
 ``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
 complete when its ``run.json`` (``audit.json`` for the audit) exists (for an evaluation: and
 covers every arm and recipe of the spec); it is then skipped.
-Every stage's config is built, and so validated, before anything is written; each stage runs
-through :mod:`augment.api`, holding the lock of its own output folder.
+Every stage's config is built, and so validated, before anything is written; each stage is
+called in its own room (:mod:`augment.data.prepare`, :mod:`augment.training`, :mod:`augment.sampling`,
+:mod:`augment.audit`, :mod:`augment.evaluate`), holding the lock of its own output folder.
 """
 
 from __future__ import annotations
@@ -34,40 +35,36 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
+from augment.audit import AuditSettings
 from augment.balance import BalanceConfig
-from augment.config import Strict, load_json, load_yaml, merge, save_json, validate
+from augment.config import PrepareSettings, Strict, load_json, load_yaml, merge, save_json, validate
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
-from augment.output import discard, read_json
+from augment.lock import locked
+from augment.output import discard, read_json, resumable_output
 from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
+from augment.sampling import SampleSettings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESERVED = ("real", "none")
 
 
-class DataSpec(Strict):
+class DataSpec(PrepareSettings):
+    """A pipeline's ``data:``: where from (``source``) and every ``augment prepare`` setting
+    (:class:`~augment.config.PrepareSettings`: size, thresholds, column names ...)."""
+
     source: str = Field(description="phantom, or a path (relative to where `augment run` is started)")
-    image_size: int | None = Field(None, ge=8, le=4096)
-    count: int | None = Field(None, ge=1, description="phantom only")
-    seed: int = Field(0, ge=0)
 
 
-class SampleSpec(Strict):
-    batch_size: int = Field(16, ge=1)
-    filter: bool = False
+class AuditSpec(AuditSettings):
+    """A pipeline's ``audit:``: every ``augment audit`` setting (:class:`~augment.audit.AuditSettings`),
+    and whether to audit at all."""
 
-
-class AuditSpec(Strict):
     enabled: bool = True
-    encoder_steps: int = Field(300, ge=1)
-    segmenter_steps: int = Field(300, ge=1)
-    inception_weights: Path | None = Field(
-        None, description="a TorchScript Inception-v3 feature extractor file for Inception FID/KID beside the domain "
-        "encoder's (never downloaded; without it only the domain encoder's are computed)")
 
 
 #: the recipe a pipeline trains unless its spec names others: half of every batch synthetic. On
@@ -114,7 +111,7 @@ class PipelineConfig(Strict):
     generator_seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, min_length=1, description="seeds generators are trained with (default: seeds)")
     balance: BalanceConfig
-    sample: SampleSpec = Field(default_factory=SampleSpec)
+    sample: SampleSettings = Field(default_factory=SampleSettings)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
@@ -181,7 +178,26 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
                 "sampler": entry.pop("sampler", None) or {},
             }
         spec["generators"] = resolved
-    return validate(PipelineConfig, spec, f"pipeline `{path}`")
+    cfg = validate(PipelineConfig, spec, f"pipeline `{path}`")
+    _check_families(cfg, path)
+    return cfg
+
+
+def _check_families(cfg: PipelineConfig, path: Path) -> None:
+    """What only a generator's family can judge, checked at load so a typo fails before any stage
+    runs (not after hours of training): each entry's ``sampler`` against its family's ``Sampler``
+    schema, and its ``train.phases`` names against the family's phases."""
+    from augment.generators import REGISTRY
+    from augment.generators.loop import check_phases
+
+    for name, entry in cfg.generators.items():
+        family = entry.generator.family
+        network = REGISTRY[family][1]
+        validate(network.Sampler, entry.sampler, f"pipeline `{path}`: generators.{name}.sampler ({family})")
+        try:
+            check_phases(entry.train, network.phases)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline `{path}`: generators.{name}: {exc}") from None
 
 
 def _drop_entries(spec: dict, overrides: dict, path: Path) -> tuple[dict, dict]:
@@ -232,12 +248,13 @@ def generator_dir(out: Path, name: str, budget: int, gseed: int) -> Path:
 def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str | Callable[[Path], bool]]]:
     """Every stage as (name, folder, call, completion marker), in order. Building them validates
     every stage's config, so a bad spec fails before anything is written."""
-    from augment import api
-    from augment.audit import AuditConfig
+    from augment.audit import AuditConfig, audit
     from augment.config import PrepareConfig
-    from augment.evaluate import EvaluateConfig
+    from augment.data.prepare import prepare
+    from augment.evaluate import EvaluateConfig, evaluate
     from augment.generators import TrainConfig
-    from augment.sampling import SampleConfig
+    from augment.sampling import SampleConfig, sample
+    from augment.training import train
 
     def make(model, what: str, **fields):
         return validate(model, fields, f"pipeline: {what}")
@@ -246,9 +263,8 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
         return None
 
     data = out / "data"
-    prep = make(PrepareConfig, "data", source=cfg.data.source, out=data, image_size=cfg.data.image_size,
-                count=cfg.data.count, seed=cfg.data.seed, overwrite=not _done(data))
-    stages = [("prepare", data, partial(api.prepare, prep), "run.json")]
+    prep = make(PrepareConfig, "data", **cfg.data.model_dump(), out=data, overwrite=not _done(data))
+    stages = [("prepare", data, partial(prepare, prep), "run.json")]
     ev = cfg.evaluate
     shared = [a for a in ev.arms if a in SHARED_ARMS]
     own = [a for a in ev.arms if a not in SHARED_ARMS]
@@ -262,30 +278,30 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
             if shared:
                 rcfg = make(EvaluateConfig, "evaluate", out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
                 stages.append((f"evaluate real arms (budget {budget} seed {seed})", where / "real",
-                               partial(api.evaluate, rcfg, echo=quiet), partial(_evaluated, arms=shared, recipes=[])))
+                               partial(evaluate, rcfg, echo=quiet), partial(_evaluated, arms=shared, recipes=[])))
             for name, spec in cfg.generators.items():
                 tag = f"{name} budget {budget} gseed {gseed}"
                 run = generator_dir(out, name, budget, gseed)
                 tcfg = make(TrainConfig, f"generators.{name}", data=data, out=run / "generator", budget=budget, seed=gseed,
                             generator=spec.generator, train=spec.train)
-                stages.append((f"train ({tag})", run / "generator", partial(api.train, tcfg, resume=True), "run.json"))
+                stages.append((f"train ({tag})", run / "generator", partial(train, tcfg, resume=True), "run.json"))
                 syn = run / "synthetic"
-                scfg = make(SampleConfig, f"generators.{name}", generator=run / "generator", balance=spec.balance, out=syn,
-                            seed=gseed, batch_size=cfg.sample.batch_size, filter=cfg.sample.filter, sampler=spec.sampler)
-                stages.append((f"sample ({tag})", syn, partial(api.sample, scfg, resume=True, echo=quiet), "run.json"))
+                scfg = make(SampleConfig, f"generators.{name}", **cfg.sample.model_dump(), generator=run / "generator",
+                            balance=spec.balance, out=syn, seed=gseed, sampler=spec.sampler)
+                stages.append((f"sample ({tag})", syn, partial(sample, scfg, resume=True, echo=quiet), "run.json"))
                 if cfg.audit.enabled:
-                    acfg = make(AuditConfig, "audit", data=data, synthetic=syn, out=run / "audit", encoder_steps=cfg.audit.encoder_steps,
-                                segmenter_steps=cfg.audit.segmenter_steps, inception_weights=cfg.audit.inception_weights,
-                                seed=gseed, overwrite=True)
-                    stages.append((f"audit ({tag})", run / "audit", partial(api.audit, acfg, echo=quiet), "audit.json"))
+                    acfg = make(AuditConfig, "audit", **cfg.audit.model_dump(exclude={"enabled"}), data=data, synthetic=syn,
+                                out=run / "audit", seed=gseed, overwrite=True)
+                    stages.append((f"audit ({tag})", run / "audit", partial(audit, acfg, echo=quiet), "audit.json"))
                 if own or ev.recipes:
                     ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name,
                                 recipes=ev.recipes, scorer=ev.scorer, **common)
                     stages.append((f"evaluate ({name} budget {budget} seed {seed})", where / name,
-                                   partial(api.evaluate, ecfg, echo=quiet), partial(_evaluated, arms=own, recipes=list(ev.recipes))))
+                                   partial(evaluate, ecfg, echo=quiet), partial(_evaluated, arms=own, recipes=list(ev.recipes))))
     return stages
 
 
+@locked(lambda cfg, out, *_, **__: out, "run")
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
     empty or an earlier run of the same spec (budgets and seeds may change; generators,
@@ -293,11 +309,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     started = time.time()
     out = Path(out)
     saved = out / "pipeline.json"
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
-    existed, fresh = out.exists(), not out.is_dir() or not any(out.iterdir())
-    if not fresh and not saved.is_file():
-        raise DataError(f"`{out}` is not empty and is not the output of `augment run`; choose another --out")
+    existed, fresh = out.exists(), resumable_output(out, saved.name, "the output of `augment run`")
     if saved.is_file():
         old = load_json(PipelineConfig, saved).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
@@ -348,20 +360,31 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     return out
 
 
+@locked(lambda spec, out, *_, **__: out, "run")
+def run_spec(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=print) -> Path:
+    """``augment run``: load the spec at ``spec`` (with ``overrides``, see :func:`load_pipeline`)
+    and run it into ``out`` (:func:`run_pipeline`), holding ``out``'s lock from the start."""
+    return run_pipeline(load_pipeline(spec, overrides), out, echo=echo)
+
+
+@locked(lambda out, *_, **__: out, "report")
+def rebuild_report(out: str | Path) -> Path:
+    """``augment report``: rebuild the report of an ``augment run`` output folder from what its
+    stages left (its spec is the ``pipeline.json`` the run saved)."""
+    out = Path(out)
+    if not (out / "pipeline.json").is_file():
+        raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
+    build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
+    return out
+
+
 def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
-    """A two-stage generator's own figures from its run record, as quality rows without a
-    real-vs-real baseline: the autoencoder round trip and codebook usage on the val split, and the
-    priors' token accuracy and NLL on the train and val splits (extractor ``generator, SPLIT split``)."""
-    rec = read_json(run_json, "generator run record").get("val_reconstruction") or {}
-    if "psnr" not in rec:
-        return []
-    flat = {f"autoencoder_{k}": rec.get(k) for k in ("psnr", "ssim", "mask_dice")}
-    flat.update({k: v for k, v in rec.items() if k.endswith(("_codebook_usage", "_perplexity"))})
-    prior = {k: v for k, v in (rec.get("prior") or {}).items() if k != "n"}
-    rows = [{**tag, "metric": k, "extractor": "generator, val split", "value": v} for k, v in flat.items() if v is not None]
-    rows += [{**tag, "metric": f"prior_{k.partition('_')[2]}", "extractor": f"generator, {k.partition('_')[0]} split", "value": v}
-             for k, v in prior.items()]
-    return [{**r, "baseline": None, "n_real": None, "n_synthetic": None} for r in rows]
+    """A generator's own figures from its run record (``heldout_metrics``, a flat ``{name: float}``
+    whatever the family: autoencoder round trip, codebooks, priors on train vs val) as quality rows
+    without a real-vs-real baseline (extractor ``generator``)."""
+    own = read_json(run_json, "generator run record").get("heldout_metrics") or {}
+    return [{**tag, "metric": k, "extractor": "generator", "value": v, "baseline": None, "n_real": None, "n_synthetic": None}
+            for k, v in own.items() if k != "n_pairs"]
 
 
 def build_report(cfg: PipelineConfig, out: Path) -> Path:
@@ -369,7 +392,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
     family beside the shared real arms, quality per family, a sample grid per family."""
     from augment.data.images import read_image, read_mask
     from augment.data.manifest import load_data
-    from augment.generators.artifact import load_run
+    from augment.runs import read_run
     from augment.figures import (
         figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, png, synthetic_shortfalls,
     )
@@ -423,7 +446,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
             f"{name} ({where}): images per class, the real images of the generator's budget subset with the synthetic "
             f"pairs the balancing plan ({spec.balance.strategy}) added stacked on top."
             + "".join(f" Class {classes.get(c, c)}: {text}." for c, text in why.items()))
-        info = load_run(run / "generator")
+        info = read_run(run / "generator")
         pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
         real_items, syn_items = items(info.rows.groupby("label").head(4), info.data_dir), items(pick, run / "synthetic")
         fig = figure_grid(real_items, syn_items, classes, why=why)

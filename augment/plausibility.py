@@ -33,6 +33,9 @@ from typing import Literal
 from augment.config import Strict
 from augment.downstream import epoch_batches
 from augment.errors import DataError
+from augment.lock import locked
+from augment.output import StageResult, atomic_path, building, record_of
+from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
 
 
@@ -185,3 +188,25 @@ def score_images(cfg: ScoreConfig) -> tuple[pd.DataFrame, Scorer]:
     scorer = fit_scorer(images, cfg.scorer, cfg.seed)
     return score_table(rows, scorer.own), scorer
 
+
+@locked(lambda cfg, *_, **__: cfg.out, "score")
+def score(cfg: ScoreConfig, top: int = 10) -> StageResult:
+    """``augment score``: train a small VAE on a dataset's images and rank them by reconstruction
+    error, most anomalous first (see :mod:`augment.plausibility`); writes ``OUT/scores.csv``."""
+    from augment.config import save_json
+
+    started = time.time()
+    table, scorer = score_images(cfg)
+    with building(cfg.out, cfg.overwrite) as tmp:
+        with atomic_path(tmp / "scores.csv") as f:
+            table.to_csv(f, index=False)
+        save_json(cfg, tmp / "config.json")
+        high = float(table["score"].quantile(0.95))
+        write_json(run_record("score", cfg.model_dump(mode="json"), started, n_images=len(table), split=cfg.split,
+                              train_seconds=round(scorer.seconds, 2), score_p95=high,
+                              median_score=float(table["score"].median())), tmp / "run.json")
+    shown = table.head(top)[[c for c in ("rank", "id", "label", "split", "score") if c in table]]
+    text = (f"{len(table)} images of `{cfg.data}` ({cfg.split}) ranked by VAE reconstruction error (most anomalous first; "
+            f"median {table['score'].median():.5f}, 95th percentile {high:.5f}):\n"
+            f"{shown.to_string(index=False, float_format='%.5f')}\nwrote {Path(cfg.out) / 'scores.csv'}")
+    return StageResult(Path(cfg.out), record_of(Path(cfg.out)), text)

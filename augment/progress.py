@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from augment.errors import ConfigError
+from augment.seeding import rank_zero
 
 T = TypeVar("T")
 
@@ -49,11 +50,6 @@ def interval() -> float:
     if not value >= 0:
         raise ConfigError(f"{ENV} is `{raw}`; give a number of seconds >= 0 (0 prints after every step; default {SECONDS:g})")
     return value
-
-
-def main_process() -> bool:
-    """Under a multi-process launcher only rank 0 reports (``RANK`` is set by torchrun/accelerate)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def console() -> Console:
@@ -115,7 +111,7 @@ class Lines:
                  stream: TextIO | None = None, seconds: float | None = None,
                  clock: Callable[[], float] = time.monotonic, enabled: bool = True) -> None:
         self.stream = sys.stderr if stream is None else stream
-        self.active = enabled and main_process() and not _isatty(self.stream)
+        self.active = enabled and rank_zero() and not _isatty(self.stream)
         self.description, self.total, self.unit = described(description), total, unit
         self.start = self.done = done
         self.seconds = interval() if seconds is None else seconds
@@ -152,7 +148,7 @@ def track(items: Iterable[T], total: int | None = None, description: str = "", u
     if total is None and hasattr(items, "__len__"):
         total = len(items)
     stream = sys.stderr if stream is None else stream
-    if not main_process():
+    if not rank_zero():
         yield from items
         return
     if _isatty(stream):

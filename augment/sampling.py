@@ -39,9 +39,10 @@ from augment.config import Strict, load_json, load_yaml, save_json, validate
 from augment.data.images import read_mask, sha256_file, write_png
 from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, write_classes, write_manifest
 from augment.errors import AugmentError, ConfigError, DataError
+from augment.lock import locked
 from augment.generators.artifact import GeneratorRun, LoadedGenerator, load_generator
 from augment.masks import jitter_mask
-from augment.output import atomic_path, read_json
+from augment.output import atomic_path, resumable_output
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed, process_state
 
@@ -49,34 +50,22 @@ PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler", "sou
 JOURNAL = ".journal"
 
 
-class SampleConfig(Strict):
+class SampleSettings(Strict):
+    """How a synthetic set is drawn, whatever the generator: a pipeline's ``sample:`` section."""
+
+    batch_size: int = Field(16, ge=1)
+    filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
+    max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
+
+
+class SampleConfig(SampleSettings):
     """Options of ``augment sample`` (written to ``SYN/sample.json``)."""
 
     generator: Path
     balance: BalanceConfig
     out: Path
     seed: int | None = Field(None, ge=0, description="run seed (default: the balancing manifest's seed)")
-    batch_size: int = Field(16, ge=1)
-    filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
-    max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
     sampler: dict[str, Any] = Field(default_factory=dict, description="family sampler settings, checked against its Sampler schema")
-
-
-def read_record(syn_dir: str | Path, rows: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The ``run.json`` of a synthetic set made by ``augment sample`` (``rows``: its manifest,
-    when loaded), checked: a folder that is not one (a real dataset, a generator run) or a corrupt
-    record is a DataError naming it."""
-    syn_dir = Path(syn_dir)
-    not_synthetic = rows is not None and ("source" not in rows.columns or not (rows["source"] == "synthetic").all())
-    if not_synthetic or not (syn_dir / "run.json").is_file():
-        raise DataError(f"`{syn_dir}` is not a synthetic set made by `augment sample` (no run.json or rows without source=synthetic)")
-    record = read_json(syn_dir / "run.json", "run record")
-    trained = record.get("generator_trained_on_sha256")
-    if (record.get("stage") != "sample" or not isinstance(record.get("generator_run"), str)
-            or not isinstance(record.get("generator_sha256"), str)
-            or not isinstance(trained, list) or not all(isinstance(t, str) for t in trained)):
-        raise DataError(f"`{syn_dir / 'run.json'}` is not a sampling record (corrupt or from another tool)")
-    return record
 
 
 def load_balance(path: str | Path) -> BalanceConfig:
@@ -203,11 +192,7 @@ def _journal_rows(out: Path) -> dict[str, dict]:
 def _claim(cfg: SampleConfig, resume: bool, state) -> None:
     out = cfg.out
     saved = out / "sample.json"
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output `{out}` exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not saved.is_file():
-            raise DataError(f"`{out}` is not empty and is not a synthetic set; choose another --out")
+    if not resumable_output(out, saved.name, "a synthetic set"):
         if load_json(SampleConfig, saved) != cfg:
             raise DataError(f"`{out}` already holds a different sampling run (see its sample.json); choose another --out")
         if not resume and not (out / "run.json").is_file():
@@ -219,6 +204,7 @@ def _claim(cfg: SampleConfig, resume: bool, state) -> None:
     state.wait_for_everyone()
 
 
+@locked(lambda cfg, *_, **__: cfg.out, "sample")
 def sample(cfg: SampleConfig, resume: bool = False, echo=print) -> Path:
     """``augment sample``: see the module docstring. Returns ``cfg.out``."""
     started = time.time()
@@ -227,6 +213,10 @@ def sample(cfg: SampleConfig, resume: bool = False, echo=print) -> Path:
     classes = {int(k): v for k, v in gen.run["classes"].items()}
     real = {int(k): v for k, v in gen.run["class_counts"].items()}
     table = plan(real, cfg.balance, classes)
+    if int(table["synthetic"].sum()) == 0:
+        raise DataError(f"the balancing plan ({cfg.balance.strategy}) asks for no synthetic pairs for the real counts "
+                        f"{dict(sorted(real.items()))} of `{cfg.generator}` (match_max adds none when every class is already "
+                        "as large as the largest, e.g. one class); use strategy ratio, target or total")
     check_mask_source(gen, cfg.balance.mask_source)
     sampler_settings(gen, cfg)
     seed = cfg.balance.seed if cfg.seed is None else cfg.seed

@@ -16,6 +16,15 @@ def mix_seed(*parts: int) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
+def rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (torchrun / ``accelerate launch`` set ``RANK``
+    and ``LOCAL_RANK``), or was not launched by one: the one process that prints and locks."""
+    for var in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").strip():
+            return os.environ[var].strip() == "0"
+    return True
+
+
 def cpu_requested() -> bool:
     """Run on CPU (gloo for data parallel) when asked with ACCELERATE_USE_CPU, or when launched
     with several processes on a machine without CUDA (accelerate would otherwise silently start

@@ -69,18 +69,18 @@ def main() -> None:
     for path, gen in zip(args.generator, gens):
         cfg, model = gen.config.generator, gen.model
         labels, masks = conditions(gen, args.n, real.classes)
-        prior = (gen.run.get("val_reconstruction") or {}).get("prior") or {}
+        prior = {k: v for k, v in (gen.run.get("heldout_metrics") or {}).items() if k.startswith("prior_")}
         settings = args.settings if cfg.prior == "maskgit" else [",".join(p for p in args.settings[0].split(",") if not p.startswith("iterations"))]
         for text in settings:
             images, ms = timed_draw(model, labels, masks, model.Sampler(**_setting(text)), args.batch_size)
             rows.append({"run": str(path), "mode": cfg.mode, "prior": cfg.prior, "setting": text or "defaults",
                          "side": gen.spec.image_size, "ms_per_sample": ms, "frechet_domain": real.frechet(images),
                          "baseline_frechet_domain": real.baseline, "n": args.n, "batch_size": args.batch_size,
-                         "threads": threads, **{f"prior_{k}": v for k, v in prior.items()}})
+                         "threads": threads, **prior})
     print(f"{'prior':<15}{'mode':<6}{'setting':<28}{'px':>4}{'ms/sample':>11}{'Fréchet':>9}"
           f"{'top acc tr/val':>16}{'bottom acc tr/val':>19}")
     for r in rows:
-        acc = ["{:.2f}/{:.2f}".format(r.get(f"prior_train_{lv}_accuracy", float("nan")), r.get(f"prior_val_{lv}_accuracy", float("nan")))
+        acc = ["{:.2f}/{:.2f}".format(r.get(f"prior_{lv}_accuracy_train", float("nan")), r.get(f"prior_{lv}_accuracy_val", float("nan")))
                for lv in ("top", "bottom")]
         print(f"{r['prior']:<15}{r['mode']:<6}{r['setting']:<28}{r['side']:>4}{r['ms_per_sample']:>11.1f}"
               f"{r['frechet_domain']:>9.2f}{acc[0]:>16}{acc[1]:>19}")

@@ -48,7 +48,7 @@ def test_merge_is_recursive_and_pure():
 
 
 def test_unknown_key_names_it_and_lists_allowed():
-    with pytest.raises(ConfigError, match=r"prepare: unknown key `imagesize` \(allowed: source, out, image_size"):
+    with pytest.raises(ConfigError, match=r"prepare: unknown key `imagesize` \(allowed: image_size, seed, .*, source, out, overwrite\)"):
         validate(PrepareConfig, {"source": "phantom", "out": "x", "imagesize": 3}, "prepare")
 
 

@@ -4,8 +4,6 @@ checks a copied spec meets before anything runs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,10 +11,12 @@ import pytest
 
 from augment.errors import ConfigError
 from augment.pipeline import load_pipeline
+from tests.conftest import TINY, TINY_SPEC_TASK, run_cli, yaml_items
 
 ROOT = Path(__file__).resolve().parents[1]
 BALANCE = ROOT / "manifests" / "match_max.yaml"
-TINY = "base_channels: 4, max_channels: 8, latent_dim: 4"
+CVAE = yaml_items(TINY["cvae"])
+TASK = yaml_items(TINY_SPEC_TASK)
 
 
 def _spec(tmp_path, body: str) -> Path:
@@ -30,7 +30,7 @@ def test_one_generator_is_shorthand_and_entries_override_train_balance_sampler(t
     assert list(one.generators) == ["cvae"] and one.generators["cvae"].train.max_steps == 7
     many = load_pipeline(_spec(tmp_path, f"""train: {{max_steps: 7, batch_size: 4}}
 generators:
-  a: {{family: cvae, {TINY}}}
+  a: {{family: cvae, {CVAE}}}
   b: {{family: cvae, mode: mask, train: {{max_steps: 9}}, balance: {{mask_source: real}}, sampler: {{temperature: 0.8}}}}
 """))
     a, b = many.generators["a"], many.generators["b"]
@@ -64,9 +64,9 @@ def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):
 
 def test_an_override_to_null_drops_a_generator_entry(tmp_path):
     spec = _spec(tmp_path, f"""generators:
-  a: {{family: cvae, {TINY}}}
+  a: {{family: cvae, {CVAE}}}
   b: {{family: cvae, mode: mask, balance: {{mask_source: real}}}}
-  c: {{family: cvae, {TINY}}}
+  c: {{family: cvae, {CVAE}}}
 """)
     cfg = load_pipeline(spec, {"generators": {"a": None, "c": None, "b": {"latent_dim": 3}}})
     assert list(cfg.generators) == ["b"] and cfg.generators["b"].generator.latent_dim == 3
@@ -75,8 +75,7 @@ def test_an_override_to_null_drops_a_generator_entry(tmp_path):
         load_pipeline(spec, {"generators": {"x": None}})
     with pytest.raises(ConfigError, match="every generator entry was dropped"):
         load_pipeline(spec, {"generators": {"a": None, "b": None, "c": None}})
-    cli = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(tmp_path / "o"),
-                          "--set", "generators.q=null"], capture_output=True, text=True)
+    cli = run_cli("run", spec, "--out", tmp_path / "o", "--set", "generators.q=null")
     assert cli.returncode == 2 and "none named `q`" in cli.stderr and not (tmp_path / "o").exists()
 
 
@@ -102,15 +101,15 @@ def test_two_generators_side_by_side_share_the_real_arms(tmp_path):
     spec = _spec(tmp_path, f"""name: side by side
 train: {{max_steps: 4, batch_size: 8, checkpoint_every: 2}}
 generators:
-  joint: {{family: cvae, {TINY}}}
-  masked: {{family: cvae, mode: mask, {TINY}, balance: {{mask_source: real}}}}
+  joint: {{family: cvae, {CVAE}}}
+  masked: {{family: cvae, mode: mask, {CVAE}, balance: {{mask_source: real}}}}
 seeds: [0, 1]
 generator_seeds: [0]
 audit: {{encoder_steps: 5, segmenter_steps: 5}}
-evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}}}
+evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{{TASK}}}}}
 """)
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True)
+    res = run_cli("run", spec, "--out", out)
     assert res.returncode == 0, res.stderr[-3000:]
     # one generator per family and budget (generator seed 0 only), shared arms once per (budget, seed)
     assert sorted(p.name for p in (out / "generators" / "joint").iterdir()) == ["b12_g0"]
@@ -136,11 +135,10 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
                                                                  dtype=str, keep_default_na=False)["source_mask_id"] == "").all()
 
     # A generator added to the spec later runs alone: the finished ones and the shared arms are reused.
-    spec.write_text(spec.read_text().replace("generators:\n", "generators:\n  diffusion: {family: ldm, ae_channels: [8, 8], "
-                                             "unet_channels: [8, 16], latent_channels: 2, sampler: {steps: 3}}\n"
-                                             "  tokens: {family: vqvae2, channels: 8, res_blocks: 1, code_dim: 4, top_codes: 8, "
-                                             "bottom_codes: 8, prior_width: 16, prior_layers: 1, prior_heads: 2}\n"))
-    again = subprocess.run([sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)], capture_output=True, text=True)
+    spec.write_text(spec.read_text().replace("generators:\n", f"generators:\n  diffusion: {{family: ldm, {yaml_items(TINY['ldm'])}, "
+                                             "sampler: {steps: 3}}\n"
+                                             f"  tokens: {{family: vqvae2, {yaml_items(TINY['vqvae2'])}}}\n"))
+    again = run_cli("run", spec, "--out", out)
     assert again.returncode == 0, again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("[run]")]
     assert ran and all("diffusion" in line or "tokens" in line for line in ran), ran
@@ -149,12 +147,13 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
     assert ("diffusion", "real+synthetic+classic") in set(zip(rows["generator"], rows["arm"]))
     # two-stage generators' own held-out figures join the quality table (codebooks and priors for vqvae2)
     quality = pd.DataFrame(json.loads((out / "report.json").read_text())["quality"])
-    own = quality[quality["extractor"].str.startswith("generator, ")]
+    own = quality[quality["extractor"] == "generator"]
     assert set(own["generator"]) == {"diffusion", "tokens"}
-    tokens = own[own["generator"] == "tokens"].set_index(["metric", "extractor"])["value"]
-    assert 0 < tokens[("top_codebook_usage", "generator, val split")] <= 1
+    tokens = own[own["generator"] == "tokens"].set_index("metric")["value"]
+    assert 0 < tokens["top_codebook_usage"] <= 1
     for split in ("train", "val"):
-        assert 0 <= tokens[("prior_bottom_accuracy", f"generator, {split} split")] <= 1
+        assert 0 <= tokens[f"prior_bottom_accuracy_{split}"] <= 1
+    assert {"autoencoder_psnr", "autoencoder_ssim"} <= set(own.loc[own["generator"] == "diffusion", "metric"])
     assert "top_codebook_usage" in (out / "report.md").read_text()
     stages = json.loads((out / "timings.json").read_text())["stages"]
     assert "train (joint budget 12 gseed 0)" in stages and "train (diffusion budget 12 gseed 0)" in stages
@@ -164,18 +163,18 @@ def test_recipes_run_for_every_generator_and_can_be_added_later(tmp_path):
     spec = _spec(tmp_path, f"""name: recipes
 train: {{max_steps: 3, batch_size: 8, checkpoint_every: 100}}
 generators:
-  masked: {{family: cvae, mode: mask, {TINY}, balance: {{strategy: ratio, ratio: 2, mask_source: real}}}}
+  masked: {{family: cvae, mode: mask, {CVAE}, balance: {{strategy: ratio, ratio: 2, mask_source: real}}}}
 seeds: [0]
 audit: {{enabled: false}}
 evaluate:
   arms: [real+classic]
-  segmentation: {{steps: 4, batch_size: 8, eval_every: 2, base_channels: 4}}
+  segmentation: {{{TASK}}}
   recipes:
     half: {{mix: fraction, synthetic_fraction: 0.5}}
 """)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "augment", "run", str(spec), "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = ["run", spec, "--out", out]
+    res = run_cli(*cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ranked by paired delta vs real+classic" in res.stdout and "masked: half" in res.stdout
     rep = json.loads((out / "report.json").read_text())
@@ -183,7 +182,7 @@ evaluate:
     assert "half: all of the synthetic set, 50% of each batch synthetic, classic augmentation" in rep["meta"]["protocol"]
     # a recipe added to the spec trains alone; the finished recipe is reused, a changed one is refused
     spec.write_text(spec.read_text() + "    fpr: {balance: {strategy: ratio, ratio: 0}, selection: best_val_dice_fpr}\n")
-    again = subprocess.run(cmd, capture_output=True, text=True)
+    again = run_cli(*cmd)
     assert again.returncode == 0, again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("[run]")]
     assert len(ran) == 1 and "evaluate (masked budget 12 seed 0)" in ran[0], ran
@@ -191,5 +190,5 @@ evaluate:
     assert runs == ["segmentation__fpr__seed0.json", "segmentation__half__seed0.json"]
     assert {r["recipe"] for r in json.loads((out / "report.json").read_text())["ranking"]["segmentation"]} == {"half", "fpr"}
     spec.write_text(spec.read_text().replace("synthetic_fraction: 0.5", "synthetic_fraction: 0.25"))
-    changed = subprocess.run(cmd, capture_output=True, text=True)
+    changed = run_cli(*cmd)
     assert changed.returncode == 2 and "different pipeline spec (changed: evaluate)" in changed.stderr

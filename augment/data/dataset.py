@@ -31,6 +31,21 @@ def load_tensors(df: pd.DataFrame, root: str | Path, masks: bool = True) -> tupl
     return images, torch.stack([torch.from_numpy(read_mask(root / p)).to(torch.int64) for p in df["mask"]])
 
 
+def load_pairs(df: pd.DataFrame, root: str | Path, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows' (images (N, C, H, W) float32 in [0, 1], masks (N, H, W) int64, labels (N,) int64);
+    with ``size``, rows whose image is not ``size`` x ``size`` are left out (N may be 0). Every row
+    needs a mask."""
+    root = Path(root)
+    rows = df.reset_index(drop=True)
+    images = [to_tensor(read_image(root / p)) for p in rows["image"]]
+    keep = [i for i, x in enumerate(images) if size is None or tuple(x.shape[-2:]) == (size, size)]
+    labels = torch.tensor([int(rows["label"].iloc[i]) for i in keep], dtype=torch.int64)
+    if not keep:
+        return torch.zeros(0, 1, size or 1, size or 1), torch.zeros(0, size or 1, size or 1, dtype=torch.int64), labels
+    masks = [torch.from_numpy(read_mask(root / rows["mask"].iloc[i])).to(torch.int64) for i in keep]
+    return torch.stack([images[i] for i in keep]), torch.stack(masks), labels
+
+
 class PairDataset(Dataset):
     """Image/mask/label triples from a manifest.
 

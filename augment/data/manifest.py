@@ -297,6 +297,15 @@ def load_data(data_dir: str | Path, check_files: bool = False) -> tuple[pd.DataF
     return df, classes
 
 
+def load_synthetic(syn_dir: str | Path, data_dir: str | Path, classes: dict[int, str]) -> pd.DataFrame:
+    """The manifest of a set made beside ``data_dir`` (a synthetic set), validated like
+    :func:`load_data`; its ``classes.csv`` must be ``data_dir``'s (``classes``)."""
+    syn, syn_classes = load_data(syn_dir)
+    if syn_classes != classes:
+        raise DataError(f"`{syn_dir}` and `{data_dir}` have different classes.csv")
+    return syn
+
+
 def counts_table(df: pd.DataFrame, classes: dict[int, str]) -> pd.DataFrame:
     """Images per class (rows) and split (columns), with totals; every class listed."""
     table = pd.crosstab(df["label"], df["split"]).reindex(index=sorted(classes), fill_value=0)
