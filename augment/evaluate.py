@@ -44,7 +44,7 @@ from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.lock import locked
-from augment.output import atomic_path, discard, read_json, resumable_output
+from augment.output import atomic_path, discard, read_csv, read_json, resumable_output
 from augment.plausibility import ScorerConfig
 from augment.progress import stage
 from augment.recipes import RecipeConfig
@@ -344,8 +344,8 @@ def _cached(path: Path, compute) -> pd.DataFrame:
     written atomically (a half-written cache never exists)."""
     if path.is_file():
         try:
-            return pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return read_csv(path, "filter scores")
+        except DataError:
             raise DataError(f"filter scores `{path}` are corrupt; delete the file to compute them again") from None
     frame = compute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
 from augment.lock import locked
-from augment.output import discard, read_json, resumable_output
+from augment.output import discard, read_csv, read_json, resumable_output
 from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
@@ -417,7 +417,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
             for sub in ["real", *cfg.generators]:
                 results = out / "evaluate" / f"b{budget}_s{seed}" / sub / "results.csv"
                 if _done(results.parent):  # only finished evaluations
-                    frames.append(pd.read_csv(results))
+                    frames.append(read_csv(results, "evaluation results"))
     columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
     downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
@@ -438,7 +438,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
         if not (run / "synthetic" / "run.json").is_file():
             continue
         syn, _ = load_data(run / "synthetic")
-        plan = pd.read_csv(run / "synthetic" / "plan.csv")
+        plan = read_csv(run / "synthetic" / "plan.csv", "balancing plan")
         why = synthetic_shortfalls(plan, syn["label"].value_counts().to_dict(), spec.balance.strategy, spec.balance.classes)
         where = f"budget {budget}, generator seed {gseed}"
         figures[f"class_balance_{name}"] = png(figure_class_balance(plan))

@@ -199,9 +199,9 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
 def summary_text(out: str | Path) -> str:
     """What ``augment run`` and ``augment report`` print: the verdict lines first, then the
     ranking, the audit checks and the metric tables, read back from ``OUT/report.json``."""
-    import json
+    from augment.output import read_json
 
-    rep = json.loads((Path(out) / "report.json").read_text())
+    rep = read_json(Path(out) / "report.json", "report")
     downstream = pd.DataFrame(rep.get("downstream") or [])
     if not len(downstream):
         return "no downstream results yet"

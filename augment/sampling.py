@@ -37,7 +37,7 @@ from pydantic import Field
 from augment.balance import BalanceConfig, plan
 from augment.config import Strict, load_json, load_yaml, save_json, validate
 from augment.data.images import read_mask, sha256_file, write_png
-from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, write_classes, write_manifest
+from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, read_manifest, write_classes, write_manifest
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.lock import locked
 from augment.generators.artifact import GeneratorRun, LoadedGenerator, load_generator
@@ -139,7 +139,7 @@ def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndar
     """One synthetic pair made again from its manifest row and the run it came from."""
     syn = Path(syn_dir)
     cfg = load_json(SampleConfig, syn / "sample.json")
-    df = pd.read_csv(syn / MANIFEST, dtype=str, keep_default_na=False)
+    df = read_manifest(syn)
     row = df[df["id"] == sample_id]
     if row.empty:
         raise DataError(f"`{sample_id}` is not in `{syn / MANIFEST}`")
