@@ -128,12 +128,24 @@ def run_cli(*args, cwd=None, env=None, timeout: float | None = None, check: bool
     return subprocess.run(augment_cmd(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=check)
 
 
-def run_ddp(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m augment ARGS`` as ``processes`` CPU ranks under torchrun, one thread each."""
+def run_torchrun(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone ARGS`` (e.g. ``-m augment train ...``) as ``processes`` CPU ranks,
+    one thread each. One launch at a time across xdist workers: torchrun's agent picks its
+    rendezvous port by binding and releasing a free one, so two launches at once can race for a
+    port, and two launches would also put four ranks on two cores."""
+    import fcntl
+    import tempfile
+
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-           "-m", "augment", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *map(str, args)]
+    with open(Path(tempfile.gettempdir()) / "augment-tests-torchrun.lock", "w") as slot:
+        fcntl.flock(slot, fcntl.LOCK_EX)
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def run_ddp(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m augment ARGS`` as ``processes`` CPU ranks under torchrun (:func:`run_torchrun`)."""
+    return run_torchrun("-m", "augment", *args, processes=processes, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ non-finite loss names its part."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from augment.generators.base import Part
 from augment.generators.loop import LoopConfig, TrainingError, lr_at, make_accelerator, phase_settings, train_loop
 from augment.generators.plan import has_several_parts
 from augment.seeding import mix_seed
-from tests.conftest import kill_when
+from tests.conftest import kill_when, run_torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 D_LR, G_LR = 0.02, 0.01
@@ -205,10 +204,9 @@ def _ddp_job(run_dir: str) -> None:
 
 def test_two_parts_train_data_parallel(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_adversarial import _ddp_job; _ddp_job({str(tmp_path)!r})"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable, "-c", code]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_torchrun("--no-python", sys.executable, "-c", code)
+    errors = [line for line in res.stderr.splitlines() if "Error" in line or "error" in line or "what()" in line]
+    assert res.returncode == 0, "\n".join(errors[:20]) + "\n" + res.stderr[-1500:]
     checksums = json.loads((tmp_path / "checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # the replicas agree
     assert {"optimizer.d.safetensors", "optimizer.g.safetensors"} <= {p.name for p in (tmp_path / "state" / "step_00000002").iterdir()}
