@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -128,19 +130,66 @@ def run_cli(*args, cwd=None, env=None, timeout: float | None = None, check: bool
     return subprocess.run(augment_cmd(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=check)
 
 
+_MACHINE: dict[str, object] = {}  # this worker's claim on the machine and where the run's lock files are
+
+
+def _lock_file(name: str):
+    return open(_MACHINE["dir"] / f"{name}.lock", "a")
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(tmp_path_factory):
+    """Under xdist every test holds a shared claim on the machine, taken through a turnstile, so a
+    multi-process test (:func:`whole_machine`) can have it alone: gloo ranks on a 2-core machine
+    that another worker keeps busy have aborted (a rank dead, its peer "Connection closed by
+    peer"), which never happened with the suite run serially."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    _MACHINE["dir"] = tmp_path_factory.getbasetemp().parent  # shared by the workers of one run
+    with _lock_file("turnstile") as gate, _lock_file("machine") as machine:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(machine, fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        _MACHINE["claim"] = machine
+        try:
+            yield
+        finally:
+            _MACHINE.pop("claim", None)
+            fcntl.flock(machine, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def whole_machine():
+    """The machine to this test alone (under xdist): no new test starts on the other worker, and
+    this waits for the one running there to end. Its own shared claim is dropped first, so two
+    workers asking at once take turns instead of waiting for each other."""
+    machine = _MACHINE.get("claim")
+    if machine is None:
+        yield
+        return
+    fcntl.flock(machine, fcntl.LOCK_UN)
+    with _lock_file("turnstile") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(machine, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
 def run_torchrun(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone ARGS`` (e.g. ``-m augment train ...``) as ``processes`` CPU ranks,
-    one thread each. One launch at a time across xdist workers: torchrun's agent picks its
-    rendezvous port by binding and releasing a free one, so two launches at once can race for a
-    port, and two launches would also put four ranks on two cores."""
-    import fcntl
-    import tempfile
-
+    one thread each, with the machine to itself (:func:`whole_machine`)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *map(str, args)]
-    with open(Path(tempfile.gettempdir()) / "augment-tests-torchrun.lock", "w") as slot:
-        fcntl.flock(slot, fcntl.LOCK_EX)
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    with whole_machine():
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if res.returncode:  # the ranks' own errors at the end, where a failing test's message shows the tail
+        first = [line for line in res.stderr.splitlines() if line.startswith("[rank") and ("Error" in line or "error:" in line)]
+        res.stderr += "\n== the ranks' errors ==\n" + "\n".join(first[:10])
+    return res
 
 
 def run_ddp(*args, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
