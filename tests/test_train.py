@@ -180,3 +180,23 @@ def test_cli_unknown_family_is_one_line(phantom_dir, tmp_path):
         "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_heldout_figures_read_the_same_for_any_family():
+    from augment.training import describe_heldout
+
+    line = describe_heldout({"autoencoder_psnr": 21.5, "top_codebook_usage": 0.75, "prior_top_accuracy_val": 0.3125, "n_pairs": 6.0})
+    assert line == ("generator parts on 6 val pairs (measured after training, never trained on): autoencoder_psnr 21.5, "
+                    "top_codebook_usage 0.75, prior_top_accuracy_val 0.3125")
+    assert describe_heldout({}) == ""  # a family that exposes nothing to measure (cvae)
+    assert describe_heldout({}, "no val pair with a mask at 64x64 px (val pairs: 3)").endswith("(val pairs: 3)")
+
+
+def test_vqvae2_train_summary_and_record_carry_the_flat_heldout_figures(phantom_dir, tmp_path):
+    cfg = validate(TrainConfig, {"data": phantom_dir, "out": tmp_path / "run", "budget": 12, "generator": {"family": "vqvae2", **TINY["vqvae2"]},
+                                 "train": {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100}}, "train")
+    result = train(cfg)
+    own = result.record["heldout_metrics"]
+    assert {"autoencoder_psnr", "top_codebook_usage", "prior_top_accuracy_val", "prior_top_accuracy_train"} <= set(own)
+    assert all(isinstance(v, float) for v in own.values())
+    assert f"top_codebook_usage {own['top_codebook_usage']:.4g}" in result.summary.splitlines()[-1]
