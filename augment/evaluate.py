@@ -36,9 +36,8 @@ from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Strict, load_json, save_json
-from augment.data.dataset import to_tensor
+from augment.data.dataset import read_rows, to_tensor
 from augment.data.guard import check_trained_on
-from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data, load_synthetic
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Shapes, TaskConfig, fit
@@ -115,9 +114,10 @@ class Split:
     """Pixels of a manifest subset: images uint8 (N, H, W[, C]), masks uint8 (N, H, W) or None, labels (N,)."""
 
     def __init__(self, df: pd.DataFrame, root: Path, masks: bool) -> None:
+        rows = read_rows(df, root, masks)
         self.ids = df["id"].tolist()
-        self.images = np.stack([read_image(root / p) for p in df["image"]]) if len(df) else np.zeros((0, 1, 1), np.uint8)
-        self.masks = np.stack([read_mask(root / p) for p in df["mask"]]) if masks and len(df) else None
+        self.images = np.stack([image for image, _, _ in rows]) if rows else np.zeros((0, 1, 1), np.uint8)
+        self.masks = np.stack([mask for _, mask, _ in rows]) if masks and rows else None
         self.labels = df["label"].to_numpy().astype(np.int64)
 
     def __len__(self) -> int:

@@ -390,7 +390,7 @@ def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
 def build_report(cfg: PipelineConfig, out: Path) -> Path:
     """Collect every generator's audits and every evaluation into the report: Dice vs budget per
     family beside the shared real arms, quality per family, a sample grid per family."""
-    from augment.data.images import read_image, read_mask
+    from augment.data.dataset import read_rows
     from augment.data.manifest import load_data
     from augment.runs import read_run
     from augment.figures import (
@@ -428,9 +428,6 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
             figures[f"{task}_{metric}_vs_budget"] = png(figure_metric_vs_budget(summary, task, metric))
             captions[f"{task}_{metric}_vs_budget"] = metric_caption(summary, task, metric)
 
-    def items(frame, root):
-        return [(read_image(root / r.image), read_mask(root / r.mask) if r.mask else None, int(r.label)) for r in frame.itertuples()]
-
     budget, gseed = cfg.budgets[-1], cfg.generator_seed(cfg.seeds[0])
     classes = load_data(out / "data")[1] if _done(out / "data") else {}
     for name, spec in cfg.generators.items():
@@ -448,7 +445,7 @@ def build_report(cfg: PipelineConfig, out: Path) -> Path:
             + "".join(f" Class {classes.get(c, c)}: {text}." for c, text in why.items()))
         info = read_run(run / "generator")
         pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
-        real_items, syn_items = items(info.rows.groupby("label").head(4), info.data_dir), items(pick, run / "synthetic")
+        real_items, syn_items = read_rows(info.rows.groupby("label").head(4), info.data_dir), read_rows(pick, run / "synthetic")
         fig = figure_grid(real_items, syn_items, classes, why=why)
         fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=10)
         figures[f"samples_{name}"] = png(fig)

@@ -5,8 +5,8 @@ folder is self-describing (:mod:`augment.runs`): ``config.json`` first, checkpoi
 ``state/`` while it trains, then the weights, ``loss.csv`` and ``run.json`` last, whose presence
 marks a finished run. A finished run is never overwritten; an unfinished one continues only with
 ``resume=True`` and the same config (``train.max_steps`` may grow). After training, a two-stage
-family's autoencoder and priors are measured on the val split (:func:`augment.metrics`), never
-trained on.
+family's autoencoder and priors are measured on the val split (:func:`augment.metrics.generator_heldout`),
+never trained on.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def train(cfg, resume: bool = False) -> StageResult:
     """``augment train``: fit a generator family on the label-budget subset of the train split.
 
     Works as one CPU process or under ``accelerate launch`` / ``torchrun`` (data parallel). The
-    run folder is self-describing (see :mod:`augment.generators.artifact`); ``resume=True``
+    run folder is self-describing (see :mod:`augment.runs`); ``resume=True``
     continues an interrupted run from its last checkpoint with identical results.
     """
     import torch

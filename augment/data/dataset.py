@@ -22,28 +22,34 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return t.float().div_(255.0)
 
 
+def read_rows(df: pd.DataFrame, root: str | Path, masks: bool = True) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
+    """The one way manifest rows become pixels: per row (image uint8 (H, W) or (H, W, 3), mask
+    uint8 (H, W) class indices or None (without ``masks``, or for a row without one), label).
+    Paths are relative to ``root``."""
+    root = Path(root)
+    return [(read_image(root / r.image), read_mask(root / r.mask) if masks and r.mask else None, int(r.label))
+            for r in df.itertuples()]
+
+
 def load_tensors(df: pd.DataFrame, root: str | Path, masks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rows' images (N, C, H, W) float32 in [0, 1] and, with ``masks``, their masks (N, H, W) int64."""
-    root = Path(root)
-    images = torch.stack([to_tensor(read_image(root / p)) for p in df["image"]])
+    rows = read_rows(df, root, masks)
+    images = torch.stack([to_tensor(image) for image, _, _ in rows])
     if not masks:
         return images, None
-    return images, torch.stack([torch.from_numpy(read_mask(root / p)).to(torch.int64) for p in df["mask"]])
+    return images, torch.stack([torch.from_numpy(mask).to(torch.int64) for _, mask, _ in rows])
 
 
 def load_pairs(df: pd.DataFrame, root: str | Path, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The rows' (images (N, C, H, W) float32 in [0, 1], masks (N, H, W) int64, labels (N,) int64);
     with ``size``, rows whose image is not ``size`` x ``size`` are left out (N may be 0). Every row
     needs a mask."""
-    root = Path(root)
-    rows = df.reset_index(drop=True)
-    images = [to_tensor(read_image(root / p)) for p in rows["image"]]
-    keep = [i for i, x in enumerate(images) if size is None or tuple(x.shape[-2:]) == (size, size)]
-    labels = torch.tensor([int(rows["label"].iloc[i]) for i in keep], dtype=torch.int64)
-    if not keep:
+    pairs = [p for p in read_rows(df, root) if size is None or p[0].shape[:2] == (size, size)]
+    labels = torch.tensor([label for _, _, label in pairs], dtype=torch.int64)
+    if not pairs:
         return torch.zeros(0, 1, size or 1, size or 1), torch.zeros(0, size or 1, size or 1, dtype=torch.int64), labels
-    masks = [torch.from_numpy(read_mask(root / rows["mask"].iloc[i])).to(torch.int64) for i in keep]
-    return torch.stack([images[i] for i in keep]), torch.stack(masks), labels
+    images = torch.stack([to_tensor(image) for image, _, _ in pairs])
+    return images, torch.stack([torch.from_numpy(mask).to(torch.int64) for _, mask, _ in pairs]), labels
 
 
 class PairDataset(Dataset):
