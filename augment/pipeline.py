@@ -31,8 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from augment.audit import AuditSettings
@@ -42,8 +40,9 @@ from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
 from augment.generators.loop import LoopConfig
+from augment.gather import _done, build_report, generator_dir
 from augment.lock import locked
-from augment.output import discard, read_csv, read_json, resumable_output
+from augment.output import discard, read_json, resumable_output
 from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
@@ -227,10 +226,6 @@ def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None
             raise ConfigError(f"pipeline `{path}`: `{prefix}{key}` must be a mapping of settings (got {value!r})")
 
 
-def _done(folder: Path, marker: str | Callable[[Path], bool] = "run.json") -> bool:
-    return marker(folder) if callable(marker) else (folder / marker).is_file()
-
-
 def _evaluated(folder: Path, arms: list[str], recipes: list[str]) -> bool:
     """An evaluation stage is complete when its run.json covers every arm and recipe asked for
     (arms and recipes added to a spec later make it run again, training only the new ones)."""
@@ -239,10 +234,6 @@ def _evaluated(folder: Path, arms: list[str], recipes: list[str]) -> bool:
         return False
     config = read_json(record, "evaluation record").get("config") or {}
     return set(arms) <= set(config.get("arms") or []) and set(recipes) <= set(config.get("recipes") or {})
-
-
-def generator_dir(out: Path, name: str, budget: int, gseed: int) -> Path:
-    return out / "generators" / name / f"b{budget}_g{gseed}"
 
 
 def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str | Callable[[Path], bool]]]:
@@ -376,106 +367,3 @@ def rebuild_report(out: str | Path) -> Path:
         raise ConfigError(f"`{out}` is not the output of `augment run` (no pipeline.json)")
     build_report(load_json(PipelineConfig, out / "pipeline.json"), out)
     return out
-
-
-def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
-    """A generator's own figures from its run record (``heldout_metrics``, a flat ``{name: float}``
-    whatever the family: autoencoder round trip, codebooks, priors on train vs val) as quality rows
-    without a real-vs-real baseline (extractor ``generator``)."""
-    own = read_json(run_json, "generator run record").get("heldout_metrics") or {}
-    return [{**tag, "metric": k, "extractor": "generator", "value": v, "baseline": None, "n_real": None, "n_synthetic": None}
-            for k, v in own.items() if k != "n_pairs"]
-
-
-def build_report(cfg: PipelineConfig, out: Path) -> Path:
-    """Collect every generator's audits and every evaluation into the report: Dice vs budget per
-    family beside the shared real arms, quality per family, a sample grid per family."""
-    from augment.data.dataset import read_rows
-    from augment.data.manifest import load_data
-    from augment.runs import read_run
-    from augment.figures import (
-        figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, png, synthetic_shortfalls,
-    )
-    from augment.report import write_report
-    from augment.verdicts import summarize
-
-    quality, frames, inception = [], [], []
-    for name in cfg.generators:
-        for budget in cfg.budgets:
-            for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
-                audit_json = generator_dir(out, name, budget, gseed) / "audit" / "audit.json"
-                if audit_json.is_file():
-                    rep = read_json(audit_json, "audit record")
-                    inception.append((rep.get("extractors") or {}).get("inception") or {})
-                    tag = {"generator": name, "budget": budget, "seed": gseed}
-                    quality += [{**tag, **r} for r in rep["metrics"]]
-                    quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
-                                    "baseline": None, "n_real": None, "n_synthetic": None})
-                    quality += _heldout_rows(generator_dir(out, name, budget, gseed) / "generator" / "run.json", tag)
-    for seed in cfg.seeds:
-        for budget in cfg.budgets:
-            for sub in ["real", *cfg.generators]:
-                results = out / "evaluate" / f"b{budget}_s{seed}" / sub / "results.csv"
-                if _done(results.parent):  # only finished evaluations
-                    frames.append(read_csv(results, "evaluation results"))
-    columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
-    downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    summary = summarize(downstream) if len(downstream) else pd.DataFrame()
-    figures: dict[str, bytes] = {}
-    captions: dict[str, str] = {}
-    for task in downstream["task"].unique() if len(downstream) else []:
-        for metric in ("dice", "fpr") if task == "segmentation" else ("balanced_accuracy",):
-            figures[f"{task}_{metric}_vs_budget"] = png(figure_metric_vs_budget(summary, task, metric))
-            captions[f"{task}_{metric}_vs_budget"] = metric_caption(summary, task, metric)
-
-    budget, gseed = cfg.budgets[-1], cfg.generator_seed(cfg.seeds[0])
-    classes = load_data(out / "data")[1] if _done(out / "data") else {}
-    for name, spec in cfg.generators.items():
-        run = generator_dir(out, name, budget, gseed)
-        if not (run / "synthetic" / "run.json").is_file():
-            continue
-        syn, _ = load_data(run / "synthetic")
-        plan = read_csv(run / "synthetic" / "plan.csv", "balancing plan")
-        why = synthetic_shortfalls(plan, syn["label"].value_counts().to_dict(), spec.balance.strategy, spec.balance.classes)
-        where = f"budget {budget}, generator seed {gseed}"
-        figures[f"class_balance_{name}"] = png(figure_class_balance(plan))
-        captions[f"class_balance_{name}"] = (
-            f"{name} ({where}): images per class, the real images of the generator's budget subset with the synthetic "
-            f"pairs the balancing plan ({spec.balance.strategy}) added stacked on top."
-            + "".join(f" Class {classes.get(c, c)}: {text}." for c, text in why.items()))
-        info = read_run(run / "generator")
-        pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
-        real_items, syn_items = read_rows(info.rows.groupby("label").head(4), info.data_dir), read_rows(pick, run / "synthetic")
-        fig = figure_grid(real_items, syn_items, classes, why=why)
-        fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=10)
-        figures[f"samples_{name}"] = png(fig)
-        _, missing = grid_rows(real_items, syn_items, classes, 4, why)
-        captions[f"samples_{name}"] = (
-            f"{name} ({where}): real images of the budget subset and synthetic pairs, per class, each image beside its mask "
-            "(white: lesion)." + (" Not shown: " + "; ".join(missing) + "." if missing else ""))
-    seg = cfg.evaluate.segmentation
-    gens = "; ".join(
-        f"{name}: {spec.generator.family}" + (f" ({spec.generator.mode} mode)" if hasattr(spec.generator, "mode") else "")
-        + f", {spec.train.max_steps} steps, balance {spec.balance.strategy}, masks {spec.balance.mask_source}"
-        for name, spec in cfg.generators.items()
-    )
-    gseeds = cfg.generator_seeds or cfg.seeds
-    protocol = (
-        f"Generators: {gens}. Budgets {cfg.budgets}, task seeds {cfg.seeds}, generator seeds {gseeds}"
-        + (" (the pipeline seeds)" if cfg.generator_seeds is None else " (task seed i uses generator seed i mod their count, and its budget subset)")
-        + f". The arms real and real+classic use no synthetic data and are shared by every generator. "
-        f"Task models: segmentation MONAI UNet ({seg.base_channels}, {2 * seg.base_channels}, {4 * seg.base_channels}, "
-        f"{8 * seg.base_channels}), DiceCE, AdamW {seg.lr}, batch {seg.batch_size}, {seg.steps} steps, checkpoint rule "
-        f"`{seg.selection}` (val checked every {seg.eval_every} steps). Test = the untouched real test split. "
-        "Dice over test images with a lesion; fpr = share of test images with an empty mask on which the model paints any lesion."
-        " Checkpoint rules: best_val = best val Dice over all val images; best_val_dice_fpr = best mean of val lesion Dice and"
-        " 1 - val fpr; last = the last step."
-    )
-    if cfg.evaluate.recipes:
-        from augment.recipes import describe
-
-        protocol += " Recipes (each a synthetic arm of every generator): " + "; ".join(
-            f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
-    meta = {"name": cfg.name, "protocol": protocol, "generators": list(cfg.generators), "generator_seeds": gseeds,
-            "classes": classes, "inception": inception}
-    return write_report(out, quality, downstream, figures, meta, captions)

@@ -71,7 +71,8 @@ def stage_times(run: Path) -> tuple[dict[str, float], float | None, str]:
         timings = json.loads((run / "timings.json").read_text())
         return timings["stages"], timings["wall_seconds"], f"{run / 'timings.json'}"
     from augment.config import load_json
-    from augment.pipeline import PipelineConfig, _done
+    from augment.gather import _done
+    from augment.pipeline import PipelineConfig
 
     cfg = load_json(PipelineConfig, run / "pipeline.json")
     times = {}

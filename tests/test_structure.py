@@ -101,7 +101,7 @@ def test_only_the_cli_imports_the_api_facade():
 
 
 @pytest.mark.parametrize("module", ["augment.audit", "augment.evaluate", "augment.report", "augment.verdicts",
-                                    "augment.figures", "augment.runs", "augment.metrics", "augment.data.export"])
+                                    "augment.figures", "augment.runs", "augment.metrics", "augment.data.export", "augment.gather"])
 def test_readers_and_measures_never_reach_the_generator_families(module):
     reached = _reach(import_graph(), module)
     assert not {m for m in reached if m == "augment.generators" or m.startswith("augment.generators.")}, sorted(reached)
