@@ -22,9 +22,10 @@ from augment.output import StageResult, atomic_path, discard, read_json, record_
 from augment.runinfo import run_record, write_json
 
 
-def check_run_folder(cfg, resume: bool) -> None:
+def check_run_folder(cfg, resume: bool) -> bool:
     """A finished run is never overwritten; an unfinished one continues only with --resume and
-    only with the same config (``train.max_steps`` may grow)."""
+    only with the same config (``train.max_steps`` may grow). True when the folder is new
+    (absent or empty)."""
     from augment.config import load_json
     from augment.generators import TrainConfig
     from augment.generators.artifact import CONFIG, RUN
@@ -36,7 +37,7 @@ def check_run_folder(cfg, resume: bool) -> None:
             raise DataError(f"`{out}` already holds a finished generator run; choose another --out")
         raise DataError(f"`{out}` is not empty and is not a generator run; choose another --out")
     if resumable_output(out, CONFIG, "a generator run"):
-        return
+        return True
     if (out / STATE).exists() and not (out / STATE).is_dir():
         raise DataError(f"`{out / STATE}` should be the run's checkpoint folder but is a file; remove it to train from the start")
     if not resume:
@@ -49,6 +50,7 @@ def check_run_folder(cfg, resume: bool) -> None:
         a, b = _flatten(saved), _flatten(now)
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
         raise DataError(f"--resume with a different config than `{out / CONFIG}` ({shown}); use the same options")
+    return False
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -79,7 +81,8 @@ def train(cfg, resume: bool = False) -> StageResult:
     from augment.generators.plan import has_several_parts
 
     started = time.time()
-    check_run_folder(cfg, resume)
+    out = Path(cfg.out)
+    existed, fresh = out.exists(), check_run_folder(cfg, resume)
     data = load_training_set(cfg.data, cfg.budget, cfg.seed)
     spec = DataSpec(
         image_size=data.images.shape[-1],
@@ -91,8 +94,6 @@ def train(cfg, resume: bool = False) -> StageResult:
         torch.manual_seed(cfg.seed)
         model = build(cfg.generator, spec)
     state = make_accelerator(cfg.train, model.phases, several_parts=has_several_parts(model))
-    out = Path(cfg.out)
-    existed, fresh = out.exists(), not out.is_dir() or not any(out.iterdir())
     if state.is_main_process and (fresh or load_json(TrainConfig, out / CONFIG) != cfg):  # same config: left as it is
         out.mkdir(parents=True, exist_ok=True)
         save_json(cfg, out / CONFIG)
