@@ -7,7 +7,8 @@ second process fails at once with one line that says who has the output. The ker
 ``flock`` when its process dies, so a lock left by a killed run is stale and simply taken over;
 a clean exit also removes the file.
 
-Under a multi-process launcher (torchrun, ``accelerate launch``: ``RANK`` in the environment)
+Under a multi-process launcher (torchrun, ``accelerate launch``: ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE`` and ``MASTER_ADDR``/``MASTER_PORT`` in the environment, :func:`augment.seeding.rank_zero`)
 only rank 0 locks: the ranks of one launch share the output by design and are not rivals. A
 process may take the lock of an output it already holds again (nested stages of ``augment run``).
 """
@@ -21,6 +22,7 @@ import functools
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,10 +39,10 @@ class LockError(AugmentError):
 
 
 def lock_path(out: str | Path) -> Path:
-    """The lock file of output folder ``out``: ``<parent>/.<name>.lock`` (parent resolved, so two
-    spellings of one folder share a lock)."""
-    out = Path(os.path.abspath(out))
-    return out.parent.resolve() / f".{out.name}.lock"
+    """The lock file of output folder ``out``: ``<parent>/.<name>.lock`` of the real folder (every
+    symbolic link resolved, so two spellings of one folder, or a link to it, share one lock)."""
+    out = Path(os.path.realpath(out))
+    return out.parent / f".{out.name}.lock"
 
 
 def holds(out: str | Path) -> bool:
@@ -64,10 +66,21 @@ def _open_locked(path: Path, out: Path) -> int:
     """An fd holding an exclusive flock on ``path`` (the file at that path now, not an unlinked one)."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a lock "file" that is a link planted in a shared folder must not make us
+            # truncate its target; O_NONBLOCK: a FIFO planted there must not hang us.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except FileNotFoundError:  # the parent was just removed by a releasing process
             path.parent.mkdir(parents=True, exist_ok=True)
             continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise LockError(f"lock file `{path}` of output `{out}` is not a regular file (a symbolic link, folder or "
+                                f"device); refusing to use it: remove it if nothing else needs it") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LockError(f"lock file `{path}` of output `{out}` is not a regular file (a FIFO or device); refusing to "
+                            f"use it: remove it if nothing else needs it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

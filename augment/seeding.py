@@ -16,13 +16,20 @@ def mix_seed(*parts: int) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets, every one
+
+
+def launched() -> bool:
+    """Whether a multi-process launcher (torchrun, ``accelerate launch``) started this process: it
+    sets every one of :data:`LAUNCH_VARIABLES`. A stray ``RANK`` alone (a scheduler's or a shell's)
+    is not a launch: such a process is on its own, and must print and lock like one."""
+    return all(os.environ.get(var, "").strip() for var in LAUNCH_VARIABLES)
+
+
 def rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (torchrun / ``accelerate launch`` set ``RANK``
-    and ``LOCAL_RANK``), or was not launched by one: the one process that prints and locks."""
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip():
-            return os.environ[var].strip() == "0"
-    return True
+    """Whether this process is rank 0 of its launch, or was not launched by one (:func:`launched`):
+    the one process that prints and locks."""
+    return not launched() or os.environ["RANK"].strip() == "0"
 
 
 def cpu_requested() -> bool:

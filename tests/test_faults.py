@@ -106,9 +106,38 @@ def test_lock_is_reentrant_rank_zero_only_and_leaves_no_folder(tmp_path, monkeyp
         with pytest.raises(LockError, match="in use by `augment train`"):
             with output_lock(out, "train"):
                 pass
-        monkeypatch.setenv("RANK", "1")  # another rank of the same launch: not a rival
+        monkeypatch.setenv("RANK", "1")  # a stray RANK alone (a scheduler's, a shell's) is no launch: still a rival
+        with pytest.raises(LockError, match="in use by `augment train`"):
+            with output_lock(out, "train"):
+                pass
+        for var, value in {"LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+            monkeypatch.setenv(var, value)  # another rank of the same torchrun launch: not a rival
         with output_lock(out, "train"):
             pass
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_followed(kind, tmp_path):
+    out = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    path = lock_path(out)
+    {"symlink": lambda: path.symlink_to(victim), "folder": path.mkdir, "fifo": lambda: os.mkfifo(path)}[kind]()
+    with pytest.raises(LockError, match="is not a regular file"):
+        with output_lock(out, "train"):
+            pass
+    assert victim.read_text() == "precious" and not out.exists()
+
+
+def test_a_link_to_an_output_shares_its_lock(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "alias").symlink_to(out)
+    assert lock_path(tmp_path / "alias") == lock_path(out)
+    with holder("run", out):
+        with pytest.raises(LockError, match="in use by `augment run`"):
+            with output_lock(tmp_path / "alias", "run"):
+                pass
 
 
 @contextlib.contextmanager

@@ -58,7 +58,8 @@ def test_a_generator_without_length_gets_counts_but_no_eta():
 
 
 def test_other_ranks_print_nothing(monkeypatch):
-    monkeypatch.setenv("RANK", "1")
+    for var, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(var, value)
     out = io.StringIO()
     assert list(track(range(3), None, "x", stream=out, seconds=0, clock=_clock())) == [0, 1, 2]
     lines = Lines("y", 3, stream=out, seconds=0, clock=_clock())
