@@ -399,6 +399,13 @@ def _unexpected(extra: list[str], parser: argparse.ArgumentParser) -> str:
     return f"unexpected argument{'s' * (len(extra) > 1)} {' '.join(extra)!r}"
 
 
+def _one_line(message: str, limit: int = 1000) -> str:
+    """An error as one line of reasonable length, whatever a message quoted (a value with a
+    newline, a huge input)."""
+    line = " ".join(message.split("\n"))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -411,13 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AugmentError as exc:
-        print(f"augment {args.command}: error: {exc}", file=sys.stderr)
+        print(f"augment {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         line = _os_problem(exc, args)
         if line is None:
             raise
-        print(f"augment {args.command}: error: {line}", file=sys.stderr)
+        print(f"augment {args.command}: error: {_one_line(line)}", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"augment {args.command}: error: out of memory; use smaller settings (fewer or smaller images, "

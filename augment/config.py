@@ -23,9 +23,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, values are re-validated on assignment."""
+    """Base for every config model: unknown keys are errors, NaN and infinities are errors (no
+    float setting anywhere has a meaning for them), values are re-validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class SplitFractions(Strict):
@@ -80,13 +81,40 @@ class PrepareConfig(PrepareSettings):
     overwrite: bool = False
 
 
+MAX_VALUES = 100_000  # values a config may hold once YAML aliases are expanded (a real one has hundreds)
+
+
+def _count(node: Any, limit: int) -> int:
+    """How many values ``node`` holds with every alias expanded, counting no further than ``limit``
+    (a shared reference is walked each time it appears, as a consumer would see it)."""
+    seen, stack = 0, [node]
+    while stack and seen <= limit:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return seen
+
+
+def safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses an alias bomb: a few hundred bytes of nested ``&a [*b, *b]``
+    anchors expand to billions of values in whatever walks them (a validator, an error message)."""
+    data = yaml.safe_load(text)
+    if _count(data, MAX_VALUES) > MAX_VALUES:
+        raise ConfigError(f"{what} expands to more than {MAX_VALUES:,} values (nested YAML aliases?); write the values out")
+    return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing, unreadable or non-mapping file is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file `{p}` does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_yaml(p.read_text(), f"config file `{p}`")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -121,7 +149,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set `{item}` must look like key=value (dotted keys allowed, e.g. split.val=0.15)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_yaml(raw, f"--set `{key}`") if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set `{item}`: value `{raw}` is not valid YAML") from None
         if isinstance(value, str) and "," in raw:
@@ -138,10 +166,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``overrides`` wins. Neither input is modified."""
+    """Recursive dict merge; ``overrides`` wins, and an empty mapping in ``overrides`` replaces
+    (``--set evaluate.recipes={}`` means no recipes, not the spec's). Neither input is modified."""
     out = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):  # an empty {} replaces: `recipes={}` means none
             out[key] = merge(out[key], value)
         else:
             out[key] = value
@@ -193,14 +222,23 @@ def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return ", ".join(fields) if fields else ""
 
 
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_UNION_MEMBER = re.compile(r"(float|int|str|bool|(list|dict|tuple|set)\[.*\]|function-\w+\[.*\])")  # pydantic's loc names a union's member
+
+
 def validate(model: type[M], data: dict[str, Any], what: str) -> M:
     """Build ``model`` from ``data`` or raise one ConfigError line naming the first bad key."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A union's members each report; a non-finite number inside one of them is the real culprit.
+        err = next((e for e in errors if e["type"] == "finite_number"), errors[0])
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key = ".".join(str(p) for p in loc if not _UNION_MEMBER.fullmatch(str(p))) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _describe(model, loc)
             raise ConfigError(f"{what}: unknown key `{key}` (allowed: {allowed})") from None
@@ -212,9 +250,11 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
             ) from None
         if err["type"] == "missing":
             raise ConfigError(f"{what}: `{key}` is required") from None
+        if err["type"] == "finite_number":
+            raise ConfigError(f"{what}: `{key}` must be a finite number (got {err.get('input')!r})") from None
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) else f" (got {_short(repr(got))})"
         if err["type"] == "list_type" and isinstance(got, str):  # e.g. --set arms=real,classic
             shown += "; write a list as [a, b] (a,b also works for numbers)"
         raise ConfigError(f"{what}: `{key}`: {msg}{shown}") from None

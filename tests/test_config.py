@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from augment.config import PrepareConfig, load_json, load_yaml, merge, parse_overrides, save_json, validate
+from augment.config import PrepareConfig, Strict, load_json, load_yaml, merge, parse_overrides, save_json, validate
 from augment.errors import ConfigError
 
 
@@ -93,3 +93,44 @@ def test_unknown_keys_in_nested_maps_and_families_name_what_is_allowed(extra, ne
     with pytest.raises(ConfigError) as exc:
         validate(TrainConfig, {"data": "x", "out": "y", "generator": {"family": "cvae"}, **extra}, "train")
     assert needle in str(exc.value)
+
+
+BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_file_and_in_a_set(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text('a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB + "name: *h\n")
+    assert len(path.read_text()) < 1000
+    with pytest.raises(ConfigError, match=r"expands to more than 100,000 values \(nested YAML aliases\?\)"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match=r"--set `name` expands to more than"):
+        parse_overrides(["name=" + "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1], " + BOMB.replace("\n", ", ").replace(": &", ": &") + "z: *h}"])
+    few = tmp_path / "few.yaml"
+    few.write_text("base: &b {lr: 0.1}\ntrain: *b\n")  # ordinary anchors still work
+    assert load_yaml(few)["train"] == {"lr": 0.1}
+
+
+def test_an_empty_mapping_override_replaces_instead_of_merging():
+    spec = {"evaluate": {"recipes": {"frac50": {"synthetic_fraction": 0.5}}, "seeds": [0]}}
+    assert merge(spec, parse_overrides(["evaluate.recipes={}"])) == {"evaluate": {"recipes": {}, "seeds": [0]}}
+    assert merge(spec, parse_overrides(["evaluate.seeds=[1]"]))["evaluate"]["recipes"] == spec["evaluate"]["recipes"]
+
+
+def test_a_huge_bad_value_is_shown_short():
+    class M(Strict):
+        n: int = 0
+
+    with pytest.raises(ConfigError) as exc:
+        validate(M, {"n": "x" * 100_000}, "m")
+    assert len(str(exc.value)) < 300 and str(exc.value).endswith("...)")
+
+
+def test_nan_and_infinity_are_refused_by_every_config_model():
+    class M(Strict):
+        x: float = 1.0
+        y: dict[str, float] | float = 1.0
+
+    for data, key in [({"x": float("nan")}, "`x`"), ({"x": float("-inf")}, "`x`"), ({"y": {"a": float("inf")}}, "`y.a`")]:
+        with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+            validate(M, data, "m")
