@@ -185,9 +185,14 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> PipelineCo
 def _check_families(cfg: PipelineConfig, path: Path) -> None:
     """What only a generator's family can judge, checked at load so a typo fails before any stage
     runs (not after hours of training): each entry's ``sampler`` against its family's ``Sampler``
-    schema, and its ``train.phases`` names against the family's phases."""
+    schema, its ``train.phases`` names against the family's phases, and (when ``data.image_size``
+    is set) its shape settings against the image size."""
     from augment.generators import REGISTRY
     from augment.generators.loop import check_phases
+
+    import torch
+
+    from augment.generators.base import DataSpec
 
     for name, entry in cfg.generators.items():
         family = entry.generator.family
@@ -195,6 +200,10 @@ def _check_families(cfg: PipelineConfig, path: Path) -> None:
         validate(network.Sampler, entry.sampler, f"pipeline `{path}`: generators.{name}.sampler ({family})")
         try:
             check_phases(entry.train, network.phases)
+            if cfg.data.image_size is not None:  # shapes that cannot fit the images: built on the meta device, no memory
+                spec = DataSpec(image_size=cfg.data.image_size, channels=3 if cfg.data.rgb else 1, num_classes=2, mask_classes=2)
+                with torch.device("meta"):
+                    network(entry.generator, spec)
         except ConfigError as exc:
             raise ConfigError(f"pipeline `{path}`: generators.{name}: {exc}") from None
 

@@ -129,6 +129,10 @@ def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: 
     if masks is not None:
         given = torch.from_numpy(np.stack(list(masks) + [masks[0]] * pad)).to(torch.int64)
     out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens, given, settings)
+    if not bool(torch.isfinite(out.images[:n]).all()):  # rounding would write NaN as black: refuse instead
+        raise DataError(f"generator `{gen.info.path}` produced non-finite pixels (NaN or inf) for class(es) "
+                        f"{sorted(set(labels))} with sampler settings {settings.model_dump() if settings is not None else 'default'}; "
+                        "try milder sampler settings, or retrain the generator")
     images = (out.images[:n] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     if images.shape[-1] == 1:
         images = images[..., 0]

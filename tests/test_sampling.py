@@ -22,6 +22,8 @@ from augment import sampling
 from augment.sampling import SampleConfig, passes, regenerate, sample
 from tests.conftest import augment_cmd, kill_when, run_cli, run_ddp
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _cfg(run, out, balance=None, **kw):
     return validate(SampleConfig, {"generator": run, "out": out, "balance": balance or {"strategy": "match_max"},
@@ -101,6 +103,53 @@ def test_incomplete_or_tampered_generator_is_refused(tiny_run, tmp_path):
     w.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"do not match the sha256 recorded in its run.json"):
         sample(_cfg(tmp_path / "tampered", tmp_path / "o"), echo=lambda *_: None)
+    assert not (tmp_path / "o").exists()
+
+
+def _resealed(run: Path, dst: Path, weights: bytes) -> Path:
+    """A copy of ``run`` whose final weights are ``weights``, with run.json's sha256 updated to match
+    (what someone who edits the weights on purpose, or a tool that rewrites them, leaves)."""
+    shutil.copytree(run, dst)
+    (dst / "model.safetensors").write_bytes(weights)
+    record = json.loads((dst / "run.json").read_text())
+    record["weights_sha256"] = sha256_file(dst / "model.safetensors")
+    (dst / "run.json").write_text(json.dumps(record))
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "truncated", "not-safetensors"])
+def test_final_weights_that_are_non_finite_or_unreadable_are_refused_even_with_a_matching_sha256(damage, tiny_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = (tiny_run / "model.safetensors").read_bytes()
+    if damage in ("nan", "inf"):
+        tensors = load_file(tiny_run / "model.safetensors")
+        name = sorted(k for k, v in tensors.items() if v.is_floating_point())[-1]
+        tensors[name].view(-1)[0] = float(damage)
+        save_file(tensors, tmp_path / "w.safetensors")
+        weights = (tmp_path / "w.safetensors").read_bytes()
+    else:
+        weights = weights[: len(weights) // 2] if damage == "truncated" else b"PK\x03\x04 a zip file"
+    run = _resealed(tiny_run, tmp_path / "gen", weights)
+    message = "hold non-finite values" if damage in ("nan", "inf") else "are not a readable safetensors file"
+    res = run_cli("sample", "--generator", run, "--balance", ROOT / "manifests" / "match_max.yaml", "--out", tmp_path / "o")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_pixels_from_a_generator_are_never_written(tiny_run, tmp_path, monkeypatch):
+    import torch
+
+    from augment.generators.base import Sample
+
+    def broken(self, labels, generators, masks=None, settings=None):
+        n, side = len(labels), 16
+        return Sample(torch.full((n, 1, side, side), float("nan")), torch.zeros(n, side, side, dtype=torch.int64), labels)
+
+    from augment.generators.cvae import CVAE
+    monkeypatch.setattr(CVAE, "sample", broken)
+    with pytest.raises(DataError, match=r"produced non-finite pixels \(NaN or inf\) for class"):
+        sample(_cfg(tiny_run, tmp_path / "o"), echo=lambda *_: None)
     assert not (tmp_path / "o").exists()
 
 

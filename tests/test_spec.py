@@ -66,6 +66,11 @@ audit: {{encoder_steps: 5, segmenter_steps: 6, kid_subsets: 4, kid_subset_size: 
      r"generators.cvae: train.phases has unknown phase `prior` \(this generator's phases: `main`\)"),
     ("generator: {family: cvae}\naudit: {kid_subsetz: 3}\n", r"unknown key `audit.kid_subsetz` \(allowed: .*kid_subsets"),
     ("generator: {family: cvae}\nsample: {max_attempt: 3}\n", r"unknown key `sample.max_attempt` \(allowed: .*max_attempts"),
+    ("generator: {family: vqvae2, bottom_halvings: 3, top_halvings: 2}\n",
+     r"generators.vqvae2: generator.bottom_halvings \+ top_halvings = 5 halvings need the side to be a multiple of 32, but the images are 16 px"),
+    ("generator: {family: ldm, ae_channels: [8, 8, 8, 8, 8]}\n", r"generators.ldm: generator.unet_channels has 3 widths, too many halvings"),
+    ("generator: {family: ldm, sampler: {guidance: .inf}}\n", r"`guidance` must be a finite number \(got inf\)"),
+    ("generator: {family: vqvae2, sampler: {temperature: 1.0e-300}}\n", r"`temperature`: Input should be greater than or equal to 0.01"),
 ])
 def test_a_typo_anywhere_in_a_spec_fails_at_load(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):

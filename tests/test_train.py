@@ -75,6 +75,23 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
         train_loop(make_accelerator(cfg, _Exploding.phases), _Exploding(), data, cfg, 0, tmp_path, resume=False)
 
 
+def test_non_finite_weights_with_a_finite_loss_stop_the_run_and_leave_nothing(phantom_dir, tmp_path, monkeypatch):
+    """A weight that turns NaN while the loss is still finite (here: a buffer the forward pass does
+    not read in training mode) would be saved and sample black images: the loop stops at that step."""
+    real_step = torch.optim.AdamW.step
+
+    def step_then_poison(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_poison)
+    with pytest.raises(TrainingError, match=r"became non-finite \(NaN or inf\) at step 1 \(phase `main`\); lower train.lr"):
+        train(_cfg(phantom_dir, tmp_path / "run", budget=12))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_phase_is_refused_before_the_run_folder_is_made(phantom_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"train.phases has unknown phase `prior` \(this generator's phases: `main`\)"):
         train(_cfg(phantom_dir, tmp_path / "run", phases={"prior": {"max_steps": 1}}))

@@ -208,7 +208,8 @@ def test_sampler_settings_change_samples_and_are_validated():
     top2, bottom2 = model.draw_codes(labels, [torch.Generator().manual_seed(9 + i) for i in range(3)], None,
                                      VQVAE2Sampler(top_k=1, iterations=1))
     assert torch.equal(top, top2) and torch.equal(bottom, bottom2)
-    for bad in ({"temperature": 0}, {"iterations": 0}, {"top_k": -1}, {"steps": 5}):
+    for bad in ({"temperature": 0}, {"iterations": 0}, {"top_k": -1}, {"steps": 5}, {"temperature": 1e-300},
+                {"temperature": float("inf")}, {"confidence_noise": float("inf")}, {"confidence_noise": 1e300}):
         with pytest.raises(ConfigError):
             validate(VQVAE2Sampler, bad, "sample: sampler (vqvae2)")
 
@@ -230,6 +231,19 @@ def test_bad_sizes_are_one_config_line():
         build(VQVAE2Config(prior_width=30, prior_heads=4), SPEC)
     with pytest.raises(ConfigError, match="prior"):
         validate(TrainConfig, {"data": "d", "out": "o", "generator": {"family": "vqvae2", "prior": "pixelcnn"}}, "train")
+
+
+def test_one_bottom_halving_trains_and_samples():
+    """bottom_halvings=1 once crashed in the encoder (its one strided conv has the narrow width)."""
+    model = _model(bottom_halvings=1, top_halvings=1).train()
+    images, masks, labels = _batch()
+    for phase in ("vqvae", "prior"):
+        loss, _ = model(images, masks, labels, phase=phase, step=0, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss)
+    model.eval()
+    assert model.bottom_side == 8 and model.top_side == 4
+    out = model.sample(labels[:2], [torch.Generator().manual_seed(i) for i in range(2)])
+    assert out.images.shape == (2, 1, 16, 16)
 
 
 @pytest.mark.parametrize("stop", [2, 6], ids=["inside-vqvae", "inside-prior"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from augment.config import load_json
@@ -89,7 +90,17 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
         raise DataError(f"generator weights `{d / WEIGHTS}` do not match the sha256 recorded in its run.json")
     model = build(config.generator, spec)
     try:
-        model.load_state_dict(load_file(d / WEIGHTS, device=str(device)))
+        weights = load_file(d / WEIGHTS, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"generator weights `{d / WEIGHTS}` are not a readable safetensors file "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    # A weight that is NaN or infinite samples all-black pairs with no error: refuse the run instead.
+    broken = sorted(name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if broken:
+        raise DataError(f"generator weights `{d / WEIGHTS}` hold non-finite values (NaN or inf) in {len(broken)} tensor(s), "
+                        f"first `{broken[0]}`; retrain the generator")
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise DataError(f"generator weights `{d / WEIGHTS}` do not fit its config ({str(exc).splitlines()[0]})") from None
     return LoadedGenerator(model.to(device).eval(), config, spec, run, digest, info)

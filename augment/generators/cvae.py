@@ -38,9 +38,9 @@ class CVAEConfig(Strict):
     base_channels: int = Field(16, ge=4)
     max_channels: int = Field(128, ge=4)
     deep_below: int = Field(16, ge=1, description="add a 3x3 conv to blocks whose output side is <= this many px")
-    image_sigma: float = Field(0.25, gt=0, description="std of the Gaussian image likelihood, in [0,1] pixel units")
-    mask_weight: float = Field(2.0, ge=0)
-    kl_weight: float = Field(1.0, ge=0)
+    image_sigma: float = Field(0.25, ge=1e-3, le=10, description="std of the Gaussian image likelihood, in [0,1] pixel units")
+    mask_weight: float = Field(2.0, ge=0, le=1000)
+    kl_weight: float = Field(1.0, ge=0, le=1000)
     kl_warmup_steps: int = Field(300, ge=0, description="linear KL weight warm-up from 0 (avoids early posterior collapse)")
     mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
 
@@ -48,7 +48,7 @@ class CVAEConfig(Strict):
 class CVAESampler(Strict):
     """Sampling-time settings (``augment sample --set sampler.temperature=0.8``)."""
 
-    temperature: float = Field(1.0, gt=0, description="prior std at sampling time")
+    temperature: float = Field(1.0, ge=0.01, le=10, description="prior std at sampling time (0.01 to 10)")
 
 
 def _groups(ch: int) -> int:

@@ -50,8 +50,8 @@ class LDMConfig(Strict):
     ae_layers: int = Field(1, ge=1, description="resnet layers per autoencoder block")
     ae_attention: bool = Field(False, description="non-local attention in the autoencoder's encoder and decoder (slow on CPU)")
     latent_channels: int = Field(4, ge=1)
-    kl_weight: float = Field(1e-4, ge=0, description="weight of the KL term per latent element (keeps latents near N(0, 1))")
-    mask_weight: float = Field(1.0, ge=0)
+    kl_weight: float = Field(1e-4, ge=0, le=1000, description="weight of the KL term per latent element (keeps latents near N(0, 1))")
+    mask_weight: float = Field(1.0, ge=0, le=1000)
     # phase 2: denoiser
     unet_channels: tuple[int, ...] = Field((64, 128, 128), description="denoiser widths; each entry after the first halves the latent side")
     unet_layers: int = Field(1, ge=1, description="resnet layers per denoiser block")
@@ -74,7 +74,7 @@ class LDMSampler(Strict):
 
     solver: Literal["dpm++", "ddim"] = Field("dpm++", description="dpm++: DPM-Solver++ multistep (order 2); ddim: DDIM, eta 0")
     steps: int = Field(20, ge=1, le=1000)
-    guidance: float = Field(2.0, ge=0, description="classifier-free guidance scale; 1 = plain conditional, 0 = unconditional")
+    guidance: float = Field(2.0, ge=0, le=20, description="classifier-free guidance scale, 0 to 20; 1 = plain conditional, 0 = unconditional")
 
 
 def _groups(widths: tuple[int, ...]) -> int:

@@ -250,6 +250,8 @@ def train_loop(
                 if ends:
                     _freeze(ph, ema)
 
+                if done % cfg.log_every == 0 or ends or done % cfg.checkpoint_every == 0:
+                    _check_finite(raw, done, ph.name)  # a NaN weight with a finite loss still ruins every sample
                 if done % cfg.log_every == 0 or ends:
                     now = time.time()
                     rate = (done - last_step) / max(now - last_t, 1e-9)
@@ -275,6 +277,14 @@ def train_loop(
     checksums = acc.gather(checksum).tolist()
     acc.wait_for_everyone()
     return LoopResult(final, total, resumed_from, rows, time.time() - t0, checksums)
+
+
+def _check_finite(model: torch.nn.Module, step: int, phase: str) -> None:
+    """Stop the run when a weight or buffer is NaN or infinite: nothing non-finite is checkpointed or saved."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"weight `{name}` became non-finite (NaN or inf) at step {step} (phase `{phase}`); "
+                                "lower train.lr, keep train.grad_clip on, or use train.mixed_precision=no")
 
 
 def _resume_point(folder: Path, info: dict, plan: list[Phase], total: int) -> tuple[int, list[dict]]:

@@ -28,11 +28,11 @@ class PhaseConfig(Strict):
 
     max_steps: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0, le=1)
+    weight_decay: float | None = Field(None, ge=0, le=10)
     warmup_steps: int | None = Field(None, ge=0)
     schedule: Literal["constant", "cosine"] | None = None
-    grad_clip: float | None = Field(None, gt=0, description="a phase cannot turn clipping off, only change it")
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="a phase cannot turn clipping off, only change it")
     ema: bool | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1)
 
@@ -40,11 +40,11 @@ class PhaseConfig(Strict):
 class LoopConfig(Strict):
     max_steps: int = Field(2000, ge=1, description="optimizer steps per phase (train.phases.NAME overrides any of these)")
     batch_size: int = Field(32, ge=1, description="per process")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=10)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, le=1e6)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema: bool = False

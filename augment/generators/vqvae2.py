@@ -74,9 +74,9 @@ class VQVAE2Config(Strict):
     top_codes: int = Field(128, ge=2, description="top codebook size")
     bottom_codes: int = Field(256, ge=2, description="bottom codebook size")
     codebook_decay: float = Field(0.99, gt=0, lt=1, description="decay of the codebooks' moving averages")
-    dead_code_threshold: float = Field(1.0, ge=0, description="restart a code whose moving assignment count (per batch) falls below this")
-    commitment: float = Field(0.25, ge=0, description="weight of the commitment loss ||z_e - sg(q)||^2")
-    mask_weight: float = Field(1.0, ge=0)
+    dead_code_threshold: float = Field(1.0, ge=0, le=1e6, description="restart a code whose moving assignment count (per batch) falls below this")
+    commitment: float = Field(0.25, ge=0, le=100, description="weight of the commitment loss ||z_e - sg(q)||^2")
+    mask_weight: float = Field(1.0, ge=0, le=1000)
     # phase 2: the priors
     prior: Literal["maskgit", "autoregressive"] = Field("maskgit", description="masked-token prior sampled in a few parallel steps, or a causal one")
     prior_width: int = Field(64, ge=8)
@@ -89,10 +89,10 @@ class VQVAE2Config(Strict):
 class VQVAE2Sampler(Strict):
     """Sampling-time settings (``augment sample --set sampler.temperature=0.9 sampler.top_k=32``)."""
 
-    temperature: float = Field(1.0, gt=0, description="divides the prior's logits")
+    temperature: float = Field(1.0, ge=0.01, le=10, description="divides the prior's logits (0.01 to 10)")
     top_k: int = Field(0, ge=0, description="draw only among the k likeliest codes at each position (0 = all)")
     iterations: int = Field(8, ge=1, le=256, description="maskgit: parallel decoding steps per level (the autoregressive prior ignores it)")
-    confidence_noise: float = Field(1.0, ge=0, description="maskgit: Gumbel noise on the keep-or-remask confidences, annealed to 0 over the steps")
+    confidence_noise: float = Field(1.0, ge=0, le=10, description="0 to 10; maskgit: Gumbel noise on the keep-or-remask confidences, annealed to 0")
 
 
 def _res(ch: int) -> nn.Module:
@@ -115,7 +115,8 @@ def _down(cin: int, cout: int, halvings: int, blocks: int, first: int | None = N
     widths = [first or cout] + [cout] * (halvings - 1)
     for i, w in enumerate(widths):
         layers += [nn.Conv2d(cin if i == 0 else widths[i - 1], w, 4, 2, 1), nn.ReLU()]
-    layers += [nn.Conv2d(cout, cout, 3, 1, 1)] + [_res(cout) for _ in range(blocks)] + [nn.ReLU()]
+    # widths[-1], not cout: with one halving the only strided conv has width ``first``.
+    layers += [nn.Conv2d(widths[-1], cout, 3, 1, 1)] + [_res(cout) for _ in range(blocks)] + [nn.ReLU()]
     return nn.Sequential(*layers)
 
 
