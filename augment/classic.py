@@ -25,7 +25,7 @@ class ClassicConfig(Strict):
     horizontal_flip: float = Field(0.5, ge=0, le=1)
     vertical_flip: float = Field(0.0, ge=0, le=1)
     affine: float = Field(0.7, ge=0, le=1, description="probability of a small rotation/scale/shift")
-    rotate: float = Field(15.0, ge=0, description="max degrees")
+    rotate: float = Field(15.0, ge=0, le=180, description="max degrees, 0 to 180")
     scale: float = Field(0.1, ge=0, lt=1, description="max relative zoom in or out")
     translate: float = Field(0.06, ge=0, lt=1, description="max shift, fraction of the side")
     elastic: float = Field(0.2, ge=0, le=1)
