@@ -272,7 +272,7 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
     if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
         raise DataError(f"--inception-weights `{cfg.inception_weights}` does not exist")
     provenance = check_provenance(data, real, syn_dir, syn, classes)
-    with building(Path(cfg.out), cfg.overwrite) as tmp:
+    with building(Path(cfg.out), cfg.overwrite, "audit") as tmp:
         report, nearest = _measure(cfg, data, real, classes, syn_dir, syn)
         report["provenance"] = provenance
         report["wall_seconds"] = round(time.time() - started, 2)

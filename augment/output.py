@@ -4,8 +4,9 @@ whole output folders, so a failed or killed stage never leaves a half-written fi
 * :func:`atomic_path` yields a temporary name beside the target; the target appears (by rename)
   only when the block ends without an error, with ordinary file modes (0644 less the umask, not
   ``mkstemp``'s 0600).
-* :func:`claim_output` refuses an output that exists and is not empty (unless ``overwrite``) and
-  returns a fresh temporary sibling folder to build in; :func:`publish` renames it into place.
+* :func:`claim_output` refuses an output that exists and is not empty (unless ``overwrite``, and
+  then only a previous output of the same verb), a symbolic link, and the working directory, its
+  parents, home and root; it returns a fresh temporary sibling folder to build in; :func:`publish` renames it into place.
   Stages that resume in place (train, sample, evaluate) instead keep their own journal or
   checkpoints and write their ``run.json`` last; its presence marks a finished stage.
 * :func:`discard` undoes a stage that failed in place in an output that was new.
@@ -142,17 +143,46 @@ def resumable_output(out: str | Path, marker: str, what: str) -> bool:
     return False
 
 
-def claim_output(out: str | Path, overwrite: bool) -> Path:
+def _refuse_dangerous(out: Path) -> None:
+    """A folder a stage builds and then renames into place must not be a symbolic link (the
+    rename would replace the link, and ``--overwrite`` would delete through it), nor the
+    working directory, one of its parents, the home folder or the root (``--out .
+    --overwrite`` would delete everything the user is standing in)."""
+    if out.is_symlink():
+        raise DataError(f"output `{out}` is a symbolic link (to `{os.path.realpath(out)}`); give the folder itself as --out")
+    real = Path(os.path.realpath(out))
+    cwd = Path.cwd().resolve()
+    reason = ("the root folder" if real == Path(real.anchor) else "your home folder" if real == Path.home().resolve()
+              else "the working directory" if real == cwd else "a parent of the working directory" if real in cwd.parents
+              else None)
+    if reason is not None:
+        raise DataError(f"output `{out}` is {reason}; a stage replaces its whole output folder, so choose a new sub-folder as --out")
+
+
+def claim_output(out: str | Path, overwrite: bool, verb: str) -> Path:
     """A fresh temporary folder beside ``out`` (same parent, so relative paths stay valid).
-    When this process holds the lock of ``out`` (:mod:`augment.lock`), the temporary folders
-    of killed runs are removed first: nobody else can be building ``out``."""
+    ``overwrite`` replaces only a previous output of the same ``verb`` (its ``run.json`` says
+    so); any other non-empty folder is refused, as are the folders :func:`_refuse_dangerous`
+    names. When this process holds the lock of ``out`` (:mod:`augment.lock`), the temporary
+    folders of killed runs are removed first: nobody else can be building ``out``."""
     from augment.lock import holds
 
     out = Path(out)
+    _refuse_dangerous(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"output `{out}` exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"output `{out}` already exists and is not empty; choose another --out or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"output `{out}` already exists and is not empty; choose another --out or pass --overwrite")
+        record = out / "run.json"
+        try:
+            stage = json.loads(record.read_text()).get("stage") if record.is_file() else None
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            stage = None
+        if stage != verb:
+            made_by = f"`augment {stage}`" if isinstance(stage, str) else "augment (it has no readable run.json)"
+            raise DataError(f"output `{out}` was not made by `augment {verb}` but by {made_by}; --overwrite replaces only "
+                            f"a previous output of the same verb, so choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     if holds(out):
         for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
@@ -185,10 +215,10 @@ def discard(out: str | Path, existed: bool) -> None:
 
 
 @contextlib.contextmanager
-def building(out: str | Path, overwrite: bool) -> Iterator[Path]:
-    """``with building(out, overwrite) as tmp: ...``: claim, build in ``tmp``, publish; on any
-    error the temporary folder is removed and ``out`` is as it was."""
-    tmp = claim_output(out, overwrite)
+def building(out: str | Path, overwrite: bool, verb: str) -> Iterator[Path]:
+    """``with building(out, overwrite, "prepare") as tmp: ...``: claim (:func:`claim_output`),
+    build in ``tmp``, publish; on any error the temporary folder is removed and ``out`` is as it was."""
+    tmp = claim_output(out, overwrite, verb)
     try:
         yield tmp
         publish(tmp, out)

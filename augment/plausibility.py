@@ -197,7 +197,7 @@ def score(cfg: ScoreConfig, top: int = 10) -> StageResult:
 
     started = time.time()
     table, scorer = score_images(cfg)
-    with building(cfg.out, cfg.overwrite) as tmp:
+    with building(cfg.out, cfg.overwrite, "score") as tmp:
         with atomic_path(tmp / "scores.csv") as f:
             table.to_csv(f, index=False)
         save_json(cfg, tmp / "config.json")

@@ -39,7 +39,7 @@ def export_folder(data_dir: str | Path, out: str | Path) -> Path:
     labels.csv with id,label,split,group and any provenance columns, classes.csv)."""
     df, classes = load_data(data_dir, check_files=True)
     out = Path(out)
-    with building(out, overwrite=False) as tmp:
+    with building(out, overwrite=False, verb="export") as tmp:
         (tmp / "images").mkdir()
         if (df["mask"] != "").any():
             (tmp / "masks").mkdir()

@@ -48,7 +48,7 @@ def prepare(cfg: PrepareConfig) -> StageResult:
     kind = source_kind(cfg.source)
     check_options(cfg, kind)
     out = Path(cfg.out)
-    with building(out, cfg.overwrite) as tmp:
+    with building(out, cfg.overwrite, "prepare") as tmp:
         rows, classes = LOADERS[kind](cfg, tmp)
         if not rows:
             raise DataError(f"source `{cfg.source}` holds no images")
