@@ -83,6 +83,21 @@ class BalanceConfig(Strict):
         return self
 
 
+def asks_for_nothing(cfg: BalanceConfig) -> str | None:
+    """Why ``cfg`` plans no synthetic pair whatever the real counts (None when it may plan some):
+    fine for a recipe (the real budget alone), an error for a sampling run."""
+    ratios = cfg.ratio.values() if isinstance(cfg.ratio, dict) else [cfg.ratio]
+    if cfg.classes == []:
+        return "`classes` is empty"
+    if cfg.strategy == "ratio" and not any(ratios):
+        return "`ratio` is 0"
+    if cfg.strategy == "total" and cfg.total == 0:
+        return "`total` is 0"
+    if cfg.max_synthetic_per_class == 0:
+        return "`max_synthetic_per_class` is 0"
+    return None
+
+
 def _largest_remainder(total: int, weights: dict[int, float], caps: dict[int, int | None]) -> dict[int, int]:
     """Split ``total`` into integers proportional to ``weights`` (exact sum), never above a cap;
     what a capped class cannot take goes to the others (water-filling)."""

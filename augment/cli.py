@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _needed(p, "--out", metavar="OUT", help="output folder")
     p.add_argument("--split", choices=["all", "train", "val", "test"], help="which images to train the scorer on and rank (default: all)")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the scorer (default 0)")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="how many of the most anomalous images to print (default 10)")
+    p.add_argument("--top", type=_count, default=10, metavar="N", help="how many of the most anomalous images to print (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_common(p, "scorer.steps=800")
     p.set_defaults(func=cmd_score)
@@ -362,9 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {value})")
+    return value
+
+
 def _os_problem(exc: OSError, args: argparse.Namespace) -> str | None:
     """One line for the operating-system errors a user can cause or fix (no space, no
-    permission, a read-only disk); None for the rest (a bug or broken hardware: traceback)."""
+    permission, a read-only disk, a path that is too long, loops or runs through a file); None
+    for the rest (a bug or broken hardware: traceback)."""
     where = str(exc.filename or getattr(args, "out", None) or "the output")
     where = re.sub(r"\.([^/]+)\.partial-[0-9a-f]{8}(?=/|$)", r"\1", where)  # the folder being built, by its final name
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -373,6 +385,12 @@ def _os_problem(exc: OSError, args: argparse.Namespace) -> str | None:
         return f"permission denied: `{where}` ({exc.strerror}); choose a path you may write to"
     if exc.errno == errno.EROFS:
         return f"`{where}` is on a read-only file system; choose another output"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"path `{where[:200]}{'...' if len(where) > 200 else ''}` is too long ({exc.strerror}); choose a shorter path"
+    if exc.errno == errno.ELOOP:
+        return f"`{where}` is a loop of symbolic links ({exc.strerror}); choose another path"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a folder was needed where a file is
+        return f"`{where}` cannot be used: part of the path is a file, not a folder ({exc.strerror}); choose another path"
     return None
 
 

@@ -102,7 +102,10 @@ def _count(node: Any, limit: int) -> int:
 def safe_yaml(text: str, what: str) -> Any:
     """``yaml.safe_load`` that refuses an alias bomb: a few hundred bytes of nested ``&a [*b, *b]``
     anchors expand to billions of values in whatever walks them (a validator, an error message)."""
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{what} nests too deeply (thousands of levels of [ or {{); write the values out") from None
     if _count(data, MAX_VALUES) > MAX_VALUES:
         raise ConfigError(f"{what} expands to more than {MAX_VALUES:,} values (nested YAML aliases?); write the values out")
     return data

@@ -34,7 +34,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 
 from augment.audit import AuditSettings
-from augment.balance import BalanceConfig
+from augment.balance import BalanceConfig, asks_for_nothing
 from augment.config import PrepareSettings, Strict, load_json, load_yaml, merge, save_json, validate
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
@@ -97,6 +97,9 @@ class GeneratorSpec(Strict):
             raise ValueError("a generator in mask mode makes images for given masks: set its balance.mask_source to real")
         if mode != "mask" and self.balance.mask_source == "real":
             raise ValueError("balance.mask_source real needs a mask-conditioned generator (mode: mask)")
+        nothing = asks_for_nothing(self.balance)
+        if nothing is not None:  # found now, not after the generator has trained for an hour
+            raise ValueError(f"balance asks for no synthetic pairs whatever the data ({nothing}); give a plan that adds some")
         return self
 
 

@@ -121,3 +121,22 @@ def test_validation_error_type_is_not_leaked():
         validate(BalanceConfig, {"strategy": "total"}, "balance")
     with pytest.raises(ValidationError):
         BalanceConfig(strategy="total")  # the raw model still raises pydantic's own error
+
+
+@pytest.mark.parametrize("cfg, reason", [
+    ({"strategy": "ratio", "ratio": 0}, "`ratio` is 0"),
+    ({"strategy": "ratio", "ratio": {0: 0, 2: 0.0}}, "`ratio` is 0"),
+    ({"strategy": "total", "total": 0}, "`total` is 0"),
+    ({"strategy": "match_max", "classes": []}, "`classes` is empty"),
+    ({"strategy": "match_max", "max_synthetic_per_class": 0}, "`max_synthetic_per_class` is 0"),
+    ({"strategy": "ratio", "ratio": {0: 0, 2: 1}}, None),
+    ({"strategy": "match_max"}, None),
+])
+def test_a_plan_that_is_empty_whatever_the_counts_is_known_before_any_data(cfg, reason):
+    from augment.balance import asks_for_nothing
+
+    assert asks_for_nothing(BalanceConfig(**cfg)) == reason
+    if reason is None:
+        return
+    for counts in ({0: 5, 1: 3, 2: 1}, {0: 1, 1: 9, 2: 30}):
+        assert int(plan(counts, BalanceConfig(**cfg), {0: "a", 1: "b", 2: "c"})["synthetic"].sum()) == 0
