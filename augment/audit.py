@@ -2,10 +2,17 @@
 
 * Feature-space distances (Fréchet, KID with its spread over subsets) between synthetic and real
   train images, each beside the real-vs-real baseline of the same metric (train vs test).
-  Extractors: ``domain`` (a SmallCNN trained as the label classifier on the real train split,
-  cached in ``DATA/.cache/``) and ``inception`` (only with a user-supplied TorchScript file of the
-  standard FID Inception network; never downloaded, never faked).
-* Diversity: mean MS-SSIM (SSIM below 161 px) over same-class pairs, synthetic and real.
+  Extractors: ``domain`` (a SmallCNN trained as the label classifier on the real train split)
+  and ``inception`` (only with a user-supplied TorchScript file of the standard FID Inception
+  network; never downloaded, never faked).
+* Diversity: mean MS-SSIM (SSIM below 176 px) over same-class pairs, synthetic and real.
+* A measure its inputs cannot give (a Fréchet distance of one synthetic image, the diversity of
+  a class with one) is written as ``value: null`` with the reason under ``undefined``; nothing
+  non-finite is ever written as a value.
+* Caches: the domain encoder and the real-to-real nearest SSIM are reused by every audit of the
+  same real data, so they are cached, keyed by DATA's manifest sha256 and the settings they
+  depend on, in a user cache folder (:func:`cache_root`), never in DATA: a dataset may be a
+  shared, read-only copy, and an audit leaves it byte for byte as it was.
 * Fidelity and memorisation: each synthetic image's nearest real train image by SSIM and by
   feature distance. It is a *copy* when it is closer than real images are to each other by both
   measures: SSIM above the 99th percentile and distance below the 1st percentile of real-to-real
@@ -22,6 +29,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 
@@ -40,7 +49,7 @@ from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit
 from augment.errors import DataError
 from augment.lock import locked
 from augment.metrics import (
-    copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
+    MS_SSIM_MIN_SIDE, copy_thresholds, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, structural_measure,
 )
 from augment.output import atomic_path, read_json
 from augment.progress import stage, track
@@ -56,7 +65,8 @@ class AuditSettings(Strict):
         None, description="a TorchScript Inception-v3 feature extractor file for Inception FID/KID beside the domain "
         "encoder's (never downloaded; without it only the domain encoder's are computed)")
     drop_copies: bool = False
-    copy_percentile: float = Field(1.0, gt=0, lt=50)
+    copy_percentile: float = Field(1.0, ge=0.01, lt=50, description="a synthetic image is a copy when it is nearer a train image "
+                                   "than all but this % of train images are to their own nearest (0.01 <= p < 50)")
     encoder_steps: int = Field(300, ge=1)
     segmenter_steps: int = Field(300, ge=1)
     max_pairs: int = Field(200, ge=1, description="pairs per class for the diversity measure")
@@ -86,10 +96,36 @@ def check_provenance(data: Path, real: pd.DataFrame, syn_dir: Path, syn: pd.Data
     return info
 
 
+def cache_root() -> Path:
+    """The user cache folder of augment: ``$AUGMENT_CACHE``, else ``$XDG_CACHE_HOME/augment``
+    (an absolute XDG_CACHE_HOME only, as the XDG spec says), else ``~/.cache/augment``."""
+    if os.environ.get("AUGMENT_CACHE"):
+        return Path(os.environ["AUGMENT_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "augment"
+
+
+def audit_cache() -> Path:
+    """``cache_root()/audit``, created, or a DataError naming it (checked before an audit starts
+    measuring, so a cache it cannot write fails in a second, not after training the encoder)."""
+    folder = cache_root() / "audit"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise DataError(f"the audit cache folder `{folder}` cannot be created ({exc.strerror or type(exc).__name__}); "
+                        "set AUGMENT_CACHE to a writable folder") from None
+    if not writable:
+        raise DataError(f"the audit cache folder `{folder}` is not writable; set AUGMENT_CACHE to a writable folder")
+    return folder
+
+
 def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int, cfg: AuditConfig) -> tuple[SmallCNN, dict]:
-    """The label classifier trained on the real train split, cached by (manifest hash, steps, seed)."""
+    """The label classifier trained on the real train split of ``data``, cached in
+    :func:`audit_cache` by (manifest sha256, steps, seed): the same real data and settings give
+    the same encoder whatever folder the data is in."""
     key = f"{sha256_file(data / MANIFEST)[:16]}-s{cfg.encoder_steps}-seed{cfg.seed}-v2"
-    cache = data / ".cache" / f"encoder-{key}"
+    cache = audit_cache() / f"encoder-{key}"
     record = {"kind": "SmallCNN label classifier", "trained_on": "real train split", "n_train": len(train_labels),
               "steps": cfg.encoder_steps, "seed": cfg.seed, "cache": str(cache)}
     model = SmallCNN(train_images.shape[1], num_classes)
@@ -113,9 +149,9 @@ def domain_encoder(data: Path, train_images: torch.Tensor, train_labels: torch.T
 
 def real_nearest_ssim(data: Path, train_images: torch.Tensor) -> torch.Tensor:
     """Each real train image's SSIM to its nearest other train image (the copy threshold's
-    baseline), cached by manifest hash: it depends on the real train split alone, and every
-    audit of every generator and budget on DATA needs it."""
-    cache = data / ".cache" / f"nearest-ssim-{sha256_file(data / MANIFEST)[:16]}-v1.safetensors"
+    baseline), cached in :func:`audit_cache` by manifest sha256: it depends on the real train
+    split alone, and every audit of every generator and budget on the same data needs it."""
+    cache = audit_cache() / f"nearest-ssim-{sha256_file(data / MANIFEST)[:16]}-v1.safetensors"
     if cache.is_file():
         try:
             values = load_file(cache)["ssim"]
@@ -174,20 +210,27 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
         note = {"note": f"fewer samples than feature dimensions ({a.shape[1]}): biased upwards, compare with the baseline"} \
             if min(n_syn, n_te) <= a.shape[1] else {}
         syn_names, base_names = ("synthetic set", "real train set"), ("real test set", "real train set")
-        rows.append(_row("frechet_distance", name, frechet_distance(s, a, names=syn_names), frechet_distance(b, a, names=base_names), n_tr, n_syn,
+        (fd, why), (fdb, why_b) = _defined(frechet_distance, s, a, names=syn_names), _defined(frechet_distance, b, a, names=base_names)
+        rows.append(_row("frechet_distance", name, fd, fdb, n_tr, n_syn, undefined=why, baseline_undefined=why_b,
                          baseline_is=f"real test ({n_te}) vs real train ({n_tr})", **note))
         kid_opts = {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "seed": cfg.seed}
-        (k, k_sd), (kb, kb_sd) = kid(s, a, names=syn_names, **kid_opts), kid(b, a, names=base_names, **kid_opts)
+        (k, why), (kb, why_b) = _defined(kid, s, a, names=syn_names, **kid_opts), _defined(kid, b, a, names=base_names, **kid_opts)
+        (k, k_sd), (kb, kb_sd) = k or (None, None), kb or (None, None)
         rows.append(_row("kid", name, k, kb, n_tr, n_syn, std=k_sd, baseline_std=kb_sd,
-                         baseline_is=f"real test ({n_te}) vs real train ({n_tr})"))
+                         undefined=why, baseline_undefined=why_b, baseline_is=f"real test ({n_te}) vs real train ({n_tr})"))
 
-    measure = structural_measure(train_x.shape[-1])
+    side = min(train_x.shape[-2:])
+    measure = structural_measure(side)
     for c in sorted(classes):
+        n_syn_c, n_real_c = int((syn_y == c).sum()), int((train_y == c).sum())
+        if n_syn_c == 0:
+            continue  # the set has no image of this class: nothing to measure, and no row
         ds = mean_pairwise_similarity(syn_x[syn_y == c], cfg.max_pairs, cfg.seed)
         dr = mean_pairwise_similarity(train_x[train_y == c], cfg.max_pairs, cfg.seed)
-        if ds is not None:
-            rows.append(_row(f"diversity_{measure}_class_{c}", "pixels", ds, dr, int((train_y == c).sum()), int((syn_y == c).sum()),
-                             note="mean over same-class pairs; lower is more diverse"))
+        rows.append(_row(f"diversity_{measure}_class_{c}", "pixels", ds, dr, n_real_c, n_syn_c,
+                         undefined=None if ds is not None else f"the synthetic set has {n_syn_c} image of this class; a pair needs 2",
+                         baseline_undefined=None if dr is not None else f"the real train split has {n_real_c} image(s) of this class; a pair needs 2",
+                         note="mean over same-class pairs; lower is more diverse"))
 
     s_ssim, s_ssim_i = nearest_ssim(syn_x, train_x)
     s_dist, s_dist_i = nearest_distance(f_syn, f_train)
@@ -230,6 +273,7 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
             if (syn_y == c).any():
                 rows.append(_row(f"mask_dice_class_{c}", "segmenter", float(d_syn[syn_y == c].mean()),
                                  float(d_val[vy == c].mean()) if (vy == c).any() else None, len(budget), int((syn_y == c).sum()),
+                                 baseline_undefined=None if (vy == c).any() else "the real val split has no image of this class",
                                  baseline_is="the same segmenter on real val images of this class"))
         nearest["mask_dice"] = d_syn.numpy()
         consistency = {"segmenter": "MONAI UNet (16,32,64,128), DiceCE", "trained_on": f"generator budget ({len(budget)} real images)",
@@ -244,16 +288,44 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
             "derived_from": f"real-to-real nearest neighbours in the train split ({n_tr} images)",
         },
         "extractors": {"domain": encoder_record, "inception": inception},
-        "structural_measure": measure if measure == "ms_ssim" else f"ssim (images are {train_x.shape[-1]} px; 5-scale MS-SSIM needs >= 161 px)",
+        "structural_measure": measure if measure == "ms_ssim" else (
+            f"ssim (images are {side} px{'' if train_x.shape[-1] == train_x.shape[-2] else ' on their shorter side'}; "
+            f"5-scale MS-SSIM needs >= {MS_SSIM_MIN_SIDE} px)"),
         "mask_consistency": consistency,
         "config": cfg.model_dump(mode="json"),
     }
     return report, nearest
 
 
-def _row(metric, extractor, value, baseline, n_real, n_syn, **extra) -> dict:
-    return {"metric": metric, "extractor": extractor, "value": value, "baseline": baseline,
-            "n_real": n_real, "n_synthetic": n_syn, **extra}
+def _defined(fn, *args, **kwargs):
+    """``(fn(...), None)``, or ``(None, reason)`` when the inputs cannot give the measure (the
+    DataError of :mod:`augment.metrics` saying why, e.g. a Fréchet distance of one image)."""
+    try:
+        return fn(*args, **kwargs), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def _row(metric, extractor, value, baseline, n_real, n_syn, undefined: str | None = None, baseline_undefined: str | None = None,
+         **extra) -> dict:
+    """One metric row. A value that is None is undefined and says why (``undefined``, and
+    ``baseline_undefined`` for the baseline); a non-finite number is never written: it becomes
+    None with the number named as the reason. ``std`` / ``baseline_std`` are left out when None."""
+    row = {"metric": metric, "extractor": extractor, "value": value, "baseline": baseline, "n_real": n_real, "n_synthetic": n_syn,
+           **{k: v for k, v in extra.items() if v is not None}}
+    reasons = {"value": undefined, "baseline": baseline_undefined}
+    for key in ("value", "baseline", "std", "baseline_std"):
+        v = row.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            row[key] = None
+            if key in reasons:
+                reasons[key] = reasons[key] or f"the computed {key} was {v} (not finite)"
+            else:
+                del row[key]
+    for key, name in (("value", "undefined"), ("baseline", "baseline_undefined")):
+        if row[key] is None and reasons[key]:
+            row[name] = reasons[key]
+    return row
 
 
 @locked(lambda cfg, *_, **__: cfg.out, "audit")
@@ -272,6 +344,7 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
     if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
         raise DataError(f"--inception-weights `{cfg.inception_weights}` does not exist")
     provenance = check_provenance(data, real, syn_dir, syn, classes)
+    audit_cache()  # a cache folder it cannot write fails here, before anything is trained
     with building(Path(cfg.out), cfg.overwrite, "audit") as tmp:
         report, nearest = _measure(cfg, data, real, classes, syn_dir, syn)
         report["provenance"] = provenance
@@ -292,13 +365,18 @@ def audit(cfg: AuditConfig, echo=print) -> Path:
 
 def summary(report: dict) -> str:
     """The audit as a short table for a person."""
-    def fmt(v):
-        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    def fmt(v, why=None):
+        return ("undefined" if why else "-") if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = [f"{'metric':34s} {'extractor':14s} {'synthetic':>10s} {'baseline':>10s} {'n_real':>7s} {'n_syn':>6s}"]
+    reasons = []
     for r in report["metrics"]:
-        value = fmt(r["value"]) + (f"±{r['std']:.2g}" if "std" in r else "")
-        lines.append(f"{r['metric']:34s} {r['extractor']:14s} {value:>10s} {fmt(r['baseline']):>10s} {r['n_real']:>7d} {r['n_synthetic']:>6d}")
+        value = fmt(r["value"], r.get("undefined")) + (f"±{r['std']:.2g}" if r.get("std") is not None else "")
+        baseline = fmt(r["baseline"], r.get("baseline_undefined"))
+        lines.append(f"{r['metric']:34s} {r['extractor']:14s} {value:>10s} {baseline:>10s} {r['n_real']:>7d} {r['n_synthetic']:>6d}")
+        reasons += [f"  {r['metric']} ({r['extractor']}){side}: undefined: {r[key]}"
+                    for key, side in (("undefined", ""), ("baseline_undefined", " baseline")) if r.get(key)]
+    lines += reasons
     rule = report["copy_rule"]
     lines.append(f"copies: {len(report['copies'])} of {report['metrics'][0]['n_synthetic']} synthetic images "
                  f"(SSIM >= {rule['ssim_threshold']:.3f} and distance <= {rule['distance_threshold']:.3g})")
@@ -311,75 +389,3 @@ def summary(report: dict) -> str:
     lines.append(f"provenance: {'ok' if prov['ok'] else 'PROBLEMS: ' + '; '.join(prov['problems'][:5])} "
                  f"({prov['checked_rows']} rows; generator trained on {prov['generator_trained_on']} train images only)")
     return "\n".join(lines)
-
-
-#: the pass/flag rule of each check of the report's short audit table (said beside the table)
-CHECK_RULES = {
-    "frechet_distance": "flag when above 3x the real-vs-real baseline (real test vs real train): "
-                        "the synthetic set is much further from the train images than unseen real images are",
-    "kid": "flag when above 3x the real-vs-real baseline (3x its spread over subsets when the baseline is <= 0)",
-    "diversity": "flag when synthetic same-class pairs are more alike than real ones by more than 0.10 "
-                 "(mean pairwise SSIM / MS-SSIM); the least diverse class is shown",
-    "memorisation_fraction": "flag when above the real train split's own fraction under the same copy rule",
-    "mask_consistency": "flag when the segmenter trained on the budget agrees with synthetic masks by more than 0.10 Dice "
-                        "less than with real val masks of the class; the worst class is shown",
-}
-CHECK_NAMES = {"frechet_distance": "Fréchet distance", "kid": "KID", "diversity": "diversity",
-               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency"}
-EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception"}
-
-
-def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
-    if check == "frechet_distance":
-        return value > 3 * baseline
-    if check == "kid":
-        return value > 3 * (baseline if baseline > 0 else spread)
-    if check == "diversity":
-        return value - baseline > 0.10
-    if check == "memorisation_fraction":
-        return value > baseline
-    return baseline - value > 0.10  # mask_consistency
-
-
-def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.DataFrame:
-    """The audit as pass/flag checks, one row per (generator, budget, check): Fréchet distance
-    and KID per extractor, diversity and mask consistency at their worst class, memorised
-    fraction. ``value`` and ``baseline`` are means over the generator seeds; ``result`` is
-    ``pass`` / ``flag`` by :data:`CHECK_RULES`, or ``–`` without a baseline. ``quality``: the
-    report's quality rows (audit metrics tagged with generator, budget, seed)."""
-    q = pd.DataFrame(quality)
-    if q.empty:
-        return pd.DataFrame(columns=["generator", "budget", "check", "value", "baseline", "result"])
-    if "generator" not in q.columns:
-        q["generator"] = "synthetic"
-    if "budget" not in q.columns:
-        q["budget"] = None
-    for col in ("value", "baseline", "baseline_std"):
-        q[col] = pd.to_numeric(q[col], errors="coerce") if col in q.columns else float("nan")
-    kind = q["metric"].str.replace(r"^diversity_.*_class_\d+$", "diversity", regex=True).str.replace(
-        r"^mask_dice_class_\d+$", "mask_consistency", regex=True)
-    q = q.assign(check=kind, cls=q["metric"].str.extract(r"_class_(\d+)$")[0])
-    q = q[q["check"].isin(list(CHECK_RULES))]
-    means = q.groupby(["generator", "budget", "check", "extractor", "cls"], sort=False, dropna=False)[
-        ["value", "baseline", "baseline_std"]].mean().reset_index()
-    out = []
-    for (generator, budget), g in means.groupby(["generator", "budget"], sort=False, dropna=False):
-        for check in CHECK_RULES:
-            part = g[g["check"] == check]
-            if part.empty:
-                continue
-            if check in ("diversity", "mask_consistency"):
-                gap = part["value"] - part["baseline"]
-                worst = gap.idxmax() if check == "diversity" else gap.idxmin()
-                part = part.loc[[worst]] if pd.notna(worst) else part.iloc[:1]
-            for r in part.itertuples():
-                name = CHECK_NAMES[check]
-                if check in ("frechet_distance", "kid"):
-                    name += f" ({EXTRACTOR_NAMES.get(r.extractor, r.extractor)})"
-                elif pd.notna(r.cls):
-                    name += f" (class {(classes or {}).get(int(r.cls), r.cls)})"
-                known = pd.notna(r.value) and pd.notna(r.baseline)
-                flag = known and _flagged(check, r.value, r.baseline, r.baseline_std if pd.notna(r.baseline_std) else 0.0)
-                out.append({"generator": generator, "budget": budget, "check": name, "kind": check, "value": r.value,
-                            "baseline": r.baseline, "result": ("flag" if flag else "pass") if known else "–"})
-    return pd.DataFrame(out)

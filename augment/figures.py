@@ -3,7 +3,10 @@
 Every figure function returns the matplotlib ``Figure``, so a test can look at what was drawn
 (bars, bands, rows); :func:`png` turns it into the bytes the report embeds. Captions are built
 from the same data the figure shows, so they say how many seeds an interval is over and why a
-class or row is missing.
+class or row is missing. Every text drawn from user data (class, generator and recipe names: a
+class name comes from the dataset's ``classes.csv``) goes through :func:`plain`, so ``$...$`` in
+it is drawn as written, never parsed as mathtext (where an unknown symbol such as ``\foo``
+fails the whole figure).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain(text) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so nothing is mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def png(fig) -> bytes:
@@ -63,16 +71,16 @@ def figure_metric_vs_budget(summary: pd.DataFrame, task: str, metric: str):
     for ax, generator in zip(axes[0], generators):
         for (gen, arm), g in part[part["generator"].isin(["none", generator])].groupby(["generator", "arm"], sort=False):
             g = g.sort_values("budget")
-            ax.plot(g["budget"], g["mean"], marker="o", linestyle="--" if gen == "none" else "-", label=arm, color=colours[arm])
+            ax.plot(g["budget"], g["mean"], marker="o", linestyle="--" if gen == "none" else "-", label=plain(arm), color=colours[arm])
             if g["ci_low"].notna().any():
                 ax.fill_between(g["budget"], g["ci_low"], g["ci_high"], alpha=0.15, color=colours[arm], linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("label budget (real training images)", fontsize=9)
-        ax.set_title(generator if generator != "none" else "real arms", fontsize=9)
+        ax.set_title(plain(generator) if generator != "none" else "real arms", fontsize=9)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=9)
-    fig.suptitle(f"{task}: {METRIC_NAMES.get(metric, metric)} on the real test split (mean, 95% CI over seeds)", fontsize=10)
+    axes[0][0].set_ylabel(plain(METRIC_NAMES.get(metric, metric)), fontsize=9)
+    fig.suptitle(plain(f"{task}: {METRIC_NAMES.get(metric, metric)} on the real test split (mean, 95% CI over seeds)"), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -91,20 +99,20 @@ def _figure_bars(part: pd.DataFrame, task: str, metric: str):
         w = width / len(g)
         xs = x - width / 2 + w * (np.arange(len(g)) + 0.5)
         for xi, row, err in zip(xs, g.itertuples(), _errors(g).T):
-            label = None if row.arm in shown else row.arm
+            label = None if row.arm in shown else plain(row.arm)
             shown.add(row.arm)
             ax.bar(xi, row.mean, w * 0.9, yerr=err.reshape(2, 1), capsize=3, color=colours[row.arm], label=label,
                    hatch="//" if generator == "none" else None, edgecolor="white" if generator == "none" else None)
-        ticks.append((x, "real arms" if generator == "none" else generator))
+        ticks.append((x, "real arms" if generator == "none" else plain(generator)))
     ref = part[(part["generator"] == "none") & (part["arm"] == "real+classic")]
     if len(ref):
         ax.axhline(float(ref["mean"].iloc[0]), color="0.4", linestyle="--", linewidth=0.8)
     ax.set_xticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=9)
-    ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=9)
+    ax.set_ylabel(plain(METRIC_NAMES.get(metric, metric)), fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     budget = int(part["budget"].iloc[0])
-    ax.set_title(f"{task}: {METRIC_NAMES.get(metric, metric)} at budget {budget}, real test split\n"
-                 "(mean, 95% CI over seeds; dashed line: real+classic)", fontsize=10)
+    ax.set_title(plain(f"{task}: {METRIC_NAMES.get(metric, metric)} at budget {budget}, real test split\n"
+                       "(mean, 95% CI over seeds; dashed line: real+classic)"), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -148,7 +156,7 @@ def figure_class_balance(plan: pd.DataFrame):
     pairs of the plan stacked on top (a composition: the stack is the class's training total)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    names = [str(n) for n in plan["name"]]
+    names = [plain(n) for n in plan["name"]]
     ax.bar(names, plan["real"], label="real (budget subset)", color="C0")
     ax.bar(names, plan["synthetic"], bottom=plan["real"], label="synthetic (added by the plan)", color="C1")
     for x, (r, s) in enumerate(zip(plan["real"], plan["synthetic"])):
@@ -205,7 +213,7 @@ def figure_grid(real: list[tuple], synthetic: list[tuple], classes: dict[int, st
             axes[r, col].imshow(image, cmap="gray", vmin=0, vmax=255)
             if tiles == 2 and mask is not None:
                 axes[r, col + 1].imshow(mask, cmap="gray", vmin=0, vmax=max(1, int(mask.max())))
-        axes[r, 0].set_title(f"{name}, {source}" + (" (image | mask)" if tiles == 2 else ""), fontsize=9, loc="left")
+        axes[r, 0].set_title(plain(f"{name}, {source}" + (" (image | mask)" if tiles == 2 else "")), fontsize=9, loc="left")
     if notes:
-        fig.text(0.01, 0.01, "\n".join(f"not shown: {n}" for n in notes), fontsize=8, va="bottom")
+        fig.text(0.01, 0.01, plain("\n".join(f"not shown: {n}" for n in notes)), fontsize=8, va="bottom")
     return fig

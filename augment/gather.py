@@ -33,6 +33,20 @@ def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
             for k, v in own.items() if k != "n_pairs"]
 
 
+def _undefined_records(folder: Path) -> list[dict]:
+    """The metrics an evaluation's results left undefined, with their reasons: one record (task,
+    budget, generator, arm, seed, metric, reason) per entry of each ``runs/*.json``'s
+    ``undefined`` (a metric the test split cannot define, e.g. AUROC without every class)."""
+    out = []
+    for path in sorted((folder / "runs").glob("*.json")):
+        result = read_json(path, "result file")
+        undefined = result.get("undefined")
+        if isinstance(undefined, dict):
+            out += [{**{k: result.get(k) for k in ("task", "budget", "generator", "arm", "seed")}, "metric": m, "reason": str(why)}
+                    for m, why in undefined.items()]
+    return out
+
+
 def build_report(cfg, out: Path) -> Path:
     """Collect every generator's audits and every evaluation of the run of ``cfg`` (its
     :class:`~augment.pipeline.PipelineConfig`) in ``out`` into the report: Dice vs budget per
@@ -41,12 +55,12 @@ def build_report(cfg, out: Path) -> Path:
     from augment.data.manifest import load_data
     from augment.runs import read_run
     from augment.figures import (
-        figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, png, synthetic_shortfalls,
+        figure_class_balance, figure_grid, figure_metric_vs_budget, grid_rows, metric_caption, plain, png, synthetic_shortfalls,
     )
-    from augment.report import write_report
+    from augment.report import not_measured, write_report
     from augment.verdicts import summarize
 
-    quality, frames, inception = [], [], []
+    quality, frames, inception, undefined = [], [], [], []
     for name in cfg.generators:
         for budget in cfg.budgets:
             for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
@@ -65,13 +79,17 @@ def build_report(cfg, out: Path) -> Path:
                 results = out / "evaluate" / f"b{budget}_s{seed}" / sub / "results.csv"
                 if _done(results.parent):  # only finished evaluations
                     frames.append(read_csv(results, "evaluation results"))
+                    undefined += _undefined_records(results.parent)
     columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
     downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
     figures: dict[str, bytes] = {}
     captions: dict[str, str] = {}
+    unmeasured = not_measured(downstream)  # no figure of empty axes: the report says why in one line
     for task in downstream["task"].unique() if len(downstream) else []:
         for metric in ("dice", "fpr") if task == "segmentation" else ("balanced_accuracy",):
+            if (task, metric) in unmeasured:
+                continue
             figures[f"{task}_{metric}_vs_budget"] = png(figure_metric_vs_budget(summary, task, metric))
             captions[f"{task}_{metric}_vs_budget"] = metric_caption(summary, task, metric)
 
@@ -94,7 +112,7 @@ def build_report(cfg, out: Path) -> Path:
         pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
         real_items, syn_items = read_rows(info.rows.groupby("label").head(4), info.data_dir), read_rows(pick, run / "synthetic")
         fig = figure_grid(real_items, syn_items, classes, why=why)
-        fig.suptitle(f"{name}: real (budget {budget}) vs synthetic", fontsize=10)
+        fig.suptitle(plain(f"{name}: real (budget {budget}) vs synthetic"), fontsize=10)
         figures[f"samples_{name}"] = png(fig)
         _, missing = grid_rows(real_items, syn_items, classes, 4, why)
         captions[f"samples_{name}"] = (
@@ -124,5 +142,5 @@ def build_report(cfg, out: Path) -> Path:
         protocol += " Recipes (each a synthetic arm of every generator): " + "; ".join(
             f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
     meta = {"name": cfg.name, "protocol": protocol, "generators": list(cfg.generators), "generator_seeds": gseeds,
-            "classes": classes, "inception": inception}
+            "classes": classes, "inception": inception, "undefined": undefined}
     return write_report(out, quality, downstream, figures, meta, captions)

@@ -3,8 +3,9 @@ SSIM / MS-SSIM, PSNR, mask Dice, nearest neighbours and the copy thresholds of t
 audit, and :func:`generator_heldout`, which measures a generator's own parts (autoencoder round
 trip, codebooks, token priors) on held-out pairs through the methods the families expose.
 
-The maths comes from MONAI (Fréchet distance) and torchmetrics (polynomial-kernel MMD for KID,
-SSIM, MS-SSIM); this module only arranges inputs and sampling. Features: (N, D) float tensors.
+The maths comes from torchmetrics (polynomial-kernel MMD for KID, SSIM, MS-SSIM) and, for the
+Fréchet distance, numpy's covariances and eigenvalues (:func:`frechet_distance` says why not
+MONAI's); this module arranges inputs and sampling. Features: (N, D) float tensors.
 Images: (N, C, H, W) float32 in [0, 1]. Inputs a metric cannot use (too few images, mismatched
 shapes, images smaller than the window) raise :class:`~augment.errors.DataError` saying what is
 needed and what was given; the maths itself is never changed to make them fit.
@@ -18,7 +19,9 @@ import torch
 from augment.errors import DataError
 from augment.progress import track
 
-MS_SSIM_MIN_SIDE = 161  # 5 scales with an 11-px Gaussian window need > (11 - 1) * 2**4 px
+# 5 scales with an 11-px Gaussian window: torchmetrics needs side // 2**4 > 11 - 1, i.e. a side of
+# at least 176 px (161-175 px pass "> (11 - 1) * 2**4" but fail its integer division)
+MS_SSIM_MIN_SIDE = 176
 SSIM_MIN_SIDE = 6  # the 11-px Gaussian window reflection-pads 5 px, which needs more than 5 px
 
 
@@ -33,6 +36,8 @@ def _feature_sets(what: str, a: torch.Tensor, b: torch.Tensor, names: tuple[str,
             raise DataError(f"{what} needs (N, D) feature matrices; the {name} has shape {_shape(x)}")
     if a.shape[1] != b.shape[1]:
         raise DataError(f"{what} needs features of one dimension; the {names[0]} has {a.shape[1]}, the {names[1]} {b.shape[1]}")
+    if a.shape[1] == 0:
+        raise DataError(f"{what} needs features of at least 1 dimension; the {names[0]} has 0")
     short = [f"the {name} has {len(x)}" for x, name in zip((a, b), names) if len(x) < at_least]
     if short:
         raise DataError(f"{what} needs at least {at_least} images per set; {' and '.join(short)}")
@@ -49,18 +54,27 @@ def _images(what: str, x: torch.Tensor, name: str, min_side: int = SSIM_MIN_SIDE
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("first set", "second set")) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula).
-    ``names`` only word the error for inputs it cannot use (e.g. ``("synthetic set", "real set")``)."""
-    from monai.metrics.fid import get_fid_score
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (the FID formula,
+    Heusel et al. 2017): ``|mu_a - mu_b|² + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^½)``, covariances
+    with N - 1. Any D >= 1 and N >= 2 per set; ``names`` only word the error for inputs it
+    cannot use (e.g. ``("synthetic set", "real set")``).
 
-    import warnings
-
+    ``tr((S_a S_b)^½)`` is the sum of the square roots of the eigenvalues of ``S_a S_b``, which
+    equal those of the symmetric PSD matrix ``S_a^½ S_b S_a^½``: computed that way (two ``eigh``)
+    it is real and finite for singular covariances too (fewer samples than dimensions, constant
+    features), where ``sqrtm(S_a S_b)`` (MONAI, pytorch-fid) needs an epsilon retry, can return
+    complex values, and fails on 1-d features. With fewer samples than dimensions the value is
+    still defined, biased upwards: the audit says so beside it."""
     _feature_sets("the Fréchet distance", a, b, names, at_least=2)
-    with warnings.catch_warnings():
-        # With fewer samples than feature dimensions the covariances are singular; the value is
-        # still defined (and biased upwards): the audit says so beside it instead of warning.
-        warnings.simplefilter("ignore")
-        return float(get_fid_score(a.double(), b.double()))
+    x, y = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
+    cov_a, cov_b = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    tr_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
+    diff = x.mean(0) - y.mean(0)
+    # a squared 2-Wasserstein distance, >= 0: a negative value is rounding (identical sets), not a result
+    return max(0.0, float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean))
 
 
 def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0,
@@ -99,7 +113,8 @@ def ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ms_ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """MS-SSIM (5 scales) of each pair (x[i], y[i]): (N,) values; images of at least 161 px."""
+    """MS-SSIM (5 scales) of each pair (x[i], y[i]): (N,) values; images of at least 176 px
+    (:data:`MS_SSIM_MIN_SIDE`) on both sides."""
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
 
     _pairs("MS-SSIM", x, y, MS_SSIM_MIN_SIDE)
@@ -107,7 +122,8 @@ def ms_ssim_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def structural_measure(side: int) -> str:
-    """``ms_ssim`` when images are large enough for 5-scale MS-SSIM, otherwise ``ssim``."""
+    """``ms_ssim`` when images whose shorter side is ``side`` px are large enough for 5-scale
+    MS-SSIM (:data:`MS_SSIM_MIN_SIDE`), otherwise ``ssim``."""
     return "ms_ssim" if side >= MS_SSIM_MIN_SIDE else "ssim"
 
 
@@ -125,7 +141,7 @@ def mean_pairwise_similarity(images: torch.Tensor, max_pairs: int = 200, seed: i
         rng = np.random.default_rng(seed)
         pairs = [pairs[k] for k in rng.choice(len(pairs), max_pairs, replace=False)]
     i, j = (torch.tensor(v) for v in zip(*pairs))
-    fn = ms_ssim_pairs if structural_measure(images.shape[-1]) == "ms_ssim" else ssim_pairs
+    fn = ms_ssim_pairs if structural_measure(min(images.shape[-2:])) == "ms_ssim" else ssim_pairs
     return float(fn(images[i], images[j]).mean())
 
 
@@ -133,7 +149,8 @@ class SSIMIndex:
     """SSIM of one query image against many references at once (nearest-neighbour search).
 
     The same index as torchmetrics' ``structural_similarity_index_measure`` (Gaussian window,
-    sigma 1.5, 11 px, reflection padding, borders cropped, K1 0.01, K2 0.03, data range 1), but the
+    sigma 1.5, 11 px, K1 0.01, K2 0.03, data range 1; images reflection-padded by 5 px so the SSIM
+    map is H x W, and every pixel of it averaged: no border is cropped), but the
     references' local means and variances are filtered once and each query costs one separable
     filtering of (reference x query) products, instead of five per pair. The separable Gaussian
     is applied as two matrix products with banded matrices (the "valid" part of the filter):

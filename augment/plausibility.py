@@ -42,10 +42,10 @@ from augment.seeding import mix_seed
 class ScorerConfig(Strict):
     steps: int = Field(400, ge=1, description="AdamW steps")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, ge=1e-7, le=1.0, description="AdamW learning rate, in [1e-07, 1] (as the task models)")
     latent_dim: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=4)
-    image_sigma: float = Field(0.1, gt=0, description="std of the Gaussian likelihood, in [0, 1] pixel units")
+    image_sigma: float = Field(0.1, ge=1e-3, le=10, description="std of the Gaussian likelihood, in [0, 1] pixel units (1e-3 to 10)")
     folds: int = Field(2, ge=2, le=10, description="cross-fitting folds: each real image is scored by a VAE that did not see it")
 
 
@@ -154,6 +154,10 @@ def fit_scorer(images: torch.Tensor, cfg: ScorerConfig, seed: int) -> Scorer:
     for k in range(cfg.folds):
         model = _train(images[torch.from_numpy(np.flatnonzero(fold != k))], cfg, mix_seed(seed, k))
         own[fold == k] = _errors(model, images[torch.from_numpy(np.flatnonzero(fold == k))])
+        if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values()) or not np.isfinite(own[fold == k]).all():
+            # a non-finite score would rank nothing and be written as NaN: refuse it instead
+            raise DataError(f"the plausibility scorer's training diverged (non-finite weights or reconstruction errors in fold {k + 1} "
+                            f"of {cfg.folds}); lower scorer.lr (now {cfg.lr:g}) or raise scorer.image_sigma (now {cfg.image_sigma:g})")
         models.append(model)
     return Scorer(models, own, time.time() - t)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from augment.runinfo import write_json
-from augment.verdicts import METRIC_NAMES, RANKED, VERDICT_NOTE, rankings, row_label, summarize, verdicts
+from augment.verdicts import CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, checks, rankings, row_label, summarize, verdicts
 
 
 def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
@@ -57,7 +57,9 @@ def delta_table(summary: pd.DataFrame, metric: str, ref: str = "classic") -> pd.
 
 
 def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
-    """The ranking as a fixed-width table: pooled deltas with CIs, then the per-budget means."""
+    """The ranking as a fixed-width table: pooled deltas with CIs, then the per-budget means. The
+    second metric's columns are left out when no arm has a value for it (e.g. no false-positive
+    rate without a lesion-free test image)."""
     main, second = RANKED[task]
     per_budget = sorted((c for c in table.columns if c.startswith(f"{main}_delta_b")), key=lambda c: int(c.rsplit("b", 1)[1]))
     shown = pd.DataFrame({
@@ -68,6 +70,8 @@ def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
         f"{second} delta [95% CI]": [_fmt(r[f"{second}_delta"], r[f"{second}_ci_low"], r[f"{second}_ci_high"], signed=True) for _, r in table.iterrows()],
         second: table[f"verdict_{second}"].replace("unknown", "–"),
     })
+    if table[f"{second}_delta"].isna().all():
+        shown = shown.drop(columns=[f"{second} delta [95% CI]", second])
     return shown.to_string(index=False)
 
 
@@ -84,7 +88,38 @@ def quality_table(quality: list[dict]) -> pd.DataFrame:
 RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
                 "better / worse: the interval excludes 0; –: fewer than 2 pairs, no interval; bN: mean delta at budget N)")
 TABLE_NOTE = "A value without [CI]: one seed, so no interval; –: no result for that arm and budget."
-QUALITY_NOTE = "–: no real-vs-real baseline (a count, or a generator's own figure on its val split)."
+QUALITY_NOTE = ("–: no real-vs-real baseline (a count, or a generator's own figure on its val split), "
+                "or a value the audit could not define (why: listed below the table, and in its audit.json).")
+#: a task's metric that no result defines, and why, said in one line in place of its table and figure
+NOT_MEASURED = {("segmentation", "fpr"): "no test image without a lesion: false-positive rate not measured"}
+
+
+def not_measured(downstream: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(task, metric) -> the line saying why, for each metric of a task in ``downstream`` that
+    has no value in any result (absent, or every value None / NaN); other metrics get a generic line."""
+    if not len(downstream):
+        return {}
+    values = pd.to_numeric(downstream["value"], errors="coerce")
+    out = {}
+    for task in dict.fromkeys(downstream["task"]):
+        ranked = [m for m in RANKED.get(task, ()) if m in METRIC_NAMES]
+        for metric in dict.fromkeys([*ranked, *downstream.loc[downstream["task"] == task, "metric"]]):
+            if not values[(downstream["task"] == task) & (downstream["metric"] == metric)].notna().any():
+                out[(task, metric)] = NOT_MEASURED.get(
+                    (task, metric), f"{METRIC_NAMES.get(metric, metric)}: no result defines it ({task}); not measured")
+    return out
+
+
+def undefined_note(summary: pd.DataFrame, metric: str, records: list[dict]) -> str:
+    """One line on the results whose ``metric`` is undefined (None / NaN rows in the summary's
+    ``n_undefined``, or ``records``: the evaluations' ``undefined`` reasons), or "" when none is."""
+    part = summary[summary["metric"] == metric]
+    count = max(int(part["n_undefined"].sum()) if "n_undefined" in part else 0, len(records))
+    if not count:
+        return ""
+    reasons = "; ".join(dict.fromkeys(str(r.get("reason")) for r in records if r.get("reason"))) or "no reason recorded"
+    return (f"{METRIC_NAMES.get(metric, metric)}: {count} result{'s' if count != 1 else ''} undefined ({reasons}); "
+            "left out of the means and deltas, never counted as 0.")
 
 
 def inception_note(meta: dict) -> str:
@@ -107,8 +142,6 @@ def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions:
     """The report as blocks, in reading order: ("h", level, text), ("p", text), ("ul", [(text,
     class)]), ("pre", text), ("table", frame, show_index), ("fig", name, caption). The terminal
     gets the verdict, ranking, audit checks and metric tables; the files get everything."""
-    from augment.audit import CHECK_NAMES, CHECK_RULES, checks
-
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
     lines = verdicts(downstream) if len(downstream) else []
     blocks: list[tuple] = [("h", 2, "Verdict: did synthetic data help?")]
@@ -131,19 +164,25 @@ def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions:
         blocks.append(("p", note))
     if not terminal and meta.get("protocol"):
         blocks += [("h", 2, "Protocol"), ("p", meta["protocol"])]
-    for metric in dict.fromkeys(summary["metric"]) if len(summary) else []:
+    missing = not_measured(downstream)
+    unmeasured = {metric for _, metric in missing}
+    records = [r for r in meta.get("undefined") or [] if isinstance(r, dict)]
+    for metric in [m for m in dict.fromkeys(summary["metric"]) if m not in unmeasured] if len(summary) else []:
         name = METRIC_NAMES.get(metric, metric)
         blocks += [("h", 2, f"{name}: mean [95% CI] over seeds, real test split"), ("table", summary_table(summary, metric), True)]
         deltas = delta_table(summary, metric)
         if len(deltas):
             blocks += [("h", 3, f"{name}: paired delta vs real+classic (same budget and seed)"), ("table", deltas, True)]
+        note = undefined_note(summary, metric, [r for r in records if r.get("metric") == metric])
+        blocks += [("p", note)] if note else []
         blocks.append(("p", TABLE_NOTE))
+    blocks += [("p", line) for line in missing.values()]
     if terminal:
         return blocks
     if figures:
         blocks.append(("h", 2, "Figures"))
         blocks += [("fig", name, captions.get(name) or name.replace("_", " ")) for name in figures]
-    for metric in dict.fromkeys(summary["metric"]) if len(summary) else []:
+    for metric in [m for m in dict.fromkeys(summary["metric"]) if m not in unmeasured] if len(summary) else []:
         deltas = delta_table(summary, metric, ref="real")
         if len(deltas):
             blocks += [("h", 3, f"Details: {METRIC_NAMES.get(metric, metric)}, paired delta vs real (same budget and seed)"),
@@ -151,6 +190,9 @@ def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions:
     if quality:
         blocks += [("h", 2, "Details: the full quality and memorisation audit (mean over generator seeds; baseline = real vs real)"),
                    ("table", quality_table(quality), True), ("p", QUALITY_NOTE)]
+        why = {f"{r.get('metric')} ({r.get('extractor')}){side}: undefined: {r[key]}": ""
+               for r in quality for key, side in (("undefined", ""), ("baseline_undefined", " baseline")) if r.get(key)}
+        blocks += [("ul", list(why.items()))] if why else []
     return blocks
 
 
@@ -166,10 +208,9 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
                  meta: dict, captions: dict[str, str] | None = None) -> Path:
     """Write report.json / .md / .html, figures/*.png and tables/*.csv into ``out``. ``captions``:
     a sentence per figure name (the name itself, in words, where none is given); ``meta``: name,
-    protocol, and optionally ``classes`` ({label: name}) and ``inception`` (the audits'
-    ``extractors.inception`` records)."""
-    from augment.audit import checks
-
+    protocol, and optionally ``classes`` ({label: name}), ``inception`` (the audits'
+    ``extractors.inception`` records) and ``undefined`` (the evaluations' undefined metrics with
+    their reasons: task, budget, generator, arm, seed, metric, reason)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)

@@ -2,8 +2,8 @@
 and its 95% confidence interval over seeds (Student t), the paired difference (same budget, same
 seed) against the shared ``real`` and ``real+classic`` arms with its own interval, the ranking of
 every synthetic arm and recipe, and the verdict per generator and budget ("synthetic data helped /
-did not help / hurt vs real+classic"). :mod:`augment.report` lays these out; the terminal summary
-prints the verdict lines.
+did not help / hurt vs real+classic"), and the audit's quality rows as pass / flag checks
+(:func:`checks`). :mod:`augment.report` lays these out; the terminal summary prints the verdict lines.
 
 ``real`` and ``real+classic`` use no synthetic data: they are one shared reference (generator
 ``none``) for every generator of a pipeline.
@@ -17,11 +17,19 @@ import numpy as np
 import pandas as pd
 
 
+def _defined(x) -> bool:
+    """A metric value that counts: not None (undefined, e.g. AUROC without every class in the
+    test labels) and not NaN (the same, in a CSV read back)."""
+    return x is not None and not (isinstance(x, (float, np.floating)) and math.isnan(x))
+
+
 def mean_ci(values) -> tuple[float, float, float]:
-    """Mean and 95% t-interval; with one value the interval is (nan, nan): it is unknown, not zero."""
+    """Mean and 95% t-interval of the defined values (:func:`_defined`: None and NaN are left
+    out, never counted as 0); with one value the interval is (nan, nan): it is unknown, not
+    zero; with none, all three are nan."""
     from scipy import stats
 
-    v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    v = np.asarray([x for x in values if _defined(x)], dtype=float)
     if len(v) == 0:
         return float("nan"), float("nan"), float("nan")
     m = float(v.mean())
@@ -65,6 +73,9 @@ def with_generator(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows with a ``generator`` column where the shared arms say ``none`` (older results without
     the column get ``synthetic`` for the others); duplicate shared-arm rows are dropped."""
     rows = rows.copy()
+    # an undefined value (None from a result record, NaN from a CSV) is NaN from here on: left out
+    # of every mean and paired delta (dropna), never 0; a value that is not a number raises
+    rows["value"] = rows["value"].astype("float64")
     if "generator" not in rows.columns:
         rows["generator"] = "synthetic"
     rows["generator"] = rows["generator"].fillna("synthetic").astype(str)
@@ -73,10 +84,11 @@ def with_generator(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, budget, generator, arm, metric): n, mean, ci_low, ci_high, and the
-    paired deltas ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high) against
-    the shared ``real`` / ``real+classic`` arms. Intervals of bounded metrics are clipped to the
-    metric's range (:data:`METRIC_RANGE`)."""
+    """One row per (task, budget, generator, arm, metric): n (seeds with a value), n_undefined
+    (seeds whose value is None / NaN, left out), mean, ci_low, ci_high, and the paired deltas
+    ``delta_vs_real*`` and ``delta_vs_classic*`` (mean, ci_low, ci_high) against the shared
+    ``real`` / ``real+classic`` arms, over the seeds defined on both sides. Intervals of bounded
+    metrics are clipped to the metric's range (:data:`METRIC_RANGE`)."""
     rows = with_generator(rows)
     out = []
     for (task, budget, metric), group in rows.groupby(["task", "budget", "metric"], sort=True):
@@ -85,7 +97,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         for (generator, arm), values in series.items():
             m, lo, hi = _clip(mean_ci(values.to_numpy()), metric)
             rec = {"task": task, "budget": int(budget), "generator": generator, "arm": arm, "metric": metric,
-                   "n": int(values.notna().sum()), "mean": m, "ci_low": lo, "ci_high": hi}
+                   "n": int(values.notna().sum()), "n_undefined": int(values.isna().sum()), "mean": m, "ci_low": lo, "ci_high": hi}
             for ref, name in (("real", "delta_vs_real"), ("real+classic", "delta_vs_classic")):
                 if refs[ref] is not None and arm != ref:
                     d, dlo, dhi, _ = paired_delta(values, refs[ref], metric)
@@ -209,3 +221,76 @@ def verdict_line(rec: dict) -> str:
     if rec["verdict"] == "unknown":
         return f"{head}: {value} vs real+classic ({pairs}); not enough seeds for an interval"
     return f"{head}: synthetic data {rec['verdict']} vs real+classic: {value} [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}] ({pairs})"
+
+
+# ---- the audit's quality rows as pass / flag checks ----
+
+#: the pass/flag rule of each check of the report's short audit table (said beside the table)
+CHECK_RULES = {
+    "frechet_distance": "flag when above 3x the real-vs-real baseline (real test vs real train): "
+                        "the synthetic set is much further from the train images than unseen real images are",
+    "kid": "flag when above 3x the real-vs-real baseline (3x its spread over subsets when the baseline is <= 0)",
+    "diversity": "flag when synthetic same-class pairs are more alike than real ones by more than 0.10 "
+                 "(mean pairwise SSIM / MS-SSIM); the least diverse class is shown",
+    "memorisation_fraction": "flag when above the real train split's own fraction under the same copy rule",
+    "mask_consistency": "flag when the segmenter trained on the budget agrees with synthetic masks by more than 0.10 Dice "
+                        "less than with real val masks of the class; the worst class is shown",
+}
+CHECK_NAMES = {"frechet_distance": "Fréchet distance", "kid": "KID", "diversity": "diversity",
+               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency"}
+EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception"}
+
+
+def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
+    if check == "frechet_distance":
+        return value > 3 * baseline
+    if check == "kid":
+        return value > 3 * (baseline if baseline > 0 else spread)
+    if check == "diversity":
+        return value - baseline > 0.10
+    if check == "memorisation_fraction":
+        return value > baseline
+    return baseline - value > 0.10  # mask_consistency
+
+
+def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.DataFrame:
+    """The audit as pass/flag checks, one row per (generator, budget, check): Fréchet distance
+    and KID per extractor, diversity and mask consistency at their worst class, memorised
+    fraction. ``value`` and ``baseline`` are means over the generator seeds; ``result`` is
+    ``pass`` / ``flag`` by :data:`CHECK_RULES`, or ``–`` without a baseline. ``quality``: the
+    report's quality rows (audit metrics tagged with generator, budget, seed)."""
+    q = pd.DataFrame(quality)
+    if q.empty:
+        return pd.DataFrame(columns=["generator", "budget", "check", "value", "baseline", "result"])
+    if "generator" not in q.columns:
+        q["generator"] = "synthetic"
+    if "budget" not in q.columns:
+        q["budget"] = None
+    for col in ("value", "baseline", "baseline_std"):
+        q[col] = pd.to_numeric(q[col], errors="coerce") if col in q.columns else float("nan")
+    kind = q["metric"].str.replace(r"^diversity_.*_class_\d+$", "diversity", regex=True).str.replace(
+        r"^mask_dice_class_\d+$", "mask_consistency", regex=True)
+    q = q.assign(check=kind, cls=q["metric"].str.extract(r"_class_(\d+)$")[0])
+    q = q[q["check"].isin(list(CHECK_RULES))]
+    means = q.groupby(["generator", "budget", "check", "extractor", "cls"], sort=False, dropna=False)[
+        ["value", "baseline", "baseline_std"]].mean().reset_index()
+    out = []
+    for (generator, budget), g in means.groupby(["generator", "budget"], sort=False, dropna=False):
+        for check in CHECK_RULES:
+            part = g[g["check"] == check]
+            if part.empty:
+                continue
+            if check in ("diversity", "mask_consistency"):
+                gap = (part["value"] - part["baseline"]).dropna()  # an undefined class is no candidate
+                part = part.loc[[gap.idxmax() if check == "diversity" else gap.idxmin()]] if len(gap) else part.iloc[:1]
+            for r in part.itertuples():
+                name = CHECK_NAMES[check]
+                if check in ("frechet_distance", "kid"):
+                    name += f" ({EXTRACTOR_NAMES.get(r.extractor, r.extractor)})"
+                elif pd.notna(r.cls):
+                    name += f" (class {(classes or {}).get(int(r.cls), r.cls)})"
+                known = pd.notna(r.value) and pd.notna(r.baseline)
+                flag = known and _flagged(check, r.value, r.baseline, r.baseline_std if pd.notna(r.baseline_std) else 0.0)
+                out.append({"generator": generator, "budget": budget, "check": name, "kind": check, "value": r.value,
+                            "baseline": r.baseline, "result": ("flag" if flag else "pass") if known else "–"})
+    return pd.DataFrame(out)

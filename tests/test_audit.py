@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +19,14 @@ from augment.sampling import SampleConfig, sample
 from tests.conftest import run_cli, set_args
 
 FAST = {"encoder_steps": 30, "segmenter_steps": 20, "kid_subsets": 5, "kid_subset_size": 20}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The audits of this module cache under a temporary AUGMENT_CACHE, never in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUGMENT_CACHE", str(tmp_path_factory.mktemp("augment_cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +90,13 @@ def test_drop_copies_writes_a_manifest_without_them(planted, report):
     assert nearest.loc[nearest["synthetic_id"] == victim, "copy"].item()
 
 
-def test_encoder_is_cached_beside_the_data(report, phantom_dir):
+def test_encoder_is_cached_in_the_user_cache_not_in_the_data(report, phantom_dir):
+    from augment.audit import cache_root
+
     _, rep = report
-    cache = rep["extractors"]["domain"]["cache"]
-    assert cache.startswith(str(phantom_dir)) and (phantom_dir / ".cache").is_dir()
+    cache = Path(rep["extractors"]["domain"]["cache"])
+    assert cache.is_relative_to(cache_root()) and (cache / "encoder.safetensors").is_file()
+    assert not (phantom_dir / ".cache").exists()
 
 
 def test_tampered_synthetic_file_is_a_provenance_problem(planted, phantom_dir, tmp_path):
@@ -141,14 +153,14 @@ def test_cli_prints_the_table(planted, phantom_dir, tmp_path):
 
 
 def test_real_nearest_ssim_is_cached_and_equals_the_direct_search(report, phantom_dir, tmp_path):
-    from augment.audit import real_nearest_ssim
+    from augment.audit import cache_root, real_nearest_ssim
     from augment.data.dataset import load_tensors
     from augment.metrics import nearest_ssim
 
     real, _ = load_data(phantom_dir)
     train_x, _ = load_tensors(real[real["split"] == "train"].reset_index(drop=True), phantom_dir, masks=False)
     direct, _ = nearest_ssim(train_x, train_x, exclude_self=True)
-    entries = list((phantom_dir / ".cache").glob("nearest-ssim-*.safetensors"))
+    entries = list((cache_root() / "audit").glob("nearest-ssim-*.safetensors"))
     assert len(entries) == 1  # written by the audit above
     assert torch.equal(real_nearest_ssim(phantom_dir, train_x), direct)
     entries[0].write_bytes(b"damaged")  # a damaged entry is recomputed and replaced

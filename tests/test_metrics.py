@@ -193,7 +193,7 @@ IMG = torch.zeros(3, 1, 16, 16)
     (lambda: ssim_pairs(IMG, IMG[:2]), r"^SSIM compares images pair by pair and needs two batches of one shape; got \(3, 1, 16, 16\) and \(2, 1, 16, 16\)$"),
     (lambda: ssim_pairs(IMG[0], IMG[0]), r"^SSIM needs images as \(N, C, H, W\); the first images have shape \(1, 16, 16\)$"),
     (lambda: ssim_pairs(IMG[..., :5, :5], IMG[..., :5, :5]), r"^SSIM needs images of at least 6x6 px; the first images are 5x5$"),
-    (lambda: ms_ssim_pairs(IMG, IMG), r"^MS-SSIM needs images of at least 161x161 px; the first images are 16x16$"),
+    (lambda: ms_ssim_pairs(IMG, IMG), r"^MS-SSIM needs images of at least 176x176 px; the first images are 16x16$"),
     (lambda: mean_pairwise_similarity(IMG[..., :4], max_pairs=5), r"^the diversity measure needs images of at least 6x6 px; the images are 4x16$"),
     (lambda: mean_pairwise_similarity(IMG, max_pairs=0), r"^the diversity measure needs max_pairs of at least 1; max_pairs is 0$"),
     (lambda: SSIMIndex(IMG[:, 0]), r"^the SSIM index needs images as \(N, C, H, W\); the references have shape \(3, 16, 16\)$"),
@@ -225,3 +225,86 @@ def test_unusable_inputs_raise_one_clear_data_error(call, match):
 
     with pytest.raises(DataError, match=match):
         call()
+
+
+# ---- edge cases: the MS-SSIM size limit, 1-d features, constant features, the SSIM index's borders ----
+
+@pytest.mark.parametrize("side", [160, 170, 175, 176, 192])
+def test_ms_ssim_is_chosen_exactly_where_torchmetrics_accepts_it(side):
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim
+
+    g = torch.Generator().manual_seed(side)
+    images = torch.rand(3, 1, side, side, generator=g)
+    images[1] = images[0] * 0.7 + 0.15  # a related pair, so the value is not near 0
+    try:
+        expected = tm_ms_ssim(images[[0, 0, 1]], images[[1, 2, 2]], data_range=1.0, reduction="none").mean()
+    except ValueError:
+        expected = None  # torchmetrics refuses this size: the diversity measure must fall back to SSIM
+    assert structural_measure(side) == ("ssim" if expected is None else "ms_ssim")
+    got = mean_pairwise_similarity(images, max_pairs=10)  # must not crash at any size
+    if expected is not None:
+        assert got == pytest.approx(float(expected), abs=1e-5)
+    else:
+        assert got == pytest.approx(float(ssim_pairs(images[[0, 0, 1]], images[[1, 2, 2]]).mean()), abs=1e-5)
+
+
+def test_ms_ssim_on_non_square_images_looks_at_the_shorter_side():
+    images = torch.rand(2, 1, 170, 200, generator=torch.Generator().manual_seed(0))
+    assert mean_pairwise_similarity(images) == pytest.approx(float(ssim_pairs(images[:1], images[1:]).mean()), abs=1e-6)
+    from augment.errors import DataError
+
+    with pytest.raises(DataError, match=r"^MS-SSIM needs images of at least 176x176 px; the first images are 200x170$"):
+        ms_ssim_pairs(images[:1], images[1:])
+
+
+def _frechet_scipy(x: np.ndarray, y: np.ndarray) -> float:
+    """The FID formula with numpy / scipy: covariances with N - 1, scipy's sqrtm (real part)."""
+    c1, c2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    root = scipy.linalg.sqrtm(c1 @ c2)
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(np.real(root)))
+
+
+@pytest.mark.parametrize("n_a,n_b", [(2, 2), (2, 7), (50, 40)])
+def test_frechet_distance_of_one_dimensional_features_matches_scipy(n_a, n_b):
+    g = torch.Generator().manual_seed(n_a * 100 + n_b)
+    a, b = torch.randn(n_a, 1, generator=g, dtype=torch.float64), 2 * torch.randn(n_b, 1, generator=g, dtype=torch.float64) + 1
+    x, y = a.numpy(), b.numpy()
+    closed = float((x.mean() - y.mean()) ** 2 + x.var(ddof=1) + y.var(ddof=1) - 2 * np.sqrt(x.var(ddof=1) * y.var(ddof=1)))
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=1e-9, abs=1e-12)
+    assert frechet_distance(a, b) == pytest.approx(_frechet_scipy(x, y), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (3, 8), (5, 64)])
+def test_frechet_distance_with_fewer_samples_than_dimensions_matches_scipy(n, d):
+    g = torch.Generator().manual_seed(n * d)
+    a, b = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n + 1, d, generator=g, dtype=torch.float64) + 0.3
+    got = frechet_distance(a, b)
+    assert np.isfinite(got) and got == pytest.approx(_frechet_scipy(a.numpy(), b.numpy()), rel=1e-5)
+
+
+def test_frechet_distance_of_constant_features_is_the_squared_mean_gap():
+    assert frechet_distance(torch.zeros(4, 3), torch.zeros(5, 3)) == 0.0
+    assert frechet_distance(torch.zeros(4, 3), torch.ones(5, 3)) == pytest.approx(3.0)
+    assert frechet_distance(torch.zeros(4, 1), torch.full((2, 1), 2.0)) == pytest.approx(4.0)
+
+
+def test_frechet_distance_of_one_sample_is_a_clear_error():
+    from augment.errors import DataError
+
+    with pytest.raises(DataError, match=r"^the Fréchet distance needs at least 2 images per set; the first set has 1$"):
+        frechet_distance(torch.zeros(1, 1), torch.zeros(3, 1))
+    with pytest.raises(DataError, match=r"^the Fréchet distance needs features of at least 1 dimension; the first set has 0$"):
+        frechet_distance(torch.zeros(3, 0), torch.zeros(3, 0))
+
+
+def test_ssim_index_averages_the_whole_reflect_padded_map_as_its_docstring_says():
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    g = torch.Generator().manual_seed(5)
+    refs = torch.rand(4, 1, 20, 20, generator=g)
+    _, full = ssim(refs[:1].expand(4, -1, -1, -1), refs, data_range=1.0, reduction="none", return_full_image=True)
+    got = SSIMIndex(refs)(refs[0])
+    assert torch.allclose(got, full.flatten(1).mean(1), atol=1e-5)  # every pixel of the map, borders included
+    assert not torch.allclose(got[1:], full[1:, :, 5:-5, 5:-5].flatten(1).mean(1), atol=1e-3)  # not a cropped map
+    doc = " ".join(SSIMIndex.__doc__.split())
+    assert "reflection-padded" in doc and "crop" not in doc.replace("no border is cropped", "")

@@ -204,7 +204,7 @@ def _audit_rows(fd: float, memorised: float) -> list[dict]:
 
 
 def test_audit_checks_pass_or_flag_by_their_stated_rule(tmp_path):
-    from augment.audit import checks
+    from augment.verdicts import checks
 
     table = checks(_audit_rows(fd=25.0, memorised=0.0), {1: "benign", 2: "malignant"}).set_index("check")
     assert table["result"].to_dict() == {
