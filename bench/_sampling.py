@@ -16,7 +16,7 @@ from augment.seeding import mix_seed
 
 class Reference:
     """The audit's domain encoder (a SmallCNN label classifier on the real train split, cached in
-    DATA/.cache) with the real train features and the real test-vs-train Fréchet baseline."""
+    the user cache, augment.audit.cache_root) with the real train features and the real test-vs-train Fréchet baseline."""
 
     def __init__(self, data, encoder_steps: int = 300) -> None:
         manifest, self.classes = load_data(data)

@@ -4,7 +4,7 @@ For a trained `ldm` run, draws the same N pairs (balanced over classes, the same
 seeds) with each solver setting, guidance on, and prints milliseconds per sample (amortised over
 batches of --batch-size, after one warm-up batch) and the Fréchet distance to the real train
 split on the audit's domain encoder (a SmallCNN label classifier trained on the real train split,
-cached in DATA/.cache), beside the real-vs-real baseline (test vs train). Writes the table as JSON.
+cached in the user cache, augment.audit.cache_root), beside the real-vs-real baseline (test vs train). Writes the table as JSON.
 
     python bench/sample_ldm.py --generator RUN [--n 512] [--batch-size 64] [--guidance 2.0]
         [--settings dpm++:10 dpm++:20 ddim:50] [--json OUT.json]

@@ -137,6 +137,19 @@ def _lock_file(name: str):
     return open(_MACHINE["dir"] / f"{name}.lock", "a")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory):
+    """Audits cache their domain encoders in the user's cache folder (``augment.audit.cache_root``):
+    the tests use a folder of their own (CLI subprocesses inherit it), never ``~/.cache``."""
+    before = os.environ.get("AUGMENT_CACHE")
+    os.environ["AUGMENT_CACHE"] = str(tmp_path_factory.mktemp("augment_cache"))
+    yield
+    if before is None:
+        os.environ.pop("AUGMENT_CACHE", None)
+    else:
+        os.environ["AUGMENT_CACHE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _machine_share(tmp_path_factory):
     """Under xdist every test holds a shared claim on the machine, taken through a turnstile, so a
