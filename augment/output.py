@@ -24,6 +24,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -77,10 +78,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON ``null``): what cannot be
+    computed is absent, never a number (``NaN`` is not JSON, and readers would average it in)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return _finite(value.item())
+    return value
+
+
 def write_json(data: dict[str, Any], path: str | Path) -> None:
-    """Atomic, sorted, indented JSON (anything not JSON-native is written with ``str``)."""
+    """Atomic, sorted, indented JSON (anything not JSON-native is written with ``str``; a NaN or
+    infinite float as ``null``)."""
+    text = json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def write_text(text: str, path: str | Path) -> None:

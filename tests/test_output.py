@@ -90,3 +90,14 @@ def test_an_output_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_pa
             with building(link, overwrite=overwrite, verb="prepare"):
                 pass
     assert _files(target) == {"run.json": b'{"stage": "prepare"}'} and link.is_symlink()
+
+
+def test_json_records_never_hold_nan_or_infinity(tmp_path):
+    import json
+
+    import numpy as np
+
+    write_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": np.float32("nan")}], "d": np.float64(2.5)}, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": 2.5}
