@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,34 @@ class Strict(BaseModel):
     float setting anywhere has a meaning for them), values are re-validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `temperature: yes` as 1.0 and `max_steps: true` as 1: never coerce
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and _numbers_only(field.annotation):
+                    raise ValueError(f"`{name}` must be a number, not {str(value).lower()}")
+        return data
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field's type admits numbers and nothing else (``float``, ``int | None`` ...)."""
+    leaves: list[Any] = []
+    todo = [annotation]
+    while todo:
+        node = todo.pop()
+        args = typing.get_args(node)
+        if typing.get_origin(node) is typing.Annotated:
+            todo.append(args[0])
+        elif args and typing.get_origin(node) in (typing.Union, types.UnionType):
+            todo.extend(args)
+        else:
+            leaves.append(node)
+    kinds = [leaf for leaf in leaves if leaf is not type(None)]
+    return bool(kinds) and all(leaf in (int, float) for leaf in kinds)
 
 
 class SplitFractions(Strict):
@@ -61,6 +90,18 @@ class PrepareSettings(Strict):
     class_name: str | None = Field(
         None, min_length=1, description="folder without labels.csv: name of its one class (default lesion)"
     )
+    allow_near_duplicates: bool = Field(
+        False, description="accept train images that are near-copies of val/test images (the pairs are recorded in run.json)"
+    )
+    drop_near_duplicates: bool = Field(
+        False, description="leave out of train the images that are near-copies of val/test images (recorded in run.json)"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_with_near_duplicates(self) -> "PrepareSettings":
+        if self.allow_near_duplicates and self.drop_near_duplicates:
+            raise ValueError("give allow_near_duplicates or drop_near_duplicates, not both")
+        return self
     image_column: str = "image"
     mask_column: str | None = "mask"
     label_column: str = "label"
@@ -256,6 +297,9 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
         if err["type"] == "finite_number":
             raise ConfigError(f"{what}: `{key}` must be a finite number (got {err.get('input')!r})") from None
         msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("`") and " must be a number, not " in msg:  # _no_bool_for_a_number names its key
+            name, _, rest = msg[1:].partition("`")
+            raise ConfigError(f"{what}: `{name if key == '(top level)' else f'{key}.{name}'}`{rest}") from None
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {_short(repr(got))})"
         if err["type"] == "list_type" and isinstance(got, str):  # e.g. --set arms=real,classic

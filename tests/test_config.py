@@ -134,3 +134,20 @@ def test_nan_and_infinity_are_refused_by_every_config_model():
     for data, key in [({"x": float("nan")}, "`x`"), ({"x": float("-inf")}, "`x`"), ({"y": {"a": float("inf")}}, "`y.a`")]:
         with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
             validate(M, data, "m")
+
+
+def test_a_bool_is_never_read_as_a_number():
+    class Inner(Strict):
+        steps: int = 1
+        flag: bool = False
+        either: bool | float = 0.5
+
+    class M(Strict):
+        x: float | None = 1.0
+        inner: Inner = Inner()
+
+    with pytest.raises(ConfigError, match=r"^m: `x` must be a number, not true$"):
+        validate(M, {"x": True}, "m")
+    with pytest.raises(ConfigError, match=r"^m: `inner.steps` must be a number, not false$"):
+        validate(M, {"inner": {"steps": False}}, "m")
+    assert validate(M, {"inner": {"flag": True, "either": True}}, "m").inner.either is True

@@ -280,3 +280,130 @@ def test_mask_value_above_the_class_count_is_refused_by_training(phantom_dir, tm
         load_training_set(d, None, 0)
     with pytest.raises(DataError, match=rf"{df['id'][i]}: {msg}"):
         validate_data(d)
+
+
+# ---- 4. a synthetic set holds its own files; rows read as pixels stay inside their folder -----
+
+
+def _synthetic(phantom_dir: Path, tmp_path: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """DATA (a copy of the phantom set) and SYN beside it: a set made as ``augment sample`` makes
+    one (images/, masks/, manifest.csv with provenance columns, classes.csv, run.json)."""
+    from augment.data.manifest import write_manifest
+
+    data = _copy(phantom_dir, tmp_path)
+    syn = tmp_path / "syn"
+    (syn / "images").mkdir(parents=True)
+    (syn / "masks").mkdir()
+    rows = read_manifest(data)
+    rows = rows[rows["split"] == "train"].head(4).reset_index(drop=True)
+    for i, row in rows.iterrows():
+        shutil.copyfile(data / row["image"], syn / "images" / f"syn_{i:03d}.png")
+        shutil.copyfile(data / row["mask"], syn / "masks" / f"syn_{i:03d}.png")
+    rows["id"] = [f"syn_{i:03d}" for i in range(len(rows))]
+    rows["image"], rows["mask"] = [f"images/{r}.png" for r in rows["id"]], [f"masks/{r}.png" for r in rows["id"]]
+    rows = rows.assign(group=rows["id"], source="synthetic", generator="cvae", generator_sha256="0" * 64, seed=range(len(rows)), sampler="")
+    write_manifest(rows, syn / "manifest.csv")
+    shutil.copyfile(data / "classes.csv", syn / "classes.csv")
+    (syn / "run.json").write_text(json.dumps({"stage": "sample", "generator_run": "run", "generator_sha256": "0" * 64,
+                                              "generator_trained_on_sha256": []}))
+    return data, syn, rows
+
+
+def _point_outside(syn: Path, rows: pd.DataFrame, how: str, target: Path) -> str:
+    """Make row 0 of SYN read ``target`` (a test image of DATA) and return its manifest path. The
+    manifest is written by the package's own writer, which records the outside path in
+    references.json: a hostile set looks exactly like a legitimate combined manifest."""
+    from augment.data.manifest import write_manifest
+
+    rows = rows.copy()
+    if how == "relative":
+        rows.loc[0, "image"] = os.path.relpath(target, syn)
+    elif how == "absolute":
+        rows.loc[0, "image"] = str(target)
+    else:  # a symlink inside the folder that leads out of it
+        (syn / rows["image"][0]).unlink()
+        (syn / rows["image"][0]).symlink_to(target)
+    write_manifest(rows, syn / "manifest.csv")
+    return rows["image"][0]
+
+
+@pytest.mark.parametrize("how", ["relative", "absolute", "symlink"])
+def test_synthetic_rows_pointing_outside_the_set_are_refused(phantom_dir, tmp_path, capsys, how):
+    from augment.data.manifest import load_synthetic
+
+    data, syn, rows = _synthetic(phantom_dir, tmp_path)
+    real, classes = load_data(data)
+    assert len(load_synthetic(syn, data, classes)) == 4
+    test_image = data / real.loc[real["split"] == "test", "image"].iloc[0]
+    path = _point_outside(syn, rows, how, test_image)
+    if how == "relative":
+        assert path.startswith("../data/images/") and path in json.loads((syn / REFERENCES).read_text())["references"]
+    what = "is an absolute path" if how == "absolute" else rf"resolves to `{re.escape(str(test_image.resolve()))}`, outside"
+    needle = rf"syn_000: image `{re.escape(path)}` {what}"
+    with pytest.raises(DataError, match=needle):
+        load_synthetic(syn, data, classes)
+    assert main(["validate", str(syn)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(needle, err) and "synthetic set" in err
+
+
+def test_rows_read_as_pixels_never_leave_their_folder(phantom_dir, tmp_path):
+    from augment.data.dataset import PairDataset, load_pairs, read_rows
+
+    d = _copy(phantom_dir, tmp_path / "w")
+    secret = _secret(tmp_path)
+    df = read_manifest(d)
+    assert len(read_rows(df.head(3), d)) == 3
+    for image in ["../../secret.png", str(secret)]:
+        bad = df.head(3).copy()
+        bad.loc[1, "image"] = image
+        needle = rf"row {bad['id'][1]}: image `{re.escape(image)}` (is an absolute path|resolves to `.*secret.png`, outside)"
+        for read in (lambda: read_rows(bad, d), lambda: load_pairs(bad, d), lambda: PairDataset(bad, d)):
+            with pytest.raises(DataError, match=needle):
+                read()
+    (d / df["mask"][2]).unlink()
+    (d / df["mask"][2]).symlink_to(secret)
+    with pytest.raises(DataError, match=rf"row {df['id'][2]}: mask `{df['mask'][2]}` resolves to `.*secret.png`, outside"):
+        read_rows(df.head(3), d)
+
+
+def test_in_place_references_are_read_as_pixels(tmp_path):
+    from augment.data.dataset import read_rows
+
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4})
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "d")).out
+    df = read_manifest(out)
+    assert df["image"].str.startswith("../src/").all()
+    assert len(read_rows(df, out)) == len(df)
+
+
+# ---- 3c'. a near-copy (flipped, JPEG) of a val/test image in a train file ---------------------
+
+
+def test_near_copy_of_a_heldout_image_in_a_train_file_is_refused_by_training(phantom_dir, tmp_path):
+    d = _copy(phantom_dir, tmp_path)
+    df = read_manifest(d)
+    test_row = df[df["split"] == "test"].iloc[0]
+    i = int(np.flatnonzero(df["split"] == "train")[0])
+    target = d / df["image"][i]
+    Image.fromarray(np.asarray(Image.open(d / test_row["image"]))[:, ::-1].copy()).save(target)  # mirrored
+    _edit(d, sha256={i: sha256_file(target)})  # as if prepared that way
+    with pytest.raises(DataError, match=rf"1 near-duplicate pair\(s\) across splits: training image `{df['id'][i]}` is a "
+                                        rf"near-duplicate of test image `{test_row['id']}` \(score 1.000 >= 0.975, flipped "
+                                        r"horizontally\).*`augment prepare --set allow_near_duplicates=true`"):
+        load_training_set(d, None, 0)
+
+
+def test_near_duplicates_accepted_at_prepare_are_accepted_by_training(tmp_path):
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4}, size=16)
+    test_image = np.asarray(Image.open(src / "images" / "c1_003.png"))
+    Image.fromarray(test_image[::-1].copy()).save(src / "images" / "c1_000.png")  # train c1_000 = test c1_003, flipped
+    with pytest.raises(DataError, match="training image|train image `c1_000` is a near-duplicate of test image `c1_003`"):
+        prepare(PrepareConfig(source=str(src), out=tmp_path / "d"))
+    out = prepare(PrepareConfig(source=str(src), out=tmp_path / "d", allow_near_duplicates=True)).out
+    assert {r["id"] for r in load_training_set(out, None, 0).trained_on} >= {"c1_000"}
+    run = json.loads((out / "run.json").read_text())
+    run["near_duplicates"]["pairs"] = []  # the acceptance is what was recorded, nothing else
+    (out / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DataError, match="training image `c1_000` is a near-duplicate of test image `c1_003`"):
+        load_training_set(out, None, 0)

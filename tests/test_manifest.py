@@ -149,3 +149,161 @@ def test_pixel_sha256_ignores_encoding_but_not_pixels(tmp_path):
     assert sha256_file(tmp_path / "a.png") != sha256_file(tmp_path / "b.png")
     assert pixel_sha256(read_image(tmp_path / "a.png")) == pixel_sha256(read_image(tmp_path / "b.png"))
     assert pixel_sha256(a) != pixel_sha256(a.reshape(4, 16)) != pixel_sha256(a.T)
+
+
+# ---- images that claim to be huge (decompression bombs) ---------------------------------------
+
+
+def _bomb(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height px (8-bit grayscale); the pixel data is a stub."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+# 20000 x 20000 is past PIL's error limit (2 x 89,478,485 px); 10000 x 10000 only past its warning limit
+BOMBS = [(20000, 20000, "20000x20000 px (400,000,000 pixels)"), (10000, 10000, "10000x10000 px (100,000,000 pixels)")]
+
+
+@pytest.mark.parametrize("width,height,claim", BOMBS)
+def test_an_image_claiming_a_huge_size_is_a_data_error(tmp_path, width, height, claim):
+    import re
+
+    from augment.data.images import read_image, read_mask
+
+    from augment.data.images import decode_image
+
+    _bomb(tmp_path / "x.png", width, height)
+    for read, what in ((read_image, "image"), (read_mask, "mask")):
+        with pytest.raises(DataError, match=rf"^{what} `{re.escape(str(tmp_path / 'x.png'))}` claims {re.escape(claim)}, more than "
+                                            r"the 89,478,485 pixels an image may have \(PIL's decompression-bomb limit\)"):
+            read(tmp_path / "x.png")
+    with pytest.raises(DataError, match=rf"^image `row 3 of the HF dataset` claims {re.escape(claim)}, more than"):
+        decode_image((tmp_path / "x.png").read_bytes(), "row 3 of the HF dataset")
+    with pytest.raises(DataError, match=r"^image `row 4` is not a readable image \(UnidentifiedImageError"):
+        decode_image(b"not an image", "row 4")
+
+
+@pytest.mark.parametrize("where", ["images", "masks"])
+@pytest.mark.parametrize("width,height,claim", BOMBS)
+def test_prepare_and_validate_refuse_a_decompression_bomb_in_one_line(tmp_path, capsys, where, width, height, claim):
+    from augment.cli import main
+    from tests.conftest import write_folder
+
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4})
+    _bomb(src / where / "c1_002.png", width, height)
+    assert main(["prepare", "--source", str(src), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"c1_002: {where[:-1]} `" in err[0] and f"claims {claim}" in err[0], err
+    assert not (tmp_path / "d").exists()
+
+    src = write_folder(tmp_path / "src2", {0: 4, 1: 4})
+    assert main(["prepare", "--source", str(src), "--out", str(tmp_path / "d2")]) == 0
+    _bomb(src / where / "c1_002.png", width, height)  # referenced in place: validate re-reads it
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "d2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"claims {claim}" in err[0], err
+
+
+# ---- hostile prepare / validate inputs: one line, exit 2, nothing written ---------------------
+
+
+def _labels(src, column: str, row: int, value: str) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(src / "labels.csv", dtype=str)
+    table.loc[row, column] = value
+    table.to_csv(src / "labels.csv", index=False)
+
+
+def _save(path, array, mode=None) -> None:
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+
+
+def _empty_images(src) -> None:
+    for p in (src / "images").iterdir():
+        p.unlink()
+
+
+def _empty_plain_folder(src) -> None:
+    for p in [*(src / "images").iterdir(), *(src / "masks").iterdir(), src / "labels.csv", src / "classes.csv"]:
+        p.unlink()
+
+
+HOSTILE_SOURCES = {
+    "unknown_label": (lambda s: _labels(s, "label", 0, "7"), "c0_000: label `7` is not listed in classes.csv (allowed: 0, 1)"),
+    "fractional_label": (lambda s: _labels(s, "label", 1, "1.5"), "c0_001: label `1.5` is not listed in classes.csv"),
+    "mask_of_another_size": (lambda s: _save(s / "masks" / "c1_000.png", np.zeros((5, 7), np.uint8)), "c1_000: mask `"),
+    "grayscale_alpha_image": (lambda s: _save(s / "images" / "c0_002.png", np.zeros((12, 12, 2), np.uint8), "LA"), "has PIL mode LA"),
+    "rgba_image": (lambda s: _save(s / "images" / "c0_002.png", np.zeros((12, 12, 4), np.uint8), "RGBA"), "has PIL mode RGBA"),
+    "sixteen_bit_image": (lambda s: _save(s / "images" / "c0_003.png", np.full((12, 12), 4000, np.uint16)), "has PIL mode I;16"),
+    "empty_images_folder": (_empty_images, "has 8 bad row(s): c0_000: image `"),
+    "empty_plain_folder": (_empty_plain_folder, "holds no images"),
+    "id_with_dotdot": (lambda s: _labels(s, "id", 0, "../x.png"), "../x.png: id `../x.png` is not a plain name"),
+    "absolute_id": (lambda s: _labels(s, "id", 0, "/etc/passwd"), "/etc/passwd: id `/etc/passwd` is not a plain name"),
+    "duplicated_id": (lambda s: _labels(s, "id", 1, "c0_000"), "c0_000: id `c0_000` appears 2 times in labels.csv"),
+    "unknown_split": (lambda s: _labels(s, "split", 0, "Train"), "c0_000: split `Train` is not one of train, val, test"),
+    "image_is_a_folder": (lambda s: [(s / "images" / "c1_001.png").unlink(), (s / "images" / "c1_001.png").mkdir()], "c1_001: image `"),
+    "text_file_as_image": (lambda s: (s / "images" / "c1_003.png").write_text("not a png"), "c1_003: image `"),
+    # one patient on both sides of the split the source gives: the leak `group` exists to prevent
+    "group_across_splits": (lambda s: [_labels(s, "group", i, "patient_7") for i in range(8)],
+                            "c0_000: group `patient_7` is in train, val and test"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_SOURCES))
+def test_hostile_prepare_inputs_end_in_one_line_and_exit_2(tmp_path, capsys, case):
+    from augment.cli import main
+    from tests.conftest import write_folder
+
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4})
+    mutate, needle = HOSTILE_SOURCES[case]
+    mutate(src)
+    assert main(["prepare", "--source", str(src), "--out", str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("augment prepare: error: ") and needle in err[0], err
+    assert "Traceback" not in captured.err and not (tmp_path / "d").exists()
+
+
+def test_tiny_and_sixteen_bit_mask_sources_are_prepared_as_they_are(tmp_path, capsys):
+    """Legal if odd: 1x1 images (each a different grey) and 16-bit masks holding class indices."""
+    from augment.cli import main
+    from tests.conftest import write_folder
+
+    src = write_folder(tmp_path / "src", {0: 4, 1: 4})
+    for i, p in enumerate(sorted((src / "images").iterdir())):
+        _save(p, np.full((1, 1), 10 * i, np.uint8))
+    for p in sorted((src / "masks").iterdir()):
+        _save(p, np.full((1, 1), p.stem.startswith("c1"), np.uint16))
+    assert main(["prepare", "--source", str(src), "--out", str(tmp_path / "d")]) == 0
+    df, _ = load_data(tmp_path / "d", check_files=True)
+    assert len(df) == 8
+    assert main(["validate", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("case,edit,needle", [
+    ("sixteen_bit_image", lambda d, df: _save(d / df["image"][0], np.full((16, 16), 4000, np.uint16)), "has PIL mode I;16"),
+    ("grayscale_alpha_mask", lambda d, df: _save(d / df["mask"][1], np.zeros((16, 16, 2), np.uint8), "LA"), "has PIL mode LA"),
+    ("mask_of_another_size", lambda d, df: _save(d / df["mask"][2], np.zeros((4, 4), np.uint8)), "is 4x4 but its image is 16x16"),
+    ("missing_classes_file", lambda d, df: (d / "classes.csv").unlink(), "classes file `"),
+    ("group_across_splits", lambda d, df: df.assign(group="one_patient").to_csv(d / "manifest.csv", index=False),
+     "group `one_patient` is in train, val and test"),
+])
+def test_hostile_validate_inputs_end_in_one_line_and_exit_2(phantom_dir, tmp_path, capsys, case, edit, needle):
+    from augment.cli import main
+
+    d = _copy(phantom_dir, tmp_path)
+    edit(d, read_manifest(d))
+    assert main(["validate", str(d)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("augment validate: error: ") and needle in err[0], err
+    assert "Traceback" not in captured.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 from pathlib import Path
 
@@ -241,7 +242,13 @@ def test_existing_output_is_not_clobbered(folder, tmp_path):
     with pytest.raises(DataError, match=r"output `.*out` already exists and is not empty; .*--overwrite"):
         _prepare(folder, out)
     assert (out / "keep.txt").read_text() == "mine"
-    _prepare(folder, out, overwrite=True)
+    with pytest.raises(DataError, match=r"was not made by `augment prepare`.*replaces only a previous output of the same verb"):
+        _prepare(folder, out, overwrite=True)  # the user's own folder: --overwrite never deletes it
+    assert (out / "keep.txt").read_text() == "mine"
+    shutil.rmtree(out)
+    _prepare(folder, out)
+    (out / "keep.txt").write_text("stale")
+    _prepare(folder, out, overwrite=True)  # a previous prepare output is replaced whole
     assert not (out / "keep.txt").exists() and (out / "manifest.csv").is_file()
 
 

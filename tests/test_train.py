@@ -104,7 +104,10 @@ def test_leaked_heldout_image_is_refused(tmp_path):
     train_id = labels.loc[labels["split"] == "train", "id"].iloc[0]
     test_id = labels.loc[labels["split"] == "test", "id"].iloc[0]
     shutil.copy(src / "images" / f"{test_id}.png", src / "images" / f"{train_id}.png")
-    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data")).out
+    with pytest.raises(DataError, match=rf"train image `{train_id}` is a near-duplicate of test image `{test_id}`"):
+        prepare(PrepareConfig(source=str(src), out=tmp_path / "refused"))  # prepare refuses it first ...
+    # ... and a copy accepted there as a near-duplicate is still refused by training as an exact one
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data", allow_near_duplicates=True)).out
     with pytest.raises(DataError, match=rf"training image {train_id} is byte-identical to test image {test_id}"):
         train(_cfg(data, tmp_path / "run", max_steps=1))
     assert not (tmp_path / "run").exists()

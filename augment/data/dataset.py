@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from augment.data.images import read_image, read_mask
+from augment.data.manifest import row_paths
 from augment.errors import DataError
 
 
@@ -25,10 +26,11 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def read_rows(df: pd.DataFrame, root: str | Path, masks: bool = True) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
     """The one way manifest rows become pixels: per row (image uint8 (H, W) or (H, W, 3), mask
     uint8 (H, W) class indices or None (without ``masks``, or for a row without one), label).
-    Paths are relative to ``root``."""
-    root = Path(root)
-    return [(read_image(root / r.image), read_mask(root / r.mask) if masks and r.mask else None, int(r.label))
-            for r in df.itertuples()]
+    Paths are relative to ``root`` and never leave it, except recorded in-place references
+    (:func:`augment.data.manifest.row_paths`: checked for every row before any is read)."""
+    paths = row_paths(df, root, masks)
+    return [(read_image(image), read_mask(mask) if mask is not None else None, int(label))
+            for (image, mask), label in zip(paths, df["label"])]
 
 
 def load_tensors(df: pd.DataFrame, root: str | Path, masks: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,14 +81,16 @@ class PairDataset(Dataset):
                     f"{len(missing)} row(s) have no mask (e.g. {', '.join(missing[:5])}); "
                     "use masks=False for a classification-only set"
                 )
+        self.paths = row_paths(self.rows, self.root, masks)  # checked once, before any item is read
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
-        image = read_image(self.root / row["image"])
-        mask = read_mask(self.root / row["mask"]) if self.masks else None
+        image_path, mask_path = self.paths[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path) if mask_path is not None else None
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         item: dict[str, Any] = {

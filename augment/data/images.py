@@ -3,11 +3,19 @@
 Arrays here are numpy ``uint8``: images ``(H, W)`` grayscale or ``(H, W, 3)`` RGB, masks
 ``(H, W)`` class indices (0 = background). Conversion to float tensors happens in
 :mod:`augment.data.dataset`.
+
+Every file is opened by :func:`open_image`, which refuses an image whose header claims more than
+PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a few bytes that would decode to
+gigabytes) before decoding it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import re
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +54,50 @@ def mask_class_problem(mask: np.ndarray, what: str, n_classes: int) -> str | Non
             "(0 = background)")
 
 
+def _claimed_size(head: bytes, exc: Exception) -> str:
+    """The size a refused image claims: ``WxH px (N pixels)`` from a PNG header (``head``: the
+    file's first 24 bytes; the IHDR chunk comes first), else the pixel count PIL's message gives."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return f"{width}x{height} px ({width * height:,} pixels)"
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found[1]):,} pixels" if found else "a size PIL refuses"
+
+
+def _decoded(source: Path | io.BytesIO, name: str, what: str) -> Image.Image:
+    """``source`` decoded, or a DataError naming it (``what`` `name`): unreadable, or claiming more
+    pixels than PIL's decompression-bomb limit (refused from the header, before decoding)."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; past it, decoding would still allocate it all
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                im.load()
+                return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(source, io.BytesIO):
+            head = source.getvalue()[:24]
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(24)
+        raise DataError(f"{what} `{name}` claims {_claimed_size(head, exc)}, more than the {Image.MAX_IMAGE_PIXELS:,} pixels "
+                        "an image may have (PIL's decompression-bomb limit); it is not decoded") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{what} `{name}` is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
 def open_image(path: Path, what: str) -> Image.Image:
+    """The decoded image at ``path`` (any mode); ``what`` ("image", "mask") names it in errors. A
+    missing, unreadable or oversized file is a DataError naming it."""
     if not path.is_file():
         raise DataError(f"{what} `{path}` does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{what} `{path}` is not a readable image ({type(exc).__name__}: {exc})") from None
+    return _decoded(path, str(path), what)
+
+
+def decode_image(data: bytes, name: str, what: str = "image") -> Image.Image:
+    """Encoded image bytes (e.g. a Hugging Face ``Image(decode=False)`` cell) decoded, with the
+    checks of :func:`open_image`; ``name`` says where they came from in errors."""
+    return _decoded(io.BytesIO(data), name, what)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -11,7 +11,9 @@ into their parts): :func:`write_manifest` records every such outside reference w
 ``references.json`` beside the manifest, and a path outside the folder that is not recorded there
 (an absolute path, ``..``, a symlink out) is refused. ``prepare`` also records in ``run.json``
 the digest of those references and which rows were val or test, so that a hand-edited manifest
-cannot move a held-out row into the train split.
+cannot move a held-out row into the train split. A synthetic set (``run.json`` of stage
+``sample``, or any set read by :func:`load_synthetic`) has no such exception: every one of its
+paths stays inside its folder, whatever ``references.json`` says.
 """
 
 from __future__ import annotations
@@ -81,6 +83,46 @@ def _outside(rel: str, root: Path, real_root: Path) -> bool:
     return Path(rel).is_absolute() or not (root / rel).resolve().is_relative_to(real_root)
 
 
+def _synthetic(root: Path) -> bool:
+    """Whether ``root`` holds a set made by ``augment sample`` (its run.json says so)."""
+    p = root / RUN
+    return p.is_file() and _read_json(p, "run record").get("stage") == "sample"
+
+
+def _path_problem(col: str, rel: str, root: Path, real_root: Path, refs: dict[str, str], synthetic: bool) -> str | None:
+    """Why the manifest path ``rel`` (column ``col``) may not be opened (None when it may): it is
+    absolute, or it resolves outside ``root`` and is not a recorded reference (a synthetic set has
+    none)."""
+    if synthetic:
+        allowed = f"a synthetic set's paths must be relative and stay inside `{root}`; {REFERENCES} does not apply to it"
+    else:
+        allowed = (f"paths must be relative and stay inside `{root}`; only the in-place references "
+                   f"recorded in {REFERENCES} may point outside it")
+    if Path(rel).is_absolute():
+        return f"{col} `{rel}` is an absolute path ({allowed})"
+    if rel in refs or not _outside(rel, root, real_root):
+        return None
+    where = "the synthetic set's folder" if synthetic else "the dataset folder"
+    return f"{col} `{rel}` resolves to `{(root / rel).resolve()}`, outside {where} ({allowed})"
+
+
+def row_paths(df: pd.DataFrame, root: str | Path, masks: bool = True) -> list[tuple[Path, Path | None]]:
+    """Each row's image path and mask path (None without ``masks`` or for a row without one) under
+    ``root``, checked as :func:`manifest_problems` checks them: a path that leaves ``root`` and is
+    not a recorded reference is a DataError naming the row, before anything is opened."""
+    root = Path(root)
+    real_root, synthetic = root.resolve(), _synthetic(root)
+    refs = {} if synthetic else read_references(root)
+    paths = []
+    for row in df.itertuples(index=False):
+        mask = row.mask if masks else ""
+        for col, rel in (("image", row.image), ("mask", mask)):
+            if rel and (bad := _path_problem(col, rel, root, real_root, refs, synthetic)) is not None:
+                raise DataError(f"row {row.id}: {bad}")
+        paths.append((root / row.image, root / mask if mask else None))
+    return paths
+
+
 def outside_references(df: pd.DataFrame, root: str | Path) -> dict[str, str]:
     """``{path: sha256}`` of the relative image and mask paths of ``df`` that lie outside ``root``."""
     root = Path(root)
@@ -123,8 +165,10 @@ def read_references(root: str | Path) -> dict[str, str]:
 
 def prepare_record(root: str | Path) -> dict | None:
     """What ``prepare`` recorded about the manifest in ``root``: ``{"heldout": {id: split},
-    "references_sha256": str}``, or None when ``root`` was not made by ``prepare`` (a synthetic
-    set, a combined manifest). A prepare record without them is an error, not a skipped check."""
+    "references_sha256": str, "near_duplicates": {(train id, val/test id), ...}}`` (the pairs it
+    accepted with ``allow_near_duplicates``), or None when ``root`` was not made by ``prepare`` (a
+    synthetic set, a combined manifest). A prepare record without the first two is an error, not a
+    skipped check; one from before the near-duplicate check accepted none."""
     p = Path(root) / RUN
     if not p.is_file():
         return None
@@ -136,7 +180,11 @@ def prepare_record(root: str | Path) -> dict | None:
             or not isinstance(refs, dict) or not isinstance(refs.get("sha256"), str)):
         raise DataError(f"`{p}` does not record which rows were val/test and which files are referenced in place "
                         "(written by an older `augment prepare`); re-run prepare")
-    return {"heldout": {str(i): s for s, ids in heldout.items() for i in ids}, "references_sha256": refs["sha256"]}
+    near = record.get("near_duplicates")
+    pairs = near.get("pairs") if isinstance(near, dict) and isinstance(near.get("pairs"), list) else []
+    accepted = {(str(p.get("candidate")), str(p.get("heldout"))) for p in pairs if isinstance(p, dict)}
+    return {"heldout": {str(i): s for s, ids in heldout.items() for i in ids}, "references_sha256": refs["sha256"],
+            "near_duplicates": accepted}
 
 
 def write_classes(classes: dict[int, str], path: str | Path) -> None:
@@ -188,21 +236,41 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def group_problems(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """Groups (patient, video) on more than one side of the split, as ``(id, message)`` once per
+    group, at its first row: the leak that ``group`` exists to prevent."""
+    problems = []
+    rows = df[df["split"].isin(SPLITS) & (df["group"] != "")]
+    for group, part in rows.groupby("group", sort=True):
+        splits = [s for s in SPLITS if s in set(part["split"])]
+        if len(splits) > 1:
+            where = ", ".join(splits[:-1]) + f" and {splits[-1]}"
+            some = "; ".join(f"{s}: {', '.join(part.loc[part['split'] == s, 'id'].head(3))}" for s in splits)
+            problems.append((part["id"].iloc[0], f"group `{group}` is in {where} ({some}); a group (one patient, one video) "
+                                                 "stays on one side of the split: fix the split, or give independent images "
+                                                 "groups of their own"))
+    return problems
+
+
 def manifest_problems(
     df: pd.DataFrame,
     root: str | Path,
     classes: dict[int, str],
     check_files: bool = True,
     check_hashes: bool = False,
+    synthetic: bool = False,
 ) -> list[tuple[str, str]]:
-    """Every problem as ``(id, message)``: duplicate or non-plain ids, unknown labels or splits,
-    paths outside ``root`` that are not recorded references, val/test rows of a prepared set moved
-    to train, and (with ``check_files``) missing or corrupt images and masks, mask/image size
-    mismatches and mask values above the number of classes; ``check_hashes`` also re-hashes every
-    image and every recorded outside reference."""
+    """Every problem as ``(id, message)``: duplicate or non-plain ids, groups across splits
+    (:func:`group_problems`), unknown labels or splits,
+    paths outside ``root`` that are not recorded references (``synthetic``, or a run.json of stage
+    ``sample``: no path may leave ``root``), val/test rows of a prepared set moved to train, and
+    (with ``check_files``) missing or corrupt images and masks, mask/image size mismatches and mask
+    values above the number of classes; ``check_hashes`` also re-hashes every image and every
+    recorded outside reference."""
     root = Path(root)
     real_root = root.resolve()
-    refs = read_references(root)
+    synthetic = synthetic or _synthetic(root)
+    refs = {} if synthetic else read_references(root)
     record = prepare_record(root)
     if record is not None and references_digest(refs) != record["references_sha256"]:
         raise DataError(f"the in-place references of `{root}` ({REFERENCES}) are not those prepare recorded in {RUN}; "
@@ -212,6 +280,7 @@ def manifest_problems(
     dup = df["id"][df["id"].duplicated(keep=False)]
     for i in sorted(set(dup)):
         problems.append((i, f"id `{i}` appears {int((dup == i).sum())} times"))
+    problems += group_problems(df)
     allowed = ", ".join(str(k) for k in sorted(classes))
     for row in df.itertuples(index=False):
         rid = row.id
@@ -228,10 +297,9 @@ def manifest_problems(
         if row.split == "train" and rid in heldout:
             problems.append((rid, f"split is `train` but row {rid} was `{heldout[rid]}` at prepare time (recorded in {RUN}); "
                                   "val and test rows never become training data (re-run prepare for a new split)"))
-        escapes = [(col, rel) for col, rel in (("image", row.image), ("mask", row.mask))
-                   if rel and (Path(rel).is_absolute() or (rel not in refs and _outside(rel, root, real_root)))]
-        for col, rel in escapes:
-            problems.append((rid, _escape_message(col, rel, root)))
+        escapes = [bad for col, rel in (("image", row.image), ("mask", row.mask))
+                   if rel and (bad := _path_problem(col, rel, root, real_root, refs, synthetic)) is not None]
+        problems += [(rid, bad) for bad in escapes]
         if escapes or not check_files:
             continue  # an escaping path is never opened
         try:
@@ -260,14 +328,6 @@ def manifest_problems(
     return problems
 
 
-def _escape_message(col: str, rel: str, root: Path) -> str:
-    allowed = (f"paths must be relative and stay inside `{root}`; only the in-place references "
-               f"recorded in {REFERENCES} may point outside it")
-    if Path(rel).is_absolute():
-        return f"{col} `{rel}` is an absolute path ({allowed})"
-    return f"{col} `{rel}` resolves to `{(root / rel).resolve()}`, outside the dataset folder ({allowed})"
-
-
 def _hw(a: np.ndarray) -> str:
     return f"{a.shape[1]}x{a.shape[0]}"
 
@@ -281,26 +341,32 @@ def format_problems(problems: Iterable[tuple[str, str]], where: str) -> str:
 
 
 def validate_manifest(df: pd.DataFrame, root: str | Path, classes: dict[int, str], **kwargs) -> None:
-    """Raise one DataError listing every bad row by id (see :func:`manifest_problems`)."""
+    """Raise one DataError listing every bad row by id (see :func:`manifest_problems`); a manifest
+    with no rows (a header only) is an error too: no stage has anything to do with it."""
+    if len(df) == 0:
+        raise DataError(f"manifest in `{root}` has no rows (a set with no pairs); nothing can be trained, sampled from or measured")
     problems = manifest_problems(df, root, classes, **kwargs)
     if problems:
         raise DataError(format_problems(problems, f"manifest in `{root}`"))
 
 
-def load_data(data_dir: str | Path, check_files: bool = False) -> tuple[pd.DataFrame, dict[int, str]]:
+def load_data(data_dir: str | Path, check_files: bool = False, synthetic: bool = False) -> tuple[pd.DataFrame, dict[int, str]]:
     """A prepared dataset folder as ``(manifest, classes)``, validated (paths inside the folder or
-    recorded references, held-out rows still held out; files too with ``check_files``)."""
+    recorded references, only inside with ``synthetic``; held-out rows still held out; files too
+    with ``check_files``)."""
     d = Path(data_dir)
     df = read_manifest(d / MANIFEST)
     classes = read_classes(d / CLASSES)
-    validate_manifest(df, d, classes, check_files=check_files)
+    validate_manifest(df, d, classes, check_files=check_files, synthetic=synthetic)
     return df, classes
 
 
 def load_synthetic(syn_dir: str | Path, data_dir: str | Path, classes: dict[int, str]) -> pd.DataFrame:
     """The manifest of a set made beside ``data_dir`` (a synthetic set), validated like
-    :func:`load_data`; its ``classes.csv`` must be ``data_dir``'s (``classes``)."""
-    syn, syn_classes = load_data(syn_dir)
+    :func:`load_data` except that no path may leave ``syn_dir`` (``references.json`` does not
+    apply: a synthetic row that read a real val/test image would be leakage); its ``classes.csv``
+    must be ``data_dir``'s (``classes``)."""
+    syn, syn_classes = load_data(syn_dir, synthetic=True)
     if syn_classes != classes:
         raise DataError(f"`{syn_dir}` and `{data_dir}` have different classes.csv")
     return syn

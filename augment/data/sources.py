@@ -27,7 +27,7 @@ from augment.config import PrepareConfig
 from augment.data import phantom
 from augment.data.convert import finish, mask_values, write_pair
 from augment.data.folder import load_folder
-from augment.data.images import sha256_file
+from augment.data.images import decode_image, sha256_file
 from augment.data.manifest import SPLITS, id_problem
 from augment.errors import ConfigError, DataError
 from augment.progress import track
@@ -172,6 +172,11 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
         labels = [int(v) for _, part in parts for v in part[cfg.label_column]]
         classes = {k: str(k) for k in range(max(labels) + 1)}
 
+    # Image columns are decoded by us (images.decode_image), not by datasets' own PIL call, so an
+    # image whose header claims billions of pixels is one DataError, not a traceback.
+    encoded = [c for c in (cfg.image_column, mask_col) if c is not None and isinstance(first.features[c], datasets.Image)]
+    for column in encoded:
+        parts = [(split, part.cast_column(column, datasets.Image(decode=False))) for split, part in parts]
     rows: list[Row] = []
     problems: list[tuple[str, str]] = []
     total = sum(len(p) for _, p in parts)
@@ -182,7 +187,13 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
         if (bad := id_problem(rid)) is not None:
             problems.append((rid, bad))
             continue
-        image = rec[cfg.image_column]
+        try:
+            image = _hf_decoded(rec[cfg.image_column], f"{src}:{rid}", "image")
+            if mask_col is not None and mask_col in encoded:
+                rec = {**rec, mask_col: _hf_decoded(rec[mask_col], f"{src}:{rid}", "mask")}
+        except DataError as exc:
+            problems.append((rid, str(exc)))
+            continue
         if image is None or not hasattr(image, "mode"):
             problems.append((rid, f"column `{cfg.image_column}` does not hold an image"))
             continue
@@ -205,6 +216,17 @@ def load_hf(cfg: PrepareConfig, out: Path) -> tuple[list[Row], dict[int, str]]:
         rows.append({"id": rid, "image": img, "mask": msk, "label": int(rec[cfg.label_column]), "split": split, "group": group})
     finish(problems, f"HF dataset `{src}`")
     return rows, classes
+
+
+def _hf_decoded(cell, name: str, what: str):
+    """A Hugging Face ``Image(decode=False)`` cell (``{"bytes", "path"}``) as a PIL image through
+    :func:`augment.data.images.decode_image`; anything else is returned as it is."""
+    if not isinstance(cell, dict) or not ("bytes" in cell or "path" in cell):
+        return cell
+    data = cell.get("bytes")
+    if data is None and cell.get("path"):
+        data = Path(cell["path"]).read_bytes()
+    return None if data is None else decode_image(data, name, what)
 
 
 LOADERS = {"phantom": load_phantom, "folder": load_folder, "npz": load_npz, "hf": load_hf}
