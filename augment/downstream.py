@@ -8,25 +8,33 @@ trainer: the evaluation arms and the audit's helper models all go through :func:
   accuracy (the selection metric), macro-F1, recall of the rarest class and macro AUROC.
 
 Fixed step budgets, batches from one seeded epoch shuffler (:func:`epoch_batches`), no global
-RNG. Tensors: images (N, C, H, W) float32 in [0, 1]; masks (N, H, W) int64; labels (N,) int64.
+RNG. A loss or weights that stop being finite stop the run (:class:`Diverged`), and a score the
+test split cannot define (:func:`undefined_metrics`: AUROC without every class, the recall of a
+class without test images, Dice without a lesion image) is None, never a number.
+:class:`Split` holds the pixels of manifest rows. Tensors: images (N, C, H, W) float32 in
+[0, 1]; masks (N, H, W) int64; labels (N,) int64.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from augment.config import Strict
-from augment.errors import ConfigError
+from augment.data.dataset import read_rows, to_tensor
+from augment.errors import ConfigError, DataError
 from augment.metrics import dice_per_image
 from augment.progress import track
 from augment.seeding import mix_seed
@@ -39,10 +47,28 @@ BatchFn = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None, torch.
 Selection = Literal["best_val", "best_val_dice_fpr", "last"]
 
 
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """A float setting that must be finite and inside ``[lo, hi]`` (``(`` / ``)`` with the open
+    flags); the error states the range, e.g. ``must be a finite number in [0.001, 100]``."""
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(value: float) -> float:
+        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not (math.isfinite(value) and inside):
+            raise ValueError(f"must be a finite number in {text}")
+        return value
+
+    return Annotated[float, AfterValidator(check)]
+
+
+#: a learning rate: above 1 AdamW diverges at once, below 1e-7 nothing is learnt in any step budget
+LearningRate = in_range(1e-7, 1.0)
+
+
 class TaskConfig(Strict):
     steps: int = Field(600, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: LearningRate = Field(1e-3, description="AdamW learning rate, in [1e-07, 1]")
     eval_every: int = Field(50, ge=1, description="steps between val checks")
     selection: Selection = Field(
         "best_val", description="checkpoint rule: best_val (the task's val score), best_val_dice_fpr (segmentation: "
@@ -114,18 +140,52 @@ def seg_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
             "dice_all": float(dice.mean())}
 
 
-def cls_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, rare: int) -> dict[str, float]:
-    from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
+def cls_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, rare: int,
+                classes: Sequence[int] | None = None) -> dict[str, float | None]:
+    """Balanced accuracy and macro-F1; the recall of class ``rare``, None when no label is
+    ``rare``; macro one-vs-rest AUROC over ``classes`` (default: all ``num_classes``), None unless
+    every one of them has a label (as sklearn's ``roc_auc_score``, which refuses a class without
+    positives: its AUROC is undefined, and counting it as 0 would drag the mean down)."""
+    from torchmetrics.functional.classification import binary_auroc, multiclass_f1_score, multiclass_recall
 
+    classes = list(range(num_classes)) if classes is None else [int(c) for c in classes]
     pred = logits.argmax(1)
     recall = multiclass_recall(pred, labels, num_classes, average=None)
-    present = torch.bincount(labels, minlength=num_classes) > 0
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    auroc = None
+    if all(counts[c] > 0 for c in classes):
+        probs = logits.softmax(1)
+        auroc = float(np.mean([float(binary_auroc(probs[:, c], (labels == c).long())) for c in classes]))
     return {
         "balanced_accuracy": float(recall[present].mean()),
         "macro_f1": float(multiclass_f1_score(pred, labels, num_classes, average="macro")),
-        "minority_recall": float(recall[rare]),
-        "auroc": float(multiclass_auroc(logits.softmax(1), labels, num_classes, average="macro")),
+        "minority_recall": float(recall[rare]) if present[rare] else None,
+        "auroc": auroc,
     }
+
+
+def undefined_metrics(task: str, masks: torch.Tensor | None, labels: torch.Tensor, shapes: Shapes,
+                      names: dict[int, str]) -> dict[str, str]:
+    """``{metric: why}`` for each reported metric a test split cannot define, whatever the model
+    predicts: Dice without a lesion image, the false-positive rate without an empty mask, AUROC
+    without an image of every class, the minority recall without an image of the rarest class."""
+    why = {}
+    if task == "segmentation":
+        lesion = masks.flatten(1).gt(0).any(1)
+        if not lesion.any():
+            why["dice"] = "no test image has a lesion"
+        if lesion.all():
+            why["fpr"] = "every test image has a lesion (no empty mask to count false positives on)"
+        return why
+    counts = torch.bincount(labels, minlength=shapes.num_classes)
+    absent = [c for c in sorted(names) if counts[c] == 0]
+    if absent:
+        listed = ", ".join(f"{c} ({names[c]})" for c in absent)
+        why["auroc"] = f"class {listed} has no test images" if len(absent) == 1 else f"classes {listed} have no test images"
+    if counts[shapes.rare] == 0:
+        why["minority_recall"] = f"the rarest training class {shapes.rare} ({names.get(shapes.rare, '?')}) has no test images"
+    return why
 
 
 @dataclass(frozen=True)
@@ -136,6 +196,7 @@ class Shapes:
     num_classes: int
     mask_classes: int
     rare: int = 0
+    classes: tuple[int, ...] = ()  # the labels classes.csv lists (default: 0 .. num_classes - 1)
 
 
 @dataclass(frozen=True)
@@ -195,7 +256,7 @@ def _seg_score(model, shapes, x, m, y):
 @torch.no_grad()
 def _cls_score(model, shapes, x, m, y):
     logits = torch.cat([model(x[i:i + 128]) for i in range(0, len(x), 128)])
-    return cls_metrics(logits, y, shapes.num_classes, shapes.rare)
+    return cls_metrics(logits, y, shapes.num_classes, shapes.rare, shapes.classes or None)
 
 
 TASKS: dict[str, Task] = {
@@ -218,6 +279,19 @@ class _Bf16(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.inner(x).float()
+
+
+class Diverged(DataError):
+    """A task model's loss, or its weights after a step, stopped being finite at ``step``;
+    ``setting`` names the setting to lower when the caller knows it."""
+
+    def __init__(self, message: str, step: int, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.step, self.setting = step, setting
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 @dataclass
@@ -246,7 +320,8 @@ def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: t
     index array per step); ``weights`` (one per example) weight each example's loss. With
     ``val`` and a ``best_val*`` rule keep the checkpoint with the best val score
     (:func:`selection_score`, checked every ``eval_every`` steps and at the end), otherwise the
-    last one."""
+    last one. A loss, or weights after a step, that are not finite raise :class:`Diverged`
+    naming the step (callers add which model it was and the setting to lower)."""
     t = time.time()
     if cfg.selection == "best_val_dice_fpr" and "fpr" not in task.reported:
         raise ConfigError(f"selection best_val_dice_fpr counts false positives of a segmenter; task {task.name} has none "
@@ -259,7 +334,8 @@ def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: t
         model = task.build(shapes, cfg.base_channels)
     run = _Bf16(model) if cfg.precision == "bf16" else model
     loss_fn = task.loss(shapes, train_labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
     select = val is not None and cfg.selection != "last"
     best, best_state, best_step = -np.inf, None, cfg.steps
     for step, idx in enumerate(track(batches, len(batches), "train", "steps"), start=1):
@@ -267,9 +343,13 @@ def fit(task: Task, shapes: Shapes, draw_batch: BatchFn, n: int, train_labels: t
         x, m, y = draw_batch(idx)
         w = None if weights is None else torch.as_tensor(weights[idx], dtype=torch.float32)
         loss = loss_fn(run, x, m, y, w)
+        if not torch.isfinite(loss):
+            raise Diverged(f"the loss is {loss.item()} at step {step} of {cfg.steps}", step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if not _finite(params):
+            raise Diverged(f"the weights are not finite after step {step} of {cfg.steps} (the loss was {loss.item():.4g})", step)
         if select and (step % cfg.eval_every == 0 or step == cfg.steps):
             run.eval()
             value = selection_score(task, cfg.selection, task.score(run, shapes, *val))
@@ -291,3 +371,83 @@ def fit_tensors(task_name: str, images: torch.Tensor, masks: torch.Tensor | None
         return images[i], (None if masks is None else masks[i]), labels[i]
 
     return fit(TASKS[task_name], shapes, draw_batch, len(labels), labels, cfg.model_copy(update={"selection": "last"}), seed).model
+
+
+class Split:
+    """Pixels of a manifest subset: images uint8 (N, H, W[, C]), masks uint8 (N, H, W) or None,
+    labels (N,), and the rows' ``ids``."""
+
+    def __init__(self, df: pd.DataFrame, root: Path, masks: bool) -> None:
+        rows = read_rows(df, root, masks)
+        self.ids = df["id"].tolist()
+        self.images = np.stack([image for image, _, _ in rows]) if rows else np.zeros((0, 1, 1), np.uint8)
+        self.masks = np.stack([mask for _, mask, _ in rows]) if masks and rows else None
+        self.labels = df["label"].to_numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(images (N, C, H, W) float32 [0, 1], masks (N, H, W) int64 or None, labels (N,) int64)."""
+        x = torch.stack([to_tensor(i) for i in self.images])
+        m = None if self.masks is None else torch.from_numpy(self.masks).to(torch.int64)
+        return x, m, torch.from_numpy(self.labels)
+
+
+def concat(a: Split, b: Split) -> Split:
+    """``a``'s rows, then ``b``'s (both non-empty or of the same image size)."""
+    out = copy.copy(a)
+    out.ids = a.ids + b.ids
+    out.images = np.concatenate([a.images, b.images])
+    out.masks = None if a.masks is None or b.masks is None else np.concatenate([a.masks, b.masks])
+    out.labels = np.concatenate([a.labels, b.labels])
+    return out
+
+
+def subset(split: Split, idx: np.ndarray) -> Split:
+    out = copy.copy(split)
+    out.ids = [split.ids[i] for i in idx]
+    out.images, out.labels = split.images[idx], split.labels[idx]
+    out.masks = None if split.masks is None else split.masks[idx]
+    return out
+
+
+def batch_fn(split: Split, augment) -> BatchFn:
+    """draw_batch for :func:`fit`: uint8 pixels of ``split``, optionally augmented
+    (``augment(image, mask) -> (image, mask)``), as tensors."""
+    def draw(idx: np.ndarray):
+        images, masks = [], []
+        for i in idx:
+            image, mask = split.images[i], None if split.masks is None else split.masks[i]
+            if augment is not None:
+                image, mask = augment(image, mask)
+            images.append(to_tensor(image))
+            if mask is not None:
+                masks.append(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64))
+        return torch.stack(images), (torch.stack(masks) if masks else None), torch.from_numpy(split.labels[idx])
+
+    return draw
+
+
+def fit_split(task: str, train: Split, val: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
+              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None) -> Fitted:
+    """Train task ``task``'s model on ``train`` (optionally augmented, on a batch schedule, with
+    per-example loss weights) and select its checkpoint on ``val`` (:func:`fit`)."""
+    return fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), cfg, seed,
+               val=val.tensors(), batches=batches, weights=weights)
+
+
+def score_split(task: str, model: nn.Module, shapes: Shapes, test: Split, names: dict[int, str] | None = None
+                 ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """``task``'s scores of ``model`` on ``test``, those the split cannot define None, and why
+    (:func:`undefined_metrics`; ``names``: class names, for the reasons)."""
+    x, m, y = test.tensors()
+    metrics = TASKS[task].score(model, shapes, x, m, y)
+    names = names or {c: str(c) for c in shapes.classes or range(shapes.num_classes)}
+    undefined = undefined_metrics(task, m, y, shapes, names)
+    return {k: None if k in undefined else v for k, v in metrics.items()}, undefined
+
+
+def finite(value) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

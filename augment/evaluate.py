@@ -20,30 +20,38 @@ macro-F1, recall of the rarest class, macro one-vs-rest AUROC. Each (task, arm, 
 its own JSON file, so an interrupted evaluation resumes where it stopped. The real rows are the
 exact rows the generator was trained on (:func:`augment.runs.read_run`), and a
 generator that saw any val or test image of the data is refused (by sha256).
+
+What the numbers rest on is checked before anything is written (:func:`_inputs`): the real
+training rows hold no val/test image (the check ``augment train`` runs), no synthetic image or
+mask is a val/test image (file bytes or decoded pixels), and a synthetic set has pairs. The
+inputs' content hashes go to ``EVAL/inputs.json``: a resumed evaluation whose data or synthetic
+set changed since is refused, and filter scores are cached under a key of them. A task model
+that diverges stops the run naming the arm, seed and step; a metric the test split cannot
+define is None with its reason (``undefined``) and has no row in ``results.csv``.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Strict, load_json, save_json
-from augment.data.dataset import read_rows, to_tensor
-from augment.data.guard import check_trained_on
+from augment.data.guard import assert_no_heldout, check_near_duplicates, check_trained_on
+from augment.data.images import pixel_sha256, sha256_file
 from augment.data.manifest import load_data, load_synthetic
 from augment.data.splits import select_budget
-from augment.downstream import TASKS, Shapes, TaskConfig, fit
+from augment.downstream import TASKS, Diverged, Shapes, Split, TaskConfig, concat, finite, fit_split, subset, score_split
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.lock import locked
-from augment.output import atomic_path, discard, read_csv, read_json, resumable_output
+from augment.output import atomic_path, discard, read_json, resumable_output
 from augment.plausibility import ScorerConfig
 from augment.progress import stage
 from augment.recipes import RecipeConfig
@@ -94,7 +102,9 @@ class EvaluateConfig(EvaluationSettings):
     budget_seed: int = Field(0, ge=0, description="without --synthetic: which budget subset (the generator's seed)")
     generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
     out: Path
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    allow_near_duplicates: bool = Field(False, description="evaluate a synthetic set holding near-copies of val/test images "
+                                        "anyway (augment.data.guard.check_near_duplicates; exact copies are always refused)")
 
     @field_validator("seeds")
     @classmethod
@@ -110,66 +120,14 @@ def unique(values: list) -> list:
     return values
 
 
-class Split:
-    """Pixels of a manifest subset: images uint8 (N, H, W[, C]), masks uint8 (N, H, W) or None, labels (N,)."""
-
-    def __init__(self, df: pd.DataFrame, root: Path, masks: bool) -> None:
-        rows = read_rows(df, root, masks)
-        self.ids = df["id"].tolist()
-        self.images = np.stack([image for image, _, _ in rows]) if rows else np.zeros((0, 1, 1), np.uint8)
-        self.masks = np.stack([mask for _, mask, _ in rows]) if masks and rows else None
-        self.labels = df["label"].to_numpy().astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(images (N, C, H, W) float32 [0, 1], masks (N, H, W) int64 or None, labels (N,) int64)."""
-        x = torch.stack([to_tensor(i) for i in self.images])
-        m = None if self.masks is None else torch.from_numpy(self.masks).to(torch.int64)
-        return x, m, torch.from_numpy(self.labels)
-
-
-def _concat(a: Split, b: Split) -> Split:
-    out = copy.copy(a)
-    out.ids = a.ids + b.ids
-    out.images = np.concatenate([a.images, b.images])
-    out.masks = None if a.masks is None or b.masks is None else np.concatenate([a.masks, b.masks])
-    out.labels = np.concatenate([a.labels, b.labels])
-    return out
-
-
-def batch_fn(split: Split, augment):
-    """draw_batch for :func:`augment.downstream.fit`: uint8 pixels, optionally augmented, as tensors."""
-    def draw(idx: np.ndarray):
-        images, masks = [], []
-        for i in idx:
-            image, mask = split.images[i], None if split.masks is None else split.masks[i]
-            if augment is not None:
-                image, mask = augment(image, mask)
-            images.append(to_tensor(image))
-            if mask is not None:
-                masks.append(torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64))
-        return torch.stack(images), (torch.stack(masks) if masks else None), torch.from_numpy(split.labels[idx])
-
-    return draw
-
-
-def fit_split(task: str, train: Split, val: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
-              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None):
-    """Train one task model on ``train`` (optionally augmented, on a batch schedule, with
-    per-example loss weights) and select its checkpoint on ``val``: :class:`augment.downstream.Fitted`."""
-    return fit(TASKS[task], shapes, batch_fn(train, augment), len(train), torch.from_numpy(train.labels), cfg, seed,
-               val=val.tensors(), batches=batches, weights=weights)
-
-
 def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
-              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None) -> dict:
-    """Train one task model on ``train`` (:func:`fit_split`), return test metrics and the record."""
+              batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None, names: dict[int, str] | None = None) -> dict:
+    """Train one task model on ``train`` (:func:`fit_split`), return test metrics and the record;
+    a metric the test split cannot define is None, its reason in ``undefined``."""
     fitted = fit_split(task, train, val, cfg, shapes, seed, augment, batches, weights)
-    metrics = TASKS[task].score(fitted.model, shapes, *test.tensors())
-    return {"metrics": metrics, "selected_step": fitted.selected_step, "val_score": fitted.val_score, "n_train": len(train),
-            "train_seconds": round(fitted.seconds, 2)}
+    metrics, undefined = score_split(task, fitted.model, shapes, test, names)
+    return {"metrics": metrics, "undefined": undefined, "selected_step": fitted.selected_step, "val_score": fitted.val_score,
+            "n_train": len(train), "train_seconds": round(fitted.seconds, 2)}
 
 
 def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
@@ -227,26 +185,87 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
         parts["synthetic"] = Split(syn, Path(cfg.synthetic), has_masks)
     if not len(parts["val"]) or not len(parts["test"]):
         raise DataError(f"`{cfg.data}` needs non-empty val and test splits for a downstream evaluation")
+    inputs = _inputs(cfg, real, real_rows, syn, parts)
     num_classes = max(classes) + 1
     highest = max(int(p.masks.max()) for p in parts.values() if p.masks is not None and len(p)) if has_masks else 0
     counts = np.bincount(parts["real"].labels, minlength=num_classes)
     rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
     channels = parts["real"].images.shape[-1] if parts["real"].images.ndim == 4 else 1
-    shapes = Shapes(channels, num_classes, max(2, highest + 1), rare)
+    shapes = Shapes(channels, num_classes, max(2, highest + 1), rare, tuple(sorted(classes)))
 
     out = Path(cfg.out)
-    existed, fresh = out.exists(), _check_out(out, cfg)
+    existed, fresh = out.exists(), _check_out(out, cfg, inputs)
     try:
-        return _run(cfg, out, tasks, parts, shapes, origin, rare, syn, started, echo, classes)
+        return _run(cfg, out, tasks, parts, shapes, origin, rare, syn, started, echo, classes, inputs, fresh)
     except AugmentError:
         if fresh:
             discard(out, existed)  # a run that failed on its own input leaves nothing
         raise
 
 
-def _check_out(out: Path, cfg: EvaluateConfig) -> bool:
-    """Refuse an output that holds anything but an evaluation with the same fixed settings;
-    True when ``out`` is new (absent or empty)."""
+def _digest(items) -> str:
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+
+
+def _inputs(cfg: EvaluateConfig, real: pd.DataFrame, real_rows: pd.DataFrame, syn: pd.DataFrame | None, parts: dict) -> dict:
+    """Refuse val/test images among what the task models train on, and return what the
+    evaluation is made from: ``{"data": {"path", "sha256"}, "synthetic": ...}`` (content hashes
+    of the real training rows, the val/test rows and every synthetic pair, from disk).
+
+    The real training rows get the check ``augment train`` runs
+    (:func:`augment.data.guard.assert_no_heldout`: file bytes and decoded pixels against every
+    val/test image). Every synthetic image and mask is compared the same way, so a set whose
+    files were swapped for val/test images, or whose rows point at them, is refused by pair;
+    then its images go through :func:`augment.data.guard.check_near_duplicates`."""
+    root, heldout = Path(cfg.data), real[real["split"].isin(["val", "test"])]
+    assert_no_heldout(real_rows, real, root)
+    data = [[r.id, r.split, int(r.label), sha256_file(root / r.image), sha256_file(root / r.mask) if r.mask else ""]
+            for r in pd.concat([real_rows, heldout]).itertuples()]
+    out = {"data": {"path": str(root), "sha256": _digest(data)}}
+    if syn is None:
+        return out
+    by_bytes = {sha: (rid, split) for rid, split, _, sha, _ in data[len(real_rows):]}
+    by_pixels = {pixel_sha256(image): (rid, split) for split in ("val", "test") for rid, image in zip(parts[split].ids, parts[split].images)}
+    syn_dir, split, pairs = Path(cfg.synthetic), parts["synthetic"], []
+    masks = split.masks if split.masks is not None else [None] * len(split)
+    for r, image, mask in zip(syn.itertuples(), split.images, masks):
+        shas = []
+        for what, rel, pixels in (("image", r.image, image), ("mask", r.mask, mask)):
+            shas.append(sha256_file(syn_dir / rel) if rel else "")
+            hit, how = by_bytes.get(shas[-1]), "byte"
+            if hit is None and pixels is not None:
+                hit, how = by_pixels.get(pixel_sha256(pixels)), "pixel"
+            if hit is not None:
+                raise DataError(f"synthetic pair {r.id}: its {what} is {how}-identical to {hit[1]} image {hit[0]} of `{root}`; a "
+                                f"synthetic set must never hold val or test images (`{syn_dir}`: sample it again)")
+        pairs.append([r.id, int(r.label), *shas])
+    check_near_duplicates(zip(split.ids, split.images), {s: zip(parts[s].ids, parts[s].images) for s in ("val", "test")},
+                          "synthetic", cfg.allow_near_duplicates, "`--set allow_near_duplicates=true`")
+    out["synthetic"] = {"path": str(syn_dir), "sha256": _digest(pairs)}
+    return out
+
+
+def _check_inputs(out: Path, inputs: dict) -> None:
+    """A resumed evaluation must be made from the same data and synthetic set (by content)."""
+    path = out / "inputs.json"
+    if not path.is_file():
+        if any((out / "runs").glob("*.json")) or any((out / "filters").glob("*")):
+            raise DataError(f"`{out}` does not record which data and synthetic set its results were made from "
+                            "(no inputs.json: an older version made it); choose another --out")
+        return  # stopped before it wrote inputs.json: nothing in it was made from other inputs
+    saved = read_json(path, "evaluation inputs")
+    for key, what in (("data", "data"), ("synthetic", "synthetic set")):
+        old, new = saved.get(key), inputs.get(key)
+        if not (old is None or isinstance(old, dict) and isinstance(old.get("sha256"), str)):
+            raise DataError(f"`{path}` is not an evaluation's inputs record (corrupt); choose another --out")
+        if (old or {}).get("sha256") != (new or {}).get("sha256"):
+            raise DataError(f"`{out}` was made from {what} `{(old or new)['path']}` with sha256 {(old or {}).get('sha256', 'none')[:12]}; "
+                            f"it now holds {(new or {}).get('sha256', 'none')[:12]}; choose another --out")
+
+
+def _check_out(out: Path, cfg: EvaluateConfig, inputs: dict) -> bool:
+    """Refuse an output that holds anything but an evaluation with the same fixed settings and
+    inputs; True when ``out`` is new (absent or empty)."""
     if resumable_output(out, "config.json", "an evaluation folder"):
         return True
     record = out / "run.json"
@@ -263,6 +282,7 @@ def _check_out(out: Path, cfg: EvaluateConfig) -> bool:
     if changed:
         raise DataError(f"`{out}` holds recipe `{changed[0]}` with other settings (see its config.json); rename the "
                         "recipe or choose another --out")
+    _check_inputs(out, inputs)
     return False
 
 
@@ -272,10 +292,26 @@ def _result(path: Path) -> dict:
         result = read_json(path, "result file")
     except DataError as exc:
         raise DataError(f"{exc}; delete it to train that arm again") from None
-    metrics = result.get("metrics")
-    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+    metrics, undefined = result.get("metrics"), result.get("undefined", {})
+    if not isinstance(metrics, dict) or not isinstance(undefined, dict) or not all(
+            (v is None and k in undefined) or finite(v) for k, v in metrics.items()):
         raise DataError(f"result file `{path}` has no metrics (corrupt or from another tool); delete it to train that arm again")
     return result
+
+
+def _checked(result: dict, where: str, setting: str) -> dict:
+    """A new result, before it is written: every metric finite or undefined with a reason."""
+    undefined, val = result.get("undefined", {}), result.get("val_score")
+    bad = [(f"test metric {k}", v) for k, v in result["metrics"].items() if not (finite(v) or (v is None and k in undefined))]
+    bad += [] if val is None or finite(val) else [("the val score", val)]
+    if bad:
+        raise DataError(f"{where}: {bad[0][0]} is {bad[0][1]} although the data define it; nothing was written "
+                        f"(a model that diverged? lower {setting})")
+    return result
+
+
+def _show(v) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
 
 
 def _classic(cfg: EvaluateConfig, seed: int):
@@ -283,86 +319,83 @@ def _classic(cfg: EvaluateConfig, seed: int):
 
 
 def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: Shapes, origin: dict, rare: int,
-         syn, started: float, echo, classes: dict[int, str]) -> Path:
+         syn, started: float, echo, classes: dict[int, str], inputs: dict, fresh: bool) -> Path:
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    save_json(cfg, out / "config.json")
+    if fresh or not (out / "config.json").is_file():
+        save_json(cfg, out / "config.json")  # the marker first; a resumed folder's config is updated at the end
+    if not (out / "inputs.json").is_file():
+        write_json(inputs, out / "inputs.json")
     rows = []
     for task in tasks:
         task_cfg = cfg.segmentation if task == "segmentation" else cfg.classification
         for arm in [*cfg.arms, *cfg.recipes]:
             for seed in cfg.seeds:
                 path = out / "runs" / f"{task}__{arm.replace('+', '_')}__seed{seed}.json"
+                where = f"{task} {'recipe' if arm in cfg.recipes else 'arm'} `{arm}` seed {seed}"
+                weighted = arm in cfg.recipes and cfg.recipes[arm].synthetic_weight != 1.0
+                setting = f"{task}.lr" + (f" or recipes.{arm}.synthetic_weight" if weighted else "")
                 if path.is_file():
                     result = _result(path)
                     if arm in cfg.recipes and result.get("recipe") != cfg.recipes[arm].model_dump(mode="json"):
                         raise DataError(f"result file `{path}` was trained with other settings of recipe `{arm}`; "
                                         "rename the recipe, or delete the file to train it again")
                 else:
-                    if arm in cfg.recipes:
+                    try:
                         with stage(f"evaluate {task} {arm} seed {seed}"):
-                            result = _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, echo)
-                    else:
-                        if arm in SHARED_ARMS:
-                            train = parts["real"]
-                        elif arm == "synthetic":
-                            train = parts["synthetic"]
-                        else:
-                            train = _concat(parts["real"], parts["synthetic"])
-                        augment = _classic(cfg, seed) if arm.endswith("classic") else None
-                        with stage(f"evaluate {task} {arm} seed {seed}"):
-                            result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment)
+                            result = _train(cfg, out, task, task_cfg, arm, seed, parts, shapes, classes, inputs, echo)
+                    except Diverged as exc:
+                        raise Diverged(f"{where}: {exc}; lower {exc.setting or setting}", exc.step, exc.setting) from None
                     result.update(task=task, arm=arm, seed=seed, budget=origin["budget"], generator=origin["generator"])
-                    write_json(result, path)
-                    echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
+                    write_json(_checked(result, where, setting), path)
+                    echo(f"{task:14s} {arm:24s} seed {seed}: " + ", ".join(f"{k} {_show(v)}" for k, v in result["metrics"].items()))
                 missing = [m for m in TASKS[task].reported if m not in result["metrics"]]
                 if missing:
                     raise DataError(f"result file `{path}` lacks metric `{missing[0]}`; delete it to train that arm again")
                 for metric in TASKS[task].reported:
-                    rows.append({"task": task, "budget": origin["budget"], "generator": origin["generator"], "arm": arm,
-                                 "seed": seed, "metric": metric, "value": result["metrics"][metric]})
-    results = pd.DataFrame(rows)
+                    if result["metrics"][metric] is not None:  # undefined on this test split: no row (never NaN)
+                        rows.append({"task": task, "budget": origin["budget"], "generator": origin["generator"], "arm": arm,
+                                     "seed": seed, "metric": metric, "value": result["metrics"][metric]})
+    results = pd.DataFrame(rows, columns=["task", "budget", "generator", "arm", "seed", "metric", "value"])
     with atomic_path(out / "results.csv") as tmp:
         results.to_csv(tmp, index=False)
+    if not fresh:
+        save_json(cfg, out / "config.json")
     write_json(run_record("evaluate", cfg.model_dump(mode="json"), started, **origin,
                 rare_class=rare, checkpoint_rule={t: (cfg.segmentation if t == "segmentation" else cfg.classification).selection for t in tasks},
                 n_test=len(parts["test"]), n_val=len(parts["val"]), n_real=len(parts["real"]),
                 n_synthetic=len(parts["synthetic"]) if syn is not None else 0, real_ids=parts["real"].ids,
-                recipes={n: r.model_dump(mode="json") for n, r in cfg.recipes.items()}), out / "run.json")
+                recipes={n: r.model_dump(mode="json") for n, r in cfg.recipes.items()}, inputs=inputs), out / "run.json")
     return out
 
 
-def _subset(split: Split, idx: np.ndarray) -> Split:
-    out = copy.copy(split)
-    out.ids = [split.ids[i] for i in idx]
-    out.images, out.labels = split.images[idx], split.labels[idx]
-    out.masks = None if split.masks is None else split.masks[idx]
-    return out
+def _train(cfg: EvaluateConfig, out: Path, task: str, task_cfg: TaskConfig, arm: str, seed: int, parts: dict, shapes: Shapes,
+           classes: dict[int, str], inputs: dict, echo) -> dict:
+    """One fixed arm or recipe for one seed, trained and tested."""
+    if arm in cfg.recipes:
+        return _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, inputs, echo)
+    if arm in SHARED_ARMS:
+        train = parts["real"]
+    elif arm == "synthetic":
+        train = parts["synthetic"]
+    else:
+        train = concat(parts["real"], parts["synthetic"])
+    augment = _classic(cfg, seed) if arm.endswith("classic") else None
+    return train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment, names=classes)
 
 
-def _cached(path: Path, compute) -> pd.DataFrame:
-    """A filter's scores: read from ``path`` when an earlier run wrote them, else computed and
-    written atomically (a half-written cache never exists)."""
-    if path.is_file():
-        try:
-            return read_csv(path, "filter scores")
-        except DataError:
-            raise DataError(f"filter scores `{path}` are corrupt; delete the file to compute them again") from None
-    frame = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return frame
-
-
-def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: dict, shapes: Shapes) -> pd.DataFrame:
-    """Per-pair scores of one filter for one seed (cached in ``EVAL/filters/``)."""
+def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: dict, shapes: Shapes, inputs: dict) -> pd.DataFrame:
+    """Per-pair scores of one filter for one seed, cached in ``EVAL/filters/`` under a key of the
+    inputs' content and the settings that made them."""
     from augment.plausibility import fit_scorer
-    from augment.recipes import segmenter_scores
+    from augment.recipes import cached, segmenter_scores
 
     real, syn = parts["real"], parts["synthetic"]
     if kind == "segmenter":
         def compute():
-            fitted = fit_split("segmentation", real, parts["val"], cfg.segmentation, shapes, seed, _classic(cfg, seed))
+            try:
+                fitted = fit_split("segmentation", real, parts["val"], cfg.segmentation, shapes, seed, _classic(cfg, seed))
+            except Diverged as exc:
+                raise Diverged(f"its segmenter filter: {exc}", exc.step, "segmentation.lr") from None
             x, m, _ = syn.tensors()
             return segmenter_scores(fitted.model, x, m).assign(id=syn.ids)
     else:
@@ -371,35 +404,28 @@ def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: 
             scorer = fit_scorer(x_real, cfg.scorer, seed)  # real images: out-of-fold scores
             return pd.concat([pd.DataFrame({"kind": "real", "id": real.ids, "score": scorer.own}),
                               pd.DataFrame({"kind": "synthetic", "id": syn.ids, "score": scorer.score(x_syn)})], ignore_index=True)
-    frame = _cached(out / "filters" / f"{kind}__seed{seed}.csv", compute)
+    settings = [cfg.segmentation, cfg.classic] if kind == "segmenter" else [cfg.scorer]
+    key = _digest([{k: v["sha256"] for k, v in inputs.items()}, kind, seed, [s.model_dump(mode="json") for s in settings]])
+    path = out / "filters" / f"{kind}__seed{seed}__{key[:16]}.csv"
+    frame = cached(path, compute)
     ids = frame["id"].astype(str).tolist() if kind == "segmenter" else frame.loc[frame["kind"] == "synthetic", "id"].astype(str).tolist()
     if ids != [str(i) for i in syn.ids]:
-        raise DataError(f"filter scores `{out / 'filters' / f'{kind}__seed{seed}.csv'}` are for another synthetic set; delete the file")
+        raise DataError(f"filter scores `{path}` are for another synthetic set; delete the file")
     return frame
 
 
 def _train_recipe(cfg: EvaluateConfig, out: Path, task: str, name: str, seed: int, parts: dict, shapes: Shapes,
-                  classes: dict[int, str], echo) -> dict:
+                  classes: dict[int, str], inputs: dict, echo) -> dict:
     """One recipe for one seed: filter, take, mix, train, test (see :mod:`augment.recipes`)."""
-    from augment.recipes import reconstruction_keep, schedule, segmenter_keep, take
+    from augment.recipes import apply_filters, schedule, take
 
     recipe = cfg.recipes[name]
     real, syn = parts["real"], parts["synthetic"]
-    keep, records = np.ones(len(syn), bool), []
-    for kind in recipe.filters:
-        scores = _filter_scores(cfg, out, kind, seed, parts, shapes)
-        if kind == "segmenter":
-            kept, record = segmenter_keep(scores, recipe.filter_drop)
-        else:
-            kept, record = reconstruction_keep(scores.loc[scores["kind"] == "real", "score"].to_numpy(),
-                                               scores.loc[scores["kind"] == "synthetic", "score"].to_numpy(), recipe.filter_percentile)
-        record["dropped_of_remaining"] = int((keep & ~kept).sum())
-        keep &= kept
-        records.append(record)
+    keep, records = apply_filters(recipe, lambda kind: _filter_scores(cfg, out, kind, seed, parts, shapes, inputs), len(syn))
     counts = {int(c): int(n) for c, n in zip(*np.unique(real.labels, return_counts=True))}
     idx, used = take(syn.labels, keep, counts, recipe.balance, classes)
-    chosen = _subset(syn, idx)
-    train = _concat(real, chosen)
+    chosen = subset(syn, idx)
+    train = concat(real, chosen)
     task_cfg = cfg.segmentation if task == "segmentation" else cfg.classification
     if recipe.selection is not None:
         task_cfg = task_cfg.model_copy(update={"selection": recipe.selection})
@@ -408,17 +434,22 @@ def _train_recipe(cfg: EvaluateConfig, out: Path, task: str, name: str, seed: in
     if recipe.synthetic_weight != 1.0:
         weights = np.concatenate([np.ones(len(real)), np.full(len(chosen), recipe.synthetic_weight)])
     augment = _classic(cfg, seed) if recipe.classic else None
-    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment, batches, weights)
+    result = train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment, batches, weights, classes)
     for r in records:
         echo(f"{task:14s} {name:24s} seed {seed}: filter {r['filter']} dropped {r['dropped']} of {r['judged']} ({r['why']})")
+    extra = {}
+    if records and not keep.any():  # a finding, not an error (see augment.recipes)
+        extra["note"] = (f"the filters kept none of the {len(syn)} synthetic pairs: trained on the real budget alone "
+                         "(real+classic under this recipe's rule)")
+        echo(f"{task:14s} {name:24s} seed {seed}: {extra['note']}")
     return {**result, "recipe": recipe.model_dump(mode="json"), "n_synthetic": len(chosen), "synthetic_per_class": used,
-            "filters": records}
+            "filters": records, **extra}
 
 
 def _fixed(cfg: EvaluateConfig) -> dict:
     """What must not change when an evaluation folder is resumed (arms, seeds and recipes may
     grow; a recipe kept under its name must keep its settings)."""
     d = cfg.model_dump(mode="json")
-    for key in ("arms", "seeds", "out", "recipes"):
+    for key in ("arms", "seeds", "out", "recipes", "allow_near_duplicates"):
         d.pop(key)
     return d

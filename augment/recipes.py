@@ -29,11 +29,21 @@ val and test splits. It says
 * ``selection``: this recipe's checkpoint rule, e.g. ``best_val_dice_fpr`` (default: the task's).
   A recipe that takes no synthetic pair (``balance: {strategy: ratio, ratio: 0}``) is
   ``real+classic`` under its own rule: the reference that separates a rule's effect from the data's.
+
+Every number setting is finite and inside its stated range (``synthetic_weight`` in [0.001, 100],
+fractions and shares in (0, 1), ``filter_drop`` in [0, 1), ``filter_percentile`` in (0, 100]).
+Filters that keep none of the synthetic pairs are a finding, not an error: the recipe trains on
+the real budget alone (as ``ratio: 0`` does) and its record says so (``note``), so a generator
+whose every pair a filter rejects shows up as no better than ``real+classic``. Filter scores are
+cached per seed under a key of the inputs and settings they were computed from
+(:func:`cached`), so scores of other images are never reused.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -43,8 +53,9 @@ from pydantic import Field, model_validator
 
 from augment.balance import BalanceConfig, plan
 from augment.config import Strict
-from augment.downstream import Selection, dice_per_image, epoch_batches, predict_masks
-from augment.errors import ConfigError
+from augment.downstream import Selection, dice_per_image, epoch_batches, in_range, predict_masks
+from augment.errors import ConfigError, DataError
+from augment.output import atomic_path, read_csv
 from augment.seeding import mix_seed
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -53,13 +64,18 @@ Filter = Literal["segmenter", "reconstruction"]
 
 class RecipeConfig(Strict):
     mix: Literal["concat", "fraction", "pretrain"] = "concat"
-    synthetic_fraction: float | None = Field(None, gt=0, lt=1, description="mix fraction: share of each batch drawn from synthetic pairs")
-    pretrain_share: float = Field(0.5, gt=0, lt=1, description="mix pretrain: share of the steps on synthetic pairs before fine-tuning on real")
-    synthetic_weight: float = Field(1.0, gt=0, description="loss weight of a synthetic pair (real pairs weigh 1)")
+    synthetic_fraction: in_range(0, 1, lo_open=True, hi_open=True) | None = Field(
+        None, description="mix fraction: share of each batch drawn from synthetic pairs, in (0, 1)")
+    pretrain_share: in_range(0, 1, lo_open=True, hi_open=True) = Field(
+        0.5, description="mix pretrain: share of the steps on synthetic pairs before fine-tuning on real, in (0, 1)")
+    synthetic_weight: in_range(1e-3, 100) = Field(
+        1.0, description="loss weight of a synthetic pair (real pairs weigh 1), in [0.001, 100]")
     balance: BalanceConfig | None = Field(None, description="how many synthetic pairs per class, planned over the real budget (default: all)")
     filters: list[Filter] = Field(default_factory=list)
-    filter_drop: float = Field(0.25, ge=0, lt=1, description="segmenter filter: share of lesion pairs dropped (lowest Dice first)")
-    filter_percentile: float = Field(95.0, gt=0, le=100, description="reconstruction filter: drop pairs above this percentile of the real scores")
+    filter_drop: in_range(0, 1, hi_open=True) = Field(
+        0.25, description="segmenter filter: share of lesion pairs dropped (lowest Dice first), in [0, 1)")
+    filter_percentile: in_range(0, 100, lo_open=True) = Field(
+        95.0, description="reconstruction filter: drop pairs above this percentile of the real scores, in (0, 100]")
     classic: bool = True
     selection: Selection | None = Field(
         None, description="this recipe's checkpoint rule (default: the task's)")
@@ -132,7 +148,12 @@ def segmenter_keep(scores: pd.DataFrame, drop: float) -> tuple[np.ndarray, dict]
 
 
 def reconstruction_keep(real: np.ndarray, synthetic: np.ndarray, percentile: float) -> tuple[np.ndarray, dict]:
-    """Keep synthetic pairs whose VAE reconstruction error is at most the real images' ``percentile``."""
+    """Keep synthetic pairs whose VAE reconstruction error is at most the real images' ``percentile``
+    (scores that are not finite, from a VAE that diverged, are an error: NaN would drop every pair)."""
+    bad = int((~np.isfinite(real)).sum() + (~np.isfinite(synthetic)).sum())
+    if bad:
+        raise DataError(f"the reconstruction filter's scores of {bad} of {len(real) + len(synthetic)} images are not finite "
+                        "(its VAE diverged); lower scorer.lr")
     threshold = float(np.percentile(real, percentile))
     keep = synthetic <= threshold
     return keep, {"filter": "reconstruction", "judged": int(len(synthetic)), "dropped": int((~keep).sum()), "threshold": threshold,
@@ -169,3 +190,37 @@ def schedule(recipe: RecipeConfig, n_real: int, n_syn: int, batch_size: int, ste
     first = max(1, min(steps - 1, round(recipe.pretrain_share * steps)))
     return [b + n_real for b in epoch_batches(n_syn, batch_size, first, mix_seed(seed, 0x5F))] + \
         epoch_batches(n_real, batch_size, steps - first, seed)
+
+
+def apply_filters(recipe: RecipeConfig, scores_of: Callable[[str], pd.DataFrame], n: int) -> tuple[np.ndarray, list[dict]]:
+    """Which of the ``n`` synthetic pairs survive ``recipe.filters`` (in order), and each filter's
+    record; ``scores_of(kind)`` gives a filter's scores (``segmenter``: one row per pair;
+    ``reconstruction``: rows of ``kind`` real and synthetic)."""
+    keep, records = np.ones(n, bool), []
+    for kind in recipe.filters:
+        scores = scores_of(kind)
+        if kind == "segmenter":
+            kept, record = segmenter_keep(scores, recipe.filter_drop)
+        else:
+            kept, record = reconstruction_keep(scores.loc[scores["kind"] == "real", "score"].to_numpy(),
+                                               scores.loc[scores["kind"] == "synthetic", "score"].to_numpy(), recipe.filter_percentile)
+        record["dropped_of_remaining"] = int((keep & ~kept).sum())
+        keep &= kept
+        records.append(record)
+    return keep, records
+
+
+def cached(path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """A filter's scores: read from ``path`` when an earlier run wrote them, else computed and
+    written atomically (a half-written cache never exists). ``path`` must name what the scores
+    were computed from (the caller puts a key of the inputs and settings in it)."""
+    if path.is_file():
+        try:
+            return read_csv(path, "filter scores")
+        except DataError:
+            raise DataError(f"filter scores `{path}` are corrupt; delete the file to compute them again") from None
+    frame = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame

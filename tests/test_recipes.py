@@ -63,6 +63,11 @@ def test_reconstruction_filter_uses_the_real_percentile():
     assert record["threshold"] == pytest.approx(np.percentile(real, 90))
 
 
+def test_reconstruction_filter_refuses_scores_that_are_not_finite():
+    with pytest.raises(DataError, match=r"scores of 2 of 5 images are not finite \(its VAE diverged\); lower scorer.lr"):
+        reconstruction_keep(np.array([1.0, np.nan]), np.array([1.0, np.inf, 2.0]), 95)
+
+
 def test_take_follows_the_plan_in_manifest_order_and_says_when_short():
     labels = np.array([0, 1, 1, 0, 1, 2, 1, 0])
     keep = np.array([True, True, False, True, True, True, True, True])
@@ -149,13 +154,14 @@ def test_recipes_train_as_arms_record_their_filters_and_resume(phantom_dir, pool
     filtered = run("filtered")
     seg, rec = filtered["filters"]
     assert seg["filter"] == "segmenter" and seg["dropped"] == round(0.5 * seg["judged"]) and seg["judged"] < n_syn
-    scores = pd.read_csv(tmp_path / "ev" / "filters" / "reconstruction__seed0.csv")
+    (cache,) = (tmp_path / "ev" / "filters").glob("reconstruction__seed0__*.csv")  # keyed by the inputs and settings
+    scores = pd.read_csv(cache)
     threshold = np.percentile(scores.loc[scores["kind"] == "real", "score"], 50)
     assert rec["filter"] == "reconstruction" and rec["judged"] == n_syn and rec["threshold"] == pytest.approx(threshold)
     assert rec["dropped"] == int((scores.loc[scores["kind"] == "synthetic", "score"] > threshold).sum())
     assert filtered["n_synthetic"] == sum(filtered["synthetic_per_class"]["used"].values()) <= 24
     assert any("filter segmenter dropped" in line for line in lines)
-    assert (tmp_path / "ev" / "filters" / "segmenter__seed0.csv").is_file()
+    assert len(list((tmp_path / "ev" / "filters").glob("segmenter__seed0__*.csv"))) == 1
     # resume: finished recipes are read back, a new one is added, a changed one is refused
     marker = tmp_path / "ev" / "runs" / "segmentation__pre__seed0.json"
     data = json.loads(marker.read_text())
@@ -195,7 +201,7 @@ def test_filter_scores_of_another_synthetic_set_are_refused(phantom_dir, pool, t
                                     "segmentation": TINY_TASK, "scorer": {"steps": 3},
                                     "recipes": {"r": {"filters": ["reconstruction"]}}}, "e")
     evaluate(cfg, echo=QUIET)
-    cache = tmp_path / "ev" / "filters" / "reconstruction__seed0.csv"
+    (cache,) = (tmp_path / "ev" / "filters").glob("reconstruction__seed0__*.csv")
     scores = pd.read_csv(cache)
     assert (scores["kind"] == "real").sum() == 24 and (scores["kind"] == "synthetic").sum() == len(pd.read_csv(pool / "manifest.csv"))
     scores.iloc[:-1].to_csv(cache, index=False)  # one synthetic pair fewer: not this set's scores
