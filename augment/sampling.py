@@ -86,7 +86,13 @@ def plan_items(table: pd.DataFrame) -> list[Item]:
 
 def sampler_settings(gen: LoadedGenerator, cfg: SampleConfig):
     """The family's validated sampler settings for this run (one ConfigError line otherwise)."""
-    return validate(gen.model.Sampler, cfg.sampler, f"sample: sampler ({gen.config.generator.family})")
+    what = f"sample: sampler ({gen.config.generator.family})"
+    settings = validate(gen.model.Sampler, cfg.sampler, what)
+    top_k = getattr(settings, "top_k", 0)
+    sizes = getattr(gen.model, "codebook_sizes", {})
+    if sizes and top_k > max(sizes.values()):  # at or above one level's size it means all of that level's codes
+        raise ConfigError(f"{what}: `top_k` {top_k} is above every codebook of this generator ({sizes}); 0 means all codes")
+    return settings
 
 
 def check_mask_source(gen: LoadedGenerator, mask_source: str) -> None:
