@@ -137,6 +137,36 @@ def _lock_file(name: str):
     return open(_MACHINE["dir"] / f"{name}.lock", "a")
 
 
+def set_copy(src: Path, dest: Path, keep: int | None = None, fill: int | None = None) -> Path:
+    """A copy of the set (dataset or synthetic set) at ``src`` with only its first ``keep`` rows,
+    and/or every image set to the constant ``fill`` (sha256 updated), for degenerate-set tests."""
+    import shutil
+
+    from augment.data.images import sha256_file
+    from augment.data.manifest import read_manifest, write_manifest
+
+    shutil.copytree(src, dest)
+    df = read_manifest(dest)
+    if keep is not None:
+        df = df.iloc[:keep].reset_index(drop=True)
+    if fill is not None:
+        for i, path in enumerate(df["image"]):
+            pixels = np.asarray(Image.open(dest / path))
+            Image.fromarray(np.full_like(pixels, fill)).save(dest / path)
+            df.loc[i, "sha256"] = sha256_file(dest / path)
+    write_manifest(df, dest / "manifest.csv")
+    return dest
+
+
+@contextlib.contextmanager
+def own_cache(tmp_path_factory):
+    """``with own_cache(f): ...``: audits inside cache under a fresh AUGMENT_CACHE (a module whose
+    tests count cache hits starts from an empty one)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUGMENT_CACHE", str(tmp_path_factory.mktemp("augment_cache")))
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _user_cache(tmp_path_factory):
     """Audits cache their domain encoders in the user's cache folder (``augment.audit.cache_root``):

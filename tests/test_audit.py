@@ -16,16 +16,14 @@ from augment.data.images import sha256_file
 from augment.data.manifest import load_data, read_manifest, write_manifest
 from augment.errors import DataError
 from augment.sampling import SampleConfig, sample
-from tests.conftest import run_cli, set_args
+from tests.conftest import own_cache, run_cli, set_args
 
 FAST = {"encoder_steps": 30, "segmenter_steps": 20, "kid_subsets": 5, "kid_subset_size": 20}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _own_cache(tmp_path_factory):
-    """The audits of this module cache under a temporary AUGMENT_CACHE, never in ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUGMENT_CACHE", str(tmp_path_factory.mktemp("augment_cache")))
+    with own_cache(tmp_path_factory):  # this module counts cache hits: it starts from an empty cache
         yield
 
 

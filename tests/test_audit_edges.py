@@ -16,24 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from augment.audit import AuditConfig, audit
 from augment.config import validate
 from augment.data.images import sha256_file
-from augment.data.manifest import read_manifest, write_manifest
 from augment.errors import ConfigError, DataError
 from augment.sampling import SampleConfig, sample
-from tests.conftest import run_cli, set_args
+from tests.conftest import own_cache, run_cli, set_args, set_copy
 
 FAST = {"encoder_steps": 30, "segmenter_steps": 20, "kid_subsets": 5, "kid_subset_size": 20}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _own_cache(tmp_path_factory):
-    """Every audit of this module caches under one temporary AUGMENT_CACHE, never in ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUGMENT_CACHE", str(tmp_path_factory.mktemp("augment_cache")))
+    with own_cache(tmp_path_factory):
         yield
 
 
@@ -178,23 +174,8 @@ def test_copy_percentile_range_at_the_cli(phantom_dir, syn, tmp_path):
     assert "0.01" in res.stderr and not (tmp_path / "a").exists()
 
 
-def _variant(syn: Path, dest: Path, keep: int | None = None, fill: int | None = None) -> Path:
-    """A copy of the synthetic set with only its first ``keep`` rows, or every image set to ``fill``."""
-    shutil.copytree(syn, dest)
-    df = read_manifest(dest)
-    if keep is not None:
-        df = df.iloc[:keep].reset_index(drop=True)
-    if fill is not None:
-        for i, path in enumerate(df["image"]):
-            pixels = np.asarray(Image.open(dest / path))
-            Image.fromarray(np.full_like(pixels, fill)).save(dest / path)
-            df.loc[i, "sha256"] = sha256_file(dest / path)
-    write_manifest(df, dest / "manifest.csv")
-    return dest
-
-
 def test_one_synthetic_pair_gives_undefined_distances_not_a_crash(phantom_dir, syn, tmp_path):
-    one = _variant(syn, tmp_path / "one", keep=1)
+    one = set_copy(syn, tmp_path / "one", keep=1)
     rep = _run(phantom_dir, one, tmp_path / "a")
     _finite_everywhere(tmp_path / "a")
     rows = {r["metric"]: r for r in rep["metrics"] if r["extractor"] in ("domain", "pixels", "pixels+domain")}
@@ -209,7 +190,7 @@ def test_one_synthetic_pair_gives_undefined_distances_not_a_crash(phantom_dir, s
 
 @pytest.mark.parametrize("fill", [0, 255])
 def test_constant_synthetic_images_leave_no_nan(phantom_dir, syn, tmp_path, fill):
-    flat = _variant(syn, tmp_path / "flat", fill=fill)
+    flat = set_copy(syn, tmp_path / "flat", fill=fill)
     rep = _run(phantom_dir, flat, tmp_path / "a")
     _finite_everywhere(tmp_path / "a")
     diversity = [r for r in rep["metrics"] if r["metric"].startswith("diversity_")]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from augment.plausibility import ScorerConfig, _errors, fit_scorer
-from tests.conftest import run_cli
+from tests.conftest import run_cli, set_copy
 
 
 @pytest.fixture
@@ -74,24 +74,6 @@ def test_score_refuses_mixed_sizes_and_unknown_keys(planted, tmp_path):
 
 # ---- settings' ranges, tiny and degenerate sets: one clear line or a finite result, never NaN ----
 
-def _subset(phantom_dir, dest, n: int | None = None, fill: int | None = None):
-    """A copy of the phantom set with only its first ``n`` rows, or every image set to ``fill``."""
-    from augment.data.images import sha256_file
-    from augment.data.manifest import read_manifest, write_manifest
-
-    shutil.copytree(phantom_dir, dest)
-    df = read_manifest(dest)
-    if n is not None:
-        df = df.iloc[:n].reset_index(drop=True)
-    if fill is not None:
-        for i, path in enumerate(df["image"]):
-            pixels = np.asarray(Image.open(dest / path))
-            Image.fromarray(np.full_like(pixels, fill)).save(dest / path)
-            df.loc[i, "sha256"] = sha256_file(dest / path)
-    write_manifest(df, dest / "manifest.csv")
-    return dest
-
-
 @pytest.mark.parametrize("key", ["lr", "image_sigma"])
 @pytest.mark.parametrize("value", [0, -1, 1e300, 1e-300, float("nan"), float("inf")])
 def test_scorer_float_settings_outside_their_range_are_one_config_error(key, value, tmp_path):
@@ -113,7 +95,7 @@ def test_scorer_settings_out_of_range_at_the_cli(phantom_dir, tmp_path, setting)
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_score_with_too_few_images_is_one_clear_line(phantom_dir, tmp_path, n):
-    data = _subset(phantom_dir, tmp_path / "data", n=n)
+    data = set_copy(phantom_dir, tmp_path / "data", keep=n)
     res = run_cli("score", data, "--out", tmp_path / "s", "--set", "scorer.steps=2")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert f"has {n} image(s) in split `all`; the scorer needs at least 4" in res.stderr and not (tmp_path / "s").exists()
@@ -124,7 +106,7 @@ def test_constant_images_get_finite_scores(phantom_dir, tmp_path, fill):
     from augment.config import validate
     from augment.plausibility import ScoreConfig, score
 
-    data = _subset(phantom_dir, tmp_path / "data", n=12, fill=fill)
+    data = set_copy(phantom_dir, tmp_path / "data", keep=12, fill=fill)
     score(validate(ScoreConfig, {"data": data, "out": tmp_path / "s", "scorer": {"steps": 20}}, "score"))
     table = pd.read_csv(tmp_path / "s" / "scores.csv")
     assert len(table) == 12 and np.isfinite(table["score"]).all()
@@ -145,7 +127,7 @@ def test_a_diverged_scorer_is_one_clear_error_and_writes_nothing(phantom_dir, tm
         return model
 
     monkeypatch.setattr(plausibility, "_train", diverged)
-    data = _subset(phantom_dir, tmp_path / "data", n=8)
+    data = set_copy(phantom_dir, tmp_path / "data", keep=8)
     with pytest.raises(DataError, match=r"^the plausibility scorer's training diverged .*lower scorer\.lr"):
         score(validate(ScoreConfig, {"data": data, "out": tmp_path / "s"}, "score"))
     assert not (tmp_path / "s").exists()
