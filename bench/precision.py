@@ -127,7 +127,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        prepare(validate(PrepareConfig, {"source": args.source, "out": str(data), "image_size": 64,
+        prepare(validate(PrepareConfig, {"source": args.source, "out": str(data), "image_size": 64, "drop_near_duplicates": True,
                                          **({"count": 200} if args.source == "phantom" else {})}, "bench"))
         for name in args.models:
             model, step = _unet_step(data, 16) if name == "unet" else _generator_step(name, data, 32)

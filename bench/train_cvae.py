@@ -37,7 +37,7 @@ def main() -> None:
     out = Path(args.out)
     data = out / "data"
     if not (data / "manifest.csv").exists():
-        prepare(PrepareConfig(source=args.source, out=data, image_size=args.size, overwrite=True))
+        prepare(PrepareConfig(source=args.source, out=data, image_size=args.size, overwrite=True, drop_near_duplicates=True))
     gen = {"family": "cvae"}
     for item in args.set:
         k, v = item.split("=", 1)

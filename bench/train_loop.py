@@ -125,7 +125,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        prepare(PrepareConfig(source=args.source, out=data_dir, image_size=args.size))
+        prepare(PrepareConfig(source=args.source, out=data_dir, image_size=args.size, drop_near_duplicates=True))
         for family in args.families:
             cfg = _config(family, data_dir, Path(tmp) / "run", args.steps, args.batch_size, extra)
             ts = load_training_set(data_dir, cfg.budget, cfg.seed)
