@@ -40,7 +40,7 @@ from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from augment.config import Strict
+from augment.config import Seed, Strict
 from augment.data.dataset import load_tensors
 from augment.data.images import sha256_file
 from augment.data.guard import check_trained_on
@@ -78,7 +78,7 @@ class AuditConfig(AuditSettings):
     data: Path
     synthetic: Path
     out: Path
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     overwrite: bool = False
 
 

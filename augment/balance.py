@@ -28,7 +28,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from augment.config import Strict
+from augment.config import Seed, Strict
 from augment.errors import ConfigError
 from augment.masks import JitterConfig
 
@@ -47,7 +47,7 @@ class BalanceConfig(Strict):
     max_synthetic_per_class: Count | None = None
     max_synthetic_total: Count = Field(MAX_TOTAL, ge=1, le=10**9, description="the most synthetic pairs a plan may ask for")
     classes: list[int] | None = None
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     mask_source: Literal["generated", "real"] = "generated"
     jitter: JitterConfig = Field(default_factory=JitterConfig, description="mask_source real: how real masks are moved")
 

@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"augment {args.command}: error: out of memory; use smaller settings (fewer or smaller images, "
               "a smaller batch_size)", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError, not a MemoryError
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        print(f"augment {args.command}: error: out of memory ({_one_line(str(exc), 200)}); use smaller settings "
+              "(smaller networks, images or batch_size)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"augment {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from augment.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_SEED = 2**32 - 1
+#: a user's seed: 0 to 4294967295 (numpy, torch and our mix_seed all take it; larger ones overflow torch)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class Strict(BaseModel):
@@ -78,7 +82,7 @@ class PrepareSettings(Strict):
     where from and where to. A pipeline's ``data:`` section is these plus ``source``."""
 
     image_size: int | None = Field(None, ge=8, le=4096, description="resize to N x N (images bilinear, masks nearest)")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     count: int | None = Field(None, ge=1, le=1_000_000, description="phantom only: number of pairs (default 300, at most 1,000,000)")
     rgb: bool = Field(False, description="phantom only: RGB instead of grayscale")
     priors: list[float] | None = Field(None, description="phantom only: class priors (default 0.5, 0.35, 0.15)")
@@ -273,6 +277,21 @@ def _short(text: str, limit: int = 120) -> str:
 _UNION_MEMBER = re.compile(r"(float|int|str|bool|(list|dict|tuple|set)\[.*\]|function-\w+\[.*\])")  # pydantic's loc names a union's member
 
 
+def _as_written(loc: tuple[Any, ...], data: Any) -> list[str]:
+    """pydantic's error location as the user wrote the key: without a union member's type name
+    (``float``) or a discriminated union's tag (``generator.cvae.lr`` is ``generator.lr``)."""
+    parts, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("family") == part:
+            continue  # the tag pydantic puts in the location: the user's dict has no such key
+        if _UNION_MEMBER.fullmatch(str(part)) and not (isinstance(node, dict) and part in node):
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and isinstance(part, int) \
+            and part < len(node) else None
+    return parts
+
+
 def validate(model: type[M], data: dict[str, Any], what: str) -> M:
     """Build ``model`` from ``data`` or raise one ConfigError line naming the first bad key."""
     try:
@@ -282,7 +301,7 @@ def validate(model: type[M], data: dict[str, Any], what: str) -> M:
         # A union's members each report; a non-finite number inside one of them is the real culprit.
         err = next((e for e in errors if e["type"] == "finite_number"), errors[0])
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc if not _UNION_MEMBER.fullmatch(str(p))) or "(top level)"
+        key = ".".join(_as_written(loc, data)) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _describe(model, loc)
             raise ConfigError(f"{what}: unknown key `{key}` (allowed: {allowed})") from None

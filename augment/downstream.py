@@ -67,7 +67,7 @@ LearningRate = in_range(1e-7, 1.0)
 
 class TaskConfig(Strict):
     steps: int = Field(600, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=4096)
     lr: LearningRate = Field(1e-3, description="AdamW learning rate, in [1e-07, 1]")
     eval_every: int = Field(50, ge=1, description="steps between val checks")
     selection: Selection = Field(

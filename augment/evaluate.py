@@ -36,14 +36,14 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
-from augment.config import Strict, load_json, save_json
+from augment.config import Seed, Strict, load_json, save_json
 from augment.data.guard import assert_no_heldout, check_near_duplicates, check_trained_on
 from augment.data.images import pixel_sha256, sha256_file
 from augment.data.manifest import load_data, load_synthetic
@@ -99,10 +99,10 @@ class EvaluateConfig(EvaluationSettings):
     data: Path
     synthetic: Path | None = Field(None, description="synthetic set (from augment sample); without it only real arms")
     budget: int | None = Field(None, ge=1, description="without --synthetic: the label budget (default: the whole train split)")
-    budget_seed: int = Field(0, ge=0, description="without --synthetic: which budget subset (the generator's seed)")
+    budget_seed: Seed = Field(0, description="without --synthetic: which budget subset (the generator's seed)")
     generator_name: str | None = Field(None, description="the `generator` column (default: the synthetic set's family)")
     out: Path
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     allow_near_duplicates: bool = Field(False, description="evaluate a synthetic set holding near-copies of val/test images "
                                         "anyway (augment.data.guard.check_near_duplicates; exact copies are always refused)")
 

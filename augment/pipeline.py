@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from augment.audit import AuditSettings
 from augment.balance import BalanceConfig, asks_for_nothing
-from augment.config import PrepareSettings, Strict, load_json, load_yaml, merge, save_json, validate
+from augment.config import PrepareSettings, Seed, Strict, load_json, load_yaml, merge, save_json, validate
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
@@ -109,8 +109,8 @@ class PipelineConfig(Strict):
     generators: dict[str, GeneratorSpec] = Field(min_length=1)
     train: LoopConfig = Field(default_factory=LoopConfig)
     budgets: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    generator_seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    generator_seeds: list[Seed] | None = Field(
         None, min_length=1, description="seeds generators are trained with (default: seeds)")
     balance: BalanceConfig
     sample: SampleSettings = Field(default_factory=SampleSettings)

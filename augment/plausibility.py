@@ -30,7 +30,7 @@ from torch import nn
 
 from typing import Literal
 
-from augment.config import Strict
+from augment.config import Seed, Strict
 from augment.downstream import epoch_batches
 from augment.errors import DataError
 from augment.lock import locked
@@ -41,7 +41,7 @@ from augment.seeding import mix_seed
 
 class ScorerConfig(Strict):
     steps: int = Field(400, ge=1, description="AdamW steps")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(1e-3, ge=1e-7, le=1.0, description="AdamW learning rate, in [1e-07, 1] (as the task models)")
     latent_dim: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=4)
@@ -55,7 +55,7 @@ class ScoreConfig(Strict):
     data: Path
     out: Path
     split: Literal["all", "train", "val", "test"] = Field("all", description="which images to train the scorer on and rank")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     overwrite: bool = False
 

@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 
 from augment.balance import BalanceConfig, plan
-from augment.config import Strict, load_json, load_yaml, save_json, validate
+from augment.config import Seed, Strict, load_json, load_yaml, save_json, validate
 from augment.data.images import read_mask, sha256_file, write_png
 from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, read_manifest, write_classes, write_manifest
 from augment.errors import AugmentError, ConfigError, DataError
@@ -53,7 +53,7 @@ JOURNAL = ".journal"
 class SampleSettings(Strict):
     """How a synthetic set is drawn, whatever the generator: a pipeline's ``sample:`` section."""
 
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=4096)
     filter: bool = Field(False, description="drop and redraw implausible pairs (empty lesion masks, lesion area outside the real range)")
     max_attempts: int = Field(20, ge=1, description="draws per sample before --filter gives up")
 
@@ -64,7 +64,7 @@ class SampleConfig(SampleSettings):
     generator: Path
     balance: BalanceConfig
     out: Path
-    seed: int | None = Field(None, ge=0, description="run seed (default: the balancing manifest's seed)")
+    seed: Seed | None = Field(None, description="run seed (default: the balancing manifest's seed)")
     sampler: dict[str, Any] = Field(default_factory=dict, description="family sampler settings, checked against its Sampler schema")
 
 

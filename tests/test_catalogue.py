@@ -626,6 +626,17 @@ CASES = [
     ("train-config-alias-bomb", _text("c.yaml", f"budget: {_alias_bomb()}\n"),
      ["train", "--data", D, "--generator", "cvae", "--out", O, *TINY_ARGS, "--config", "{t}/c.yaml"], ("c.yaml", "budget")),
     ("train-lock-held-stray-rank", _lock_held({"RANK": "1"}), _train("cvae"), "in use"),
+    # sizes and seeds past what any machine or RNG takes (a 1e11 batch hung; a 1e20 seed overflowed torch)
+    ("train-seed-overflows-torch", None, _train("cvae", "--seed", "100000000000000000000"), "less than or equal to 4294967295"),
+    ("train-batch-size-huge", None, _train("cvae", "--set", "train.batch_size=100000000000"), "`train.batch_size`"),
+    ("train-grad-accum-huge", None, _train("cvae", "--set", "train.grad_accum=1000000000"), "`train.grad_accum`"),
+    ("train-cvae-channels-huge", None, _train("cvae", "--set", "generator.base_channels=1000000"), "`generator.base_channels`"),
+    ("train-ldm-widths-huge", None, _train("ldm", "--set", "generator.unet_channels=[8,1000000]"), "`generator.unet_channels`"),
+    ("train-vqvae2-codes-huge", None, _train("vqvae2", "--set", "generator.bottom_codes=100000000"), "`generator.bottom_codes`"),
+    ("sample-batch-size-huge", None, _sample(R, "--batch-size", "100000000"), "`batch_size`"),
+    ("sample-seed-huge", None, _sample(R, "--seed", "99999999999999999999999"), "less than or equal to 4294967295"),
+    ("evaluate-seed-huge", None, _evaluate("--set", "seeds=[4294967296]"), "`seeds.0`"),
+    ("evaluate-batch-size-huge", None, _evaluate("--set", "segmentation.batch_size=100000000"), "`segmentation.batch_size`"),
 
     # ===== evaluate: task, classic augmentation, scorer, recipes, synthetic sets =====
     *EVALUATE_CASES,

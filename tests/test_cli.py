@@ -170,6 +170,11 @@ def test_run_with_a_bad_list_says_how_to_write_one(capsys, tmp_path):
     (PermissionError(errno.EACCES, "Permission denied", "/x/d"), "permission denied: `/x/d` (Permission denied)"),
     (OSError(errno.EROFS, "Read-only file system", "/x/d"), "`/x/d` is on a read-only file system"),
     (MemoryError(), "out of memory; use smaller settings"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB"),
+     "out of memory ([enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"),
+    (OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "d" * 300), "is too long (File name too long); choose a shorter path"),
+    (OSError(errno.ELOOP, "Too many levels of symbolic links", "/x/d"), "`/x/d` is a loop of symbolic links"),
+    (FileExistsError(errno.EEXIST, "File exists", "/x/f.txt"), "part of the path is a file, not a folder"),
 ])
 def test_system_limits_are_one_line_and_exit_2(monkeypatch, capsys, error, needle):
     from augment import api
@@ -181,6 +186,17 @@ def test_system_limits_are_one_line_and_exit_2(monkeypatch, capsys, error, needl
     assert main(["validate", "somewhere"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("augment validate: error: ") and needle in lines[0]
+
+
+def test_a_runtime_error_that_is_not_about_memory_is_still_a_traceback(monkeypatch):
+    from augment import api
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api, "validate_data", fail)
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug must stay visible, not become a polite line
+        main(["validate", "somewhere"])
 
 
 def test_an_unexpected_os_error_is_not_hidden(monkeypatch):

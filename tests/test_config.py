@@ -85,7 +85,7 @@ def test_load_yaml_errors(tmp_path):
 
 @pytest.mark.parametrize("extra,needle", [
     ({"train": {"phases": {"main": {"lrr": 1}}}}, "unknown key `train.phases.main.lrr` (allowed: max_steps, batch_size, lr,"),
-    ({"generator": {"family": "cvae", "foo": 1}}, "unknown key `generator.cvae.foo` (allowed: family, latent_dim,"),
+    ({"generator": {"family": "cvae", "foo": 1}}, "unknown key `generator.foo` (allowed: family, latent_dim,"),
 ])
 def test_unknown_keys_in_nested_maps_and_families_name_what_is_allowed(extra, needle):
     from augment.generators import TrainConfig
@@ -151,3 +151,12 @@ def test_a_bool_is_never_read_as_a_number():
     with pytest.raises(ConfigError, match=r"^m: `inner.steps` must be a number, not false$"):
         validate(M, {"inner": {"steps": False}}, "m")
     assert validate(M, {"inner": {"flag": True, "either": True}}, "m").inner.either is True
+
+
+def test_a_key_inside_a_family_is_named_as_written_without_the_union_tag():
+    from augment.generators import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^train: `generator.base_channels`: Input should be less than or equal to 2048"):
+        validate(TrainConfig, {"data": "d", "out": "o", "generator": {"family": "cvae", "base_channels": 10**6}}, "train")
+    with pytest.raises(ConfigError, match=r"^train: `generator.unet_channels`: give 1 to 8 widths"):
+        validate(TrainConfig, {"data": "d", "out": "o", "generator": {"family": "ldm", "unet_channels": [8, 10**6]}}, "train")

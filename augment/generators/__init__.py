@@ -7,7 +7,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from augment.config import Strict
+from augment.config import Seed, Strict
 from augment.generators.base import DataSpec, GeneratorModel, Sample
 from augment.generators.cvae import CVAE, CVAEConfig
 from augment.generators.ldm import LDM, LDMConfig
@@ -30,7 +30,7 @@ class TrainConfig(Strict):
     data: Path
     out: Path
     budget: int | None = Field(None, ge=1, description="label budget: a stratified subset of the train split")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     generator: GeneratorConfig
     train: LoopConfig = Field(default_factory=LoopConfig)
 

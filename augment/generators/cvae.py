@@ -34,14 +34,14 @@ from augment.generators.base import DataSpec, Sample, label_maps, one_hot_masks,
 
 class CVAEConfig(Strict):
     family: Literal["cvae"] = "cvae"
-    latent_dim: int = Field(32, ge=1)
-    base_channels: int = Field(16, ge=4)
-    max_channels: int = Field(128, ge=4)
-    deep_below: int = Field(16, ge=1, description="add a 3x3 conv to blocks whose output side is <= this many px")
+    latent_dim: int = Field(32, ge=1, le=4096)
+    base_channels: int = Field(16, ge=4, le=2048)
+    max_channels: int = Field(128, ge=4, le=2048)
+    deep_below: int = Field(16, ge=1, le=4096, description="add a 3x3 conv to blocks whose output side is <= this many px")
     image_sigma: float = Field(0.25, ge=1e-3, le=10, description="std of the Gaussian image likelihood, in [0,1] pixel units")
     mask_weight: float = Field(2.0, ge=0, le=1000)
     kl_weight: float = Field(1.0, ge=0, le=1000)
-    kl_warmup_steps: int = Field(300, ge=0, description="linear KL weight warm-up from 0 (avoids early posterior collapse)")
+    kl_warmup_steps: int = Field(300, ge=0, le=10**7, description="linear KL weight warm-up from 0 (avoids early posterior collapse)")
     mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
 
 

@@ -47,15 +47,15 @@ class LDMConfig(Strict):
     mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
     # phase 1: autoencoder
     ae_channels: tuple[int, ...] = Field((32, 64, 64), description="encoder widths; each entry after the first halves the side (64 px -> 16)")
-    ae_layers: int = Field(1, ge=1, description="resnet layers per autoencoder block")
+    ae_layers: int = Field(1, ge=1, le=16, description="resnet layers per autoencoder block")
     ae_attention: bool = Field(False, description="non-local attention in the autoencoder's encoder and decoder (slow on CPU)")
-    latent_channels: int = Field(4, ge=1)
+    latent_channels: int = Field(4, ge=1, le=256)
     kl_weight: float = Field(1e-4, ge=0, le=1000, description="weight of the KL term per latent element (keeps latents near N(0, 1))")
     mask_weight: float = Field(1.0, ge=0, le=1000)
     # phase 2: denoiser
     unet_channels: tuple[int, ...] = Field((64, 128, 128), description="denoiser widths; each entry after the first halves the latent side")
-    unet_layers: int = Field(1, ge=1, description="resnet layers per denoiser block")
-    train_timesteps: int = Field(1000, ge=10)
+    unet_layers: int = Field(1, ge=1, le=16, description="resnet layers per denoiser block")
+    train_timesteps: int = Field(1000, ge=10, le=100_000)
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training labels replaced by the null class (guidance)")
@@ -64,8 +64,8 @@ class LDMConfig(Strict):
     @field_validator("ae_channels", "unet_channels")
     @classmethod
     def _widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(c < 4 for c in v):
-            raise ValueError("give at least one width, each at least 4")
+        if not v or len(v) > 8 or any(not 4 <= c <= 2048 for c in v):
+            raise ValueError("give 1 to 8 widths, each from 4 to 2048")
         return v
 
 

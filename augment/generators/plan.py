@@ -27,7 +27,7 @@ class PhaseConfig(Strict):
     """Overrides for one training phase; ``None`` inherits the value from ``train``."""
 
     max_steps: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=4096)
     lr: float | None = Field(None, gt=0, le=1)
     weight_decay: float | None = Field(None, ge=0, le=10)
     warmup_steps: int | None = Field(None, ge=0)
@@ -39,13 +39,13 @@ class PhaseConfig(Strict):
 
 class LoopConfig(Strict):
     max_steps: int = Field(2000, ge=1, description="optimizer steps per phase (train.phases.NAME overrides any of these)")
-    batch_size: int = Field(32, ge=1, description="per process")
+    batch_size: int = Field(32, ge=1, le=4096, description="per process, at most 4096")
     lr: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0, le=10)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0, le=1e6)
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1024)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
