@@ -140,7 +140,9 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
         if needs:
             raise ConfigError(f"evaluate: arm `{needs[0]}` needs --synthetic (without it: {', '.join(SHARED_ARMS)})")
         rows = select_budget(real, cfg.budget, cfg.budget_seed)
-        return rows, None, {"budget": cfg.budget, "generator_seed": cfg.budget_seed, "generator": cfg.generator_name or NO_GENERATOR}
+        # Without --budget the whole train split is the budget: the results' budget column says how many.
+        return rows, None, {"budget": len(rows) if cfg.budget is None else cfg.budget, "generator_seed": cfg.budget_seed,
+                            "generator": cfg.generator_name or NO_GENERATOR}
     if cfg.budget is not None:
         raise ConfigError("evaluate: `budget` comes from the synthetic set's generator; give one or the other")
     syn_dir = Path(cfg.synthetic)

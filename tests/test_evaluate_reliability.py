@@ -398,3 +398,18 @@ def test_a_synthetic_set_holding_a_flipped_test_image_is_refused_unless_allowed(
     _refused(args, capsys, f"synthetic image `{df['id'][1]}` is a near-duplicate of test image `{test_row['id']}`")
     assert not (tmp_path / "out").exists()
     assert main([str(a) for a in [*args, "--set", "allow_near_duplicates=true"]]) == 0
+
+
+def test_without_a_budget_the_whole_train_split_is_the_budget_and_the_summary_is_not_empty(phantom_dir, tmp_path, capsys):
+    """The budget column was left empty, and the summary (grouped by budget) came out empty."""
+    out = tmp_path / "out"
+    assert main([str(a) for a in ["evaluate", "--data", phantom_dir, "--out", out, "--set", "arms=[real]", *EVAL]]) == 0
+    printed = capsys.readouterr().out
+    n_train = int((read_manifest(phantom_dir)["split"] == "train").sum())
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["budget"]) == {n_train}
+    from augment.verdicts import summarize
+
+    summary = summarize(results)
+    assert len(summary) and set(summary["budget"]) == {n_train}
+    assert any(line.split()[:5] == ["segmentation", str(n_train), "none", "real", "dice"] for line in printed.splitlines())
