@@ -379,3 +379,53 @@ def generator_heldout(model, images: torch.Tensor, masks: torch.Tensor, labels: 
     if out:
         out["n_pairs"] = float(len(images))
     return out
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage of Naeem et al. 2020 ("Reliable Fidelity and
+    Diversity Metrics for Generative Models", ICML; reference implementation: clovaai's ``prdc``).
+
+    ``real``: (N, D), ``fake``: (M, D) finite float features, N > k and M > k, one D; distances are
+    Euclidean, from ``torch.cdist`` in float64. Each real point i has a ball of radius r_i, the
+    distance to its k-th nearest neighbour among the *other* real points (itself excluded by
+    index, so a duplicate counts as a neighbour at distance 0); fake radii come the same way from
+    fake-fake distances. "Inside a ball" is strict, ``d < r``, as in the reference (a duplicate
+    k-th neighbour gives an empty ball).
+
+    - precision: share of fake points inside at least one real ball;
+    - recall: share of real points inside at least one fake ball;
+    - density: ``(1 / (k M)) * sum over fake j of #{real i : d(i, j) < r_i}``; unbounded above,
+      about 1 when fake and real come from one distribution;
+    - coverage: share of real points i whose nearest fake point lies within r_i.
+
+    Returns ``{"precision", "recall", "density", "coverage"}`` as floats; nothing is rounded.
+    """
+    what = f"precision/recall/density/coverage with k={k}"
+    if k < 1:
+        raise DataError(f"precision/recall/density/coverage needs k >= 1 nearest neighbours; k is {k}")
+    _feature_sets(what, real, fake, ("real set", "fake set"), at_least=0)
+    short = [f"the {name} has {len(x)}" for x, name in ((real, "real set"), (fake, "fake set")) if len(x) <= k]
+    if short:
+        raise DataError(f"{what} needs more than k={k} points per set (a k-th neighbour besides itself); {' and '.join(short)}")
+    bad = [name for x, name in ((real, "real set"), (fake, "fake set")) if not bool(torch.isfinite(x).all())]
+    if bad:
+        raise DataError(f"{what} needs finite features; the {' and the '.join(bad)} {'contain' if len(bad) > 1 else 'contains'} NaN or infinity")
+    x, y = real.detach().double().cpu(), fake.detach().double().cpu()
+    # direct differences, not the |a|² + |b|² - 2ab matrix product: that one rounds the distance of
+    # a point to itself or a near-duplicate to ~1e-8 instead of 0, which can flip a "d < r" test
+    mode = "donot_use_mm_for_euclid_dist"
+
+    def radii(z: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(z, z, compute_mode=mode)
+        d.fill_diagonal_(float("inf"))
+        return d.kthvalue(k, dim=1).values
+
+    r_real, r_fake = radii(x), radii(y)
+    d = torch.cdist(x, y, compute_mode=mode)  # (N, M): real i to fake j
+    in_real = d < r_real[:, None]  # fake j inside real ball i
+    return {
+        "precision": float(in_real.any(0).double().mean()),
+        "recall": float((d < r_fake[None, :]).any(1).double().mean()),
+        "density": float(in_real.sum(0).double().mean() / k),
+        "coverage": float((d.min(1).values < r_real).double().mean()),
+    }

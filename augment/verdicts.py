@@ -12,9 +12,12 @@ did not help / hurt vs real+classic"), and the audit's quality rows as pass / fl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from augment.errors import AugmentError
 
 
 def _defined(x) -> bool:
@@ -37,6 +40,84 @@ def mean_ci(values) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return m, m - half, m + half
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni step-down adjusted p-values, in the input order (Holm 1979, "A simple
+    sequentially rejective multiple test procedure"). With the m defined p's sorted ascending,
+    the one ranked j (0-based) gets ``max over k <= j of min(1, (m - k) * p_(k))``; the running
+    max keeps them monotone in raw-p order. None / NaN entries are left out of m and come back
+    as None. Rejecting where the adjusted p < alpha controls the family-wise error at alpha."""
+    out: list[float | None] = [None] * len(p_values)
+    defined = [(float(p), i) for i, p in enumerate(p_values) if _defined(p)]
+    for p, i in defined:
+        if not 0.0 <= p <= 1.0:
+            raise AugmentError(f"p-value #{i} is {p}; a p-value must be in [0, 1]")
+    m, running = len(defined), 0.0
+    for j, (p, i) in enumerate(sorted(defined)):  # ties keep input order
+        running = max(running, min(1.0, (m - j) * p))
+        out[i] = running
+    return out
+
+
+def holm_intervals(samples: Sequence[np.ndarray], alpha: float = 0.05) -> list[dict]:
+    """Per comparison (one 1-D array of paired deltas each; NaN entries dropped): ``mean``, ``n``,
+    the two-sided one-sample t-test p against 0 (``p``), its Holm-adjusted value (``p_holm``,
+    :func:`holm` over the comparisons with a p) and a simultaneous t-interval
+    (``ci_low``, ``ci_high``) at the Holm step's ``level``.
+
+    The comparison ranked r (0-based, raw p ascending, ties in input order) among the m with a
+    p gets level ``1 - alpha / (m - r)``: the interval of the test Holm runs at that step, so
+    for the comparisons Holm rejects in order (and the first it does not) the interval excludes
+    0 exactly when ``p_holm < alpha``. Caveat: after the first non-rejection Holm stops and
+    rejects nothing further; the later comparisons' intervals are still reported at
+    ``1 - alpha / (m - r)``, and one of those may exclude 0 while its ``p_holm >= alpha`` —
+    read ``p_holm``, not the interval, for the decision there. (Intervals fully compatible with
+    Holm are more involved; see Strassburger & Bretz 2008, Stat. Med.)
+
+    ``p`` is None with fewer than 2 values, with zero spread around a mean of exactly 0 (no
+    evidence either way) or with an infinite delta; such a comparison has no rank, ``p_holm``
+    and ``level`` None, and its interval is the point (0, 0) for zero spread, else (nan, nan).
+    Zero spread around a nonzero mean gives p = 0 and the point interval (mean, mean)."""
+    from scipy import stats
+
+    if not 0.0 < alpha < 1.0:
+        raise AugmentError(f"alpha is {alpha}; it must be in (0, 1), e.g. 0.05")
+    rows = []
+    for i, sample in enumerate(samples):
+        x = np.asarray(sample, dtype=float)
+        if x.ndim != 1:
+            raise AugmentError(f"sample #{i} has shape {x.shape}; each comparison's paired deltas must be a 1-D array")
+        x = x[~np.isnan(x)]
+        n = len(x)
+        mean = float(x.mean()) if n else float("nan")
+        sd = float(x.std(ddof=1)) if n >= 2 else float("nan")
+        if n < 2 or (sd == 0.0 and mean == 0.0):
+            p = None
+        elif sd == 0.0:
+            p = 0.0  # t = mean / 0 is infinite; scipy would warn and say the same
+        else:
+            p = float(stats.ttest_1samp(x, 0.0).pvalue)
+            p = None if math.isnan(p) else p  # an infinite delta: no test
+        rows.append({"mean": mean, "p": p, "n": n, "sd": sd})
+    adjusted = holm([r["p"] for r in rows])
+    ranked = sorted((r["p"], i) for i, r in enumerate(rows) if r["p"] is not None)
+    m = len(ranked)
+    rank = {i: r for r, (_, i) in enumerate(ranked)}
+    out = []
+    for i, row in enumerate(rows):
+        n, mean, sd = row["n"], row["mean"], row["sd"]
+        tail = alpha / (m - rank[i]) if i in rank else None  # this Holm step's test level
+        level = None if tail is None else 1.0 - tail
+        if n >= 2 and sd == 0.0:
+            lo = hi = mean
+        elif tail is None:
+            lo = hi = float("nan")
+        else:
+            half = float(stats.t.ppf(1.0 - tail / 2.0, n - 1) * sd / math.sqrt(n))
+            lo, hi = mean - half, mean + half
+        out.append({"mean": mean, "p": row["p"], "p_holm": adjusted[i], "ci_low": lo, "ci_high": hi, "level": level, "n": n})
+    return out
 
 
 #: metrics with a bounded range: their intervals are clipped to it (deltas to +-its width).
