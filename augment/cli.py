@@ -417,6 +417,16 @@ def _unexpected(extra: list[str], parser: argparse.ArgumentParser) -> str:
     return f"unexpected argument{'s' * (len(extra) > 1)} {' '.join(extra)!r}"
 
 
+def _close_process_group() -> None:
+    """After a verb that ran under torchrun: destroy the process group while the interpreter is
+    whole. Left to interpreter exit, gloo's worker threads can be torn down mid-flight and abort
+    the rank ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489).
+    Only after success: a rank whose peers failed must not wait on a group that is gone."""
+    dist = sys.modules.get("torch.distributed")  # never import torch for a verb that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _one_line(message: str, limit: int = 1000) -> str:
     """An error as one line of reasonable length, whatever a message quoted (a value with a
     newline, a huge input)."""
@@ -435,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         verbs[args.command].error(_unexpected(extra, verbs[args.command]))
     try:
         args.func(args)
+        _close_process_group()
     except AugmentError as exc:
         print(f"augment {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
