@@ -44,8 +44,8 @@ from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Seed, Strict, load_json, save_json
-from augment.data.guard import assert_no_heldout, check_near_duplicates, check_trained_on
-from augment.data.images import pixel_sha256, sha256_file
+from augment.data.guard import assert_no_heldout, check_near_duplicates, check_trained_on, read_heldout
+from augment.data.images import sha256_file
 from augment.data.manifest import load_data, load_synthetic
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Diverged, Shapes, Split, TaskConfig, concat, finite, fit_split, subset, score_split
@@ -219,30 +219,28 @@ def _inputs(cfg: EvaluateConfig, real: pd.DataFrame, real_rows: pd.DataFrame, sy
     val/test image). Every synthetic image and mask is compared the same way, so a set whose
     files were swapped for val/test images, or whose rows point at them, is refused by pair;
     then its images go through :func:`augment.data.guard.check_near_duplicates`."""
-    root, heldout = Path(cfg.data), real[real["split"].isin(["val", "test"])]
-    assert_no_heldout(real_rows, real, root)
-    data = [[r.id, r.split, int(r.label), sha256_file(root / r.image), sha256_file(root / r.mask) if r.mask else ""]
-            for r in pd.concat([real_rows, heldout]).itertuples()]
+    root = Path(cfg.data)
+    heldout = read_heldout(real, root)  # read once: the real rows' check and the synthetic pairs' use it
+    trained = assert_no_heldout(real_rows, real, root, heldout)
+    rows = [(r, sha) for r, sha in zip(real_rows.itertuples(), (t["sha256"] for t in trained))]
+    rows += [(r, heldout.file_sha256[r.id]) for r in real[real["split"].isin(["val", "test"])].itertuples()]
+    data = [[r.id, r.split, int(r.label), sha, sha256_file(root / r.mask) if r.mask else ""] for r, sha in rows]
     out = {"data": {"path": str(root), "sha256": _digest(data)}}
     if syn is None:
         return out
-    by_bytes = {sha: (rid, split) for rid, split, _, sha, _ in data[len(real_rows):]}
-    by_pixels = {pixel_sha256(image): (rid, split) for split in ("val", "test") for rid, image in zip(parts[split].ids, parts[split].images)}
     syn_dir, split, pairs = Path(cfg.synthetic), parts["synthetic"], []
     masks = split.masks if split.masks is not None else [None] * len(split)
     for r, image, mask in zip(syn.itertuples(), split.images, masks):
         shas = []
         for what, rel, pixels in (("image", r.image, image), ("mask", r.mask, mask)):
             shas.append(sha256_file(syn_dir / rel) if rel else "")
-            hit, how = by_bytes.get(shas[-1]), "byte"
-            if hit is None and pixels is not None:
-                hit, how = by_pixels.get(pixel_sha256(pixels)), "pixel"
+            hit = heldout.copy_of(shas[-1], pixels)
             if hit is not None:
-                raise DataError(f"synthetic pair {r.id}: its {what} is {how}-identical to {hit[1]} image {hit[0]} of `{root}`; a "
+                raise DataError(f"synthetic pair {r.id}: its {what} is {hit[2]}-identical to {hit[1]} image {hit[0]} of `{root}`; a "
                                 f"synthetic set must never hold val or test images (`{syn_dir}`: sample it again)")
         pairs.append([r.id, int(r.label), *shas])
-    check_near_duplicates(zip(split.ids, split.images), {s: zip(parts[s].ids, parts[s].images) for s in ("val", "test")},
-                          "synthetic", cfg.allow_near_duplicates, "`--set allow_near_duplicates=true`")
+    check_near_duplicates(zip(split.ids, split.images), heldout.images, "synthetic", cfg.allow_near_duplicates,
+                          "`--set allow_near_duplicates=true`")
     out["synthetic"] = {"path": str(syn_dir), "sha256": _digest(pairs)}
     return out
 

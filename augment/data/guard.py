@@ -44,37 +44,63 @@ class TrainingSet:
     trained_on: list[dict[str, str]]  # [{"id", "sha256"}] re-hashed from disk
 
 
-def assert_no_heldout(train_rows: pd.DataFrame, manifest: pd.DataFrame, root: Path) -> list[dict[str, str]]:
+@dataclass
+class Heldout:
+    """A dataset's val and test images, read from disk once: indexed by file sha256 and by decoded
+    pixels (a re-encoded copy has other bytes but the same pixels), and kept as arrays for
+    :func:`check_near_duplicates`."""
+
+    by_bytes: dict[str, tuple[str, str]]  # file sha256 -> (id, split)
+    by_pixels: dict[str, tuple[str, str]]  # pixel sha256 -> (id, split)
+    file_sha256: dict[str, str]  # id -> file sha256
+    images: dict[str, list[tuple[str, np.ndarray]]]  # split -> [(id, uint8 image)]
+
+    def copy_of(self, sha: str, pixels: np.ndarray | None) -> tuple[str, str, str] | None:
+        """``(id, split, "byte" | "pixel")`` of the held-out image that a file with sha256 ``sha``
+        and decoded ``pixels`` copies, or None."""
+        if sha in self.by_bytes:
+            return (*self.by_bytes[sha], "byte")
+        hit = self.by_pixels.get(pixel_sha256(pixels)) if pixels is not None else None
+        return None if hit is None else (*hit, "pixel")
+
+
+def read_heldout(manifest: pd.DataFrame, root: Path) -> Heldout:
+    """The val and test rows of ``manifest`` (files under ``root``) as a :class:`Heldout`."""
+    held = Heldout({}, {}, {}, {s: [] for s in HELDOUT})
+    for row in manifest[manifest["split"].isin(HELDOUT)].itertuples():
+        sha, image = sha256_file(root / row.image), read_image(root / row.image)
+        held.by_bytes.setdefault(sha, (row.id, row.split))
+        held.by_pixels.setdefault(pixel_sha256(image), (row.id, row.split))
+        held.file_sha256[row.id] = sha
+        held.images[row.split].append((row.id, image))
+    return held
+
+
+def assert_no_heldout(train_rows: pd.DataFrame, manifest: pd.DataFrame, root: Path, heldout: Heldout | None = None) -> list[dict[str, str]]:
     """Hash every training image and every val/test image from disk, as file bytes and as decoded
     pixels; raise on any overlap or on a training file that no longer matches its manifest hash;
     then refuse near-duplicates (:func:`check_near_duplicates`) other than the pairs ``prepare``
-    accepted. Returns ``[{"id", "sha256"}]`` (file hashes)."""
-    by_bytes, by_pixels = {}, {}
-    for row in manifest[manifest["split"].isin(["val", "test"])].itertuples():
-        by_bytes.setdefault(sha256_file(root / row.image), (row.id, row.split))
-        by_pixels.setdefault(pixel_sha256(read_image(root / row.image)), (row.id, row.split))
-    trained = []
+    accepted. ``heldout``: the val/test images when the caller has read them (:func:`read_heldout`).
+    Returns ``[{"id", "sha256"}]`` (file hashes)."""
+    heldout = heldout or read_heldout(manifest, root)
+    trained, images = [], []
     for row in train_rows.itertuples():
-        sha = sha256_file(root / row.image)
+        sha, image = sha256_file(root / row.image), read_image(root / row.image)
         if sha != row.sha256:
             raise DataError(f"image `{row.image}` ({row.id}) changed since prepare: its sha256 no longer matches the manifest")
-        same = "byte-identical to" if sha in by_bytes else "pixel-identical to (a re-encoded copy of)"
-        hit = by_bytes.get(sha) or by_pixels.get(pixel_sha256(read_image(root / row.image)))
+        hit = heldout.copy_of(sha, image)
         if hit is not None:
-            other, split = hit
+            other, split, how = hit
+            same = "byte-identical to" if how == "byte" else "pixel-identical to (a re-encoded copy of)"
             raise DataError(
                 f"training image {row.id} is {same} {split} image {other}; "
                 "a generator must never see val or test images (fix the split or drop one of them)"
             )
         trained.append({"id": row.id, "sha256": sha})
+        images.append((row.id, image))
     record = prepare_record(root)
     accepted = record["near_duplicates"] if record is not None else set()
-
-    def images(rows: pd.DataFrame):
-        return ((r.id, read_image(root / r.image)) for r in rows.itertuples())
-
-    heldout = {s: images(manifest[manifest["split"] == s]) for s in HELDOUT}
-    hits = check_near_duplicates(images(train_rows), heldout, "training", allow=True)
+    hits = check_near_duplicates(images, heldout.images, "training", allow=True)
     new = [h for h in hits if (h["candidate"], h["heldout"]) not in accepted]
     if new:
         raise DataError(near_duplicate_message(new, "training", "`augment prepare --set allow_near_duplicates=true` "
