@@ -9,6 +9,7 @@ produced and loads back equal.
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 import typing
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from augment.errors import ConfigError
 
@@ -43,6 +44,20 @@ class Strict(BaseModel):
                 if isinstance(value, bool) and field is not None and _numbers_only(field.annotation):
                     raise ValueError(f"`{name}` must be a number, not {str(value).lower()}")
         return data
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """A float setting that must be finite and inside ``[lo, hi]`` (``(`` / ``)`` with the open
+    flags); the error states the range, e.g. ``must be a finite number in [0.001, 100]``."""
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(value: float) -> float:
+        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not (math.isfinite(value) and inside):
+            raise ValueError(f"must be a finite number in {text}")
+        return value
+
+    return Annotated[float, AfterValidator(check)]
 
 
 def _numbers_only(annotation: Any) -> bool:

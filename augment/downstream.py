@@ -23,16 +23,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field
+from pydantic import Field
 from torch import nn
 
-from augment.config import Strict
+from augment.config import Strict, in_range
 from augment.data.dataset import read_rows, to_tensor
 from augment.errors import ConfigError, DataError
 from augment.metrics import dice_per_image
@@ -45,20 +45,6 @@ BatchFn = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None, torch.
 
 #: checkpoint rules (see :func:`selection_score`)
 Selection = Literal["best_val", "best_val_dice_fpr", "last"]
-
-
-def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
-    """A float setting that must be finite and inside ``[lo, hi]`` (``(`` / ``)`` with the open
-    flags); the error states the range, e.g. ``must be a finite number in [0.001, 100]``."""
-    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-    def check(value: float) -> float:
-        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not (math.isfinite(value) and inside):
-            raise ValueError(f"must be a finite number in {text}")
-        return value
-
-    return Annotated[float, AfterValidator(check)]
 
 
 #: a learning rate: above 1 AdamW diverges at once, below 1e-7 nothing is learnt in any step budget

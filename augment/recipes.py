@@ -52,8 +52,8 @@ import torch
 from pydantic import Field, model_validator
 
 from augment.balance import BalanceConfig, plan
-from augment.config import Strict
-from augment.downstream import Selection, dice_per_image, epoch_batches, in_range, predict_masks
+from augment.config import Strict, in_range
+from augment.downstream import Selection, dice_per_image, epoch_batches, predict_masks
 from augment.errors import ConfigError, DataError
 from augment.output import atomic_path, read_csv
 from augment.seeding import mix_seed
