@@ -137,6 +137,21 @@ def _lock_file(name: str):
     return open(_MACHINE["dir"] / f"{name}.lock", "a")
 
 
+def forged_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid 16x16 grayscale PNG whose IHDR (CRC fixed up) claims ``width`` x ``height`` pixels:
+    a decompression bomb's header, cheap to write."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16), 90).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data starts after the signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
 def set_copy(src: Path, dest: Path, keep: int | None = None, fill: int | None = None) -> Path:
     """A copy of the set (dataset or synthetic set) at ``src`` with only its first ``keep`` rows,
     and/or every image set to the constant ``fill`` (sha256 updated), for degenerate-set tests."""

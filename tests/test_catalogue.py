@@ -18,21 +18,18 @@ import collections
 import csv
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
 import signal
 import stat
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from augment.cli import _verbs, build_parser, main
-from tests.conftest import TINY, set_args, write_folder
+from tests.conftest import TINY, forged_png, set_args, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = [*set_args(TINY["cvae"], "generator"), *set_args({"batch_size": 8, "max_steps": 4, "checkpoint_every": 2}, "train")]
@@ -144,13 +141,7 @@ def _first_row(folder: Path, **changes) -> dict:
 
 
 def _forged_png(path: Path, width: int = 20000, height: int = 20000) -> None:
-    """A valid 16x16 PNG whose IHDR (CRC fixed up) claims ``width`` x ``height`` pixels."""
-    buf = io.BytesIO()
-    Image.new("L", (16, 16), 90).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR data starts after the signature, length and type
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
+    path.write_bytes(forged_png(width, height))
 
 
 def _forge_first_image(ctx, folder: Path) -> None:

@@ -66,24 +66,19 @@ def test_hf_source_missing_column(phantom_dir, tmp_path):
 def test_an_hf_image_claiming_a_huge_size_is_one_line(tmp_path, capsys, column):
     """datasets decodes Image cells with PIL itself; prepare decodes them through our checks instead."""
     import io
-    import struct
-    import zlib
 
     from PIL import Image
 
     from augment.cli import main
+    from tests.conftest import forged_png
 
-    def png(side: int, value: int, claim: int | None = None) -> dict:
+    def png(side: int, value: int) -> dict:
         buf = io.BytesIO()
         Image.new("L", (side, side), value).save(buf, "PNG")
-        data = bytearray(buf.getvalue())
-        if claim is not None:  # the IHDR (with its CRC) claims claim x claim pixels
-            data[16:24] = struct.pack(">II", claim, claim)
-            data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-        return {"bytes": bytes(data), "path": None}
+        return {"bytes": buf.getvalue(), "path": None}
 
     cells = {"img": [png(8, 90 + i) for i in range(6)], "mask": [png(8, 0) for _ in range(6)], "y": [i % 2 for i in range(6)]}
-    cells[column][3] = png(8, 0, claim=20000)
+    cells[column][3] = {"bytes": forged_png(), "path": None}
     features = datasets.Features({"img": datasets.Image(), "mask": datasets.Image(), "y": datasets.ClassLabel(names=["a", "b"])})
     datasets.Dataset.from_dict(cells, features=features).save_to_disk(str(tmp_path / "hf"))
     capsys.readouterr()

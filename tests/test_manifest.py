@@ -15,6 +15,7 @@ from augment.data.manifest import (
     validate_manifest,
 )
 from augment.errors import DataError
+from tests.conftest import forged_png
 
 
 def _copy(phantom_dir, tmp_path):
@@ -155,15 +156,7 @@ def test_pixel_sha256_ignores_encoding_but_not_pixels(tmp_path):
 
 
 def _bomb(path, width: int, height: int) -> None:
-    """A PNG whose header claims width x height px (8-bit grayscale); the pixel data is a stub."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(forged_png(width, height))
 
 
 # 20000 x 20000 is past PIL's error limit (2 x 89,478,485 px); 10000 x 10000 only past its warning limit
