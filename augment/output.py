@@ -191,10 +191,9 @@ def claim_output(out: str | Path, overwrite: bool, verb: str) -> Path:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"output `{out}` already exists and is not empty; choose another --out or pass --overwrite")
-        record = out / "run.json"
         try:
-            stage = json.loads(record.read_text()).get("stage") if record.is_file() else None
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            stage = record_of(out).get("stage")
+        except DataError:  # a corrupt record: not recognisably ours
             stage = None
         if stage != verb:
             made_by = f"`augment {stage}`" if isinstance(stage, str) else "augment (it has no readable run.json)"
