@@ -28,6 +28,10 @@ inputs' content hashes go to ``EVAL/inputs.json``: a resumed evaluation whose da
 set changed since is refused, and filter scores are cached under a key of them. A task model
 that diverges stops the run naming the arm, seed and step; a metric the test split cannot
 define is None with its reason (``undefined``) and has no row in ``results.csv``.
+
+The selected checkpoint is scored on the val split too: ``val_results.csv`` (same columns) is
+what a pipeline picks its recipe by (:func:`augment.verdicts.select_on_validation`), in its own
+file so that the pick cannot read a test score.
 """
 
 from __future__ import annotations
@@ -123,10 +127,14 @@ def unique(values: list) -> list:
 def train_arm(task: str, train: Split, val: Split, test: Split, cfg: TaskConfig, shapes: Shapes, seed: int, augment,
               batches: list[np.ndarray] | None = None, weights: np.ndarray | None = None, names: dict[int, str] | None = None) -> dict:
     """Train one task model on ``train`` (:func:`fit_split`), return test metrics and the record;
-    a metric the test split cannot define is None, its reason in ``undefined``."""
+    a metric the test split cannot define is None, its reason in ``undefined``. ``val_metrics``
+    are the same scores of the same checkpoint on the val split (what a pipeline picks its
+    recipe by, before it reads any test score; ``val_undefined`` their reasons)."""
     fitted = fit_split(task, train, val, cfg, shapes, seed, augment, batches, weights)
     metrics, undefined = score_split(task, fitted.model, shapes, test, names)
-    return {"metrics": metrics, "undefined": undefined, "selected_step": fitted.selected_step, "val_score": fitted.val_score,
+    val_metrics, val_undefined = score_split(task, fitted.model, shapes, val, names)
+    return {"metrics": metrics, "undefined": undefined, "val_metrics": val_metrics, "val_undefined": val_undefined,
+            "selected_step": fitted.selected_step, "val_score": fitted.val_score,
             "n_train": len(train), "train_seconds": round(fitted.seconds, 2)}
 
 
@@ -158,7 +166,8 @@ def _sources(cfg: EvaluateConfig, real: pd.DataFrame, classes: dict[int, str]) -
 @locked(lambda cfg, *_, **__: cfg.out, "evaluate")
 def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     """``augment evaluate``: every (task, arm, seed); writes ``EVAL/results.csv`` (one row per
-    task, budget, generator, arm, seed, metric) and ``EVAL/run.json``. Finished (task, arm, seed)
+    task, budget, generator, arm, seed, metric; test scores), ``EVAL/val_results.csv`` (the same
+    checkpoints' val scores) and ``EVAL/run.json``. Finished (task, arm, seed)
     results in ``EVAL/runs/`` are reused, so an interrupted evaluation resumes."""
     started = time.time()
     real, classes = load_data(cfg.data)
@@ -292,10 +301,14 @@ def _result(path: Path) -> dict:
         result = read_json(path, "result file")
     except DataError as exc:
         raise DataError(f"{exc}; delete it to train that arm again") from None
-    metrics, undefined = result.get("metrics"), result.get("undefined", {})
-    if not isinstance(metrics, dict) or not isinstance(undefined, dict) or not all(
-            (v is None and k in undefined) or finite(v) for k, v in metrics.items()):
-        raise DataError(f"result file `{path}` has no metrics (corrupt or from another tool); delete it to train that arm again")
+    for key, why in (("metrics", "undefined"), ("val_metrics", "val_undefined")):
+        metrics, undefined = result.get(key), result.get(why, {})
+        if key == "val_metrics" and metrics is None:
+            continue  # a result from before val scores were kept: its arm has no val rows
+        if not isinstance(metrics, dict) or not isinstance(undefined, dict) or not all(
+                (v is None and k in undefined) or finite(v) for k, v in metrics.items()):
+            raise DataError(f"result file `{path}` has no {'val ' if key == 'val_metrics' else ''}metrics (corrupt or "
+                            "from another tool); delete it to train that arm again")
     return result
 
 
@@ -303,11 +316,17 @@ def _checked(result: dict, where: str, setting: str) -> dict:
     """A new result, before it is written: every metric finite or undefined with a reason."""
     undefined, val = result.get("undefined", {}), result.get("val_score")
     bad = [(f"test metric {k}", v) for k, v in result["metrics"].items() if not (finite(v) or (v is None and k in undefined))]
+    bad += [(f"val metric {k}", v) for k, v in result["val_metrics"].items()
+            if not (finite(v) or (v is None and k in result["val_undefined"]))]
     bad += [] if val is None or finite(val) else [("the val score", val)]
     if bad:
         raise DataError(f"{where}: {bad[0][0]} is {bad[0][1]} although the data define it; nothing was written "
                         f"(a model that diverged? lower {setting})")
     return result
+
+
+#: the columns of ``results.csv`` (test scores) and ``val_results.csv`` (val scores of the same checkpoints)
+RESULT_COLUMNS = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
 
 
 def _show(v) -> str:
@@ -352,12 +371,15 @@ def _run(cfg: EvaluateConfig, out: Path, tasks: list[str], parts: dict, shapes: 
                 if missing:
                     raise DataError(f"result file `{path}` lacks metric `{missing[0]}`; delete it to train that arm again")
                 for metric in TASKS[task].reported:
-                    if result["metrics"][metric] is not None:  # undefined on this test split: no row (never NaN)
-                        rows.append({"task": task, "budget": origin["budget"], "generator": origin["generator"], "arm": arm,
-                                     "seed": seed, "metric": metric, "value": result["metrics"][metric]})
-    results = pd.DataFrame(rows, columns=["task", "budget", "generator", "arm", "seed", "metric", "value"])
-    with atomic_path(out / "results.csv") as tmp:
-        results.to_csv(tmp, index=False)
+                    for split, scores in (("test", result["metrics"]), ("val", result.get("val_metrics") or {})):
+                        if scores.get(metric) is not None:  # undefined on this split: no row (never NaN)
+                            rows.append({"split": split, "task": task, "budget": origin["budget"], "generator": origin["generator"],
+                                         "arm": arm, "seed": seed, "metric": metric, "value": scores[metric]})
+    # test and val scores go to two files, so that whatever picks a recipe on val cannot read test
+    every = pd.DataFrame(rows, columns=["split", *RESULT_COLUMNS])
+    for split, name in (("test", "results.csv"), ("val", "val_results.csv")):
+        with atomic_path(out / name) as tmp:
+            every[every["split"] == split][RESULT_COLUMNS].to_csv(tmp, index=False)
     if not fresh:
         save_json(cfg, out / "config.json")
     write_json(run_record("evaluate", cfg.model_dump(mode="json"), started, **origin,

@@ -68,6 +68,18 @@ def test_evaluate_all_arms_and_resume(phantom_dir, syn, tmp_path):
     evaluate(cfg, echo=lambda *_: None)
     rows = pd.read_csv(tmp_path / "ev" / "results.csv")
     assert rows.query("arm == 'real' and seed == 0 and metric == 'dice'")["value"].item() == 0.123456
+    # the same checkpoints' val scores, in their own file (what a pipeline picks by), same columns
+    val = pd.read_csv(tmp_path / "ev" / "val_results.csv")
+    assert list(val.columns) == list(rows.columns) and set(val["arm"]) == set(rows["arm"])
+    assert val.query("arm == 'real' and seed == 0 and metric == 'dice'")["value"].item() == data["val_metrics"]["dice"]
+    assert not val["value"].equals(rows["value"])  # val is scored on the val split, not a copy of test
+    # a result kept from before val scores were recorded still resumes; its arm has no val rows
+    del data["val_metrics"], data["val_undefined"]
+    marker.write_text(json.dumps(data))
+    evaluate(cfg, echo=lambda *_: None)
+    val = pd.read_csv(tmp_path / "ev" / "val_results.csv")
+    assert val.query("arm == 'real' and seed == 0 and task == 'segmentation'").empty
+    assert len(val.query("arm == 'real' and seed == 1 and task == 'segmentation'")) == 2
 
 
 def test_same_seed_same_result(phantom_dir, syn, tmp_path):
