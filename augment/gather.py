@@ -60,7 +60,7 @@ def build_report(cfg, out: Path) -> Path:
     from augment.report import not_measured, write_report
     from augment.verdicts import summarize
 
-    quality, frames, inception, undefined = [], [], [], []
+    quality, frames, val_frames, inception, undefined = [], [], [], [], []
     for name in cfg.generators:
         for budget in cfg.budgets:
             for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
@@ -72,7 +72,7 @@ def build_report(cfg, out: Path) -> Path:
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
                                     "baseline": None, "n_real": None, "n_synthetic": None})
-                    quality += _heldout_rows(generator_dir(out, name, budget, gseed) / "generator" / "run.json", tag)
+                    quality += _heldout_rows(generator_dir(out, cfg.trainer(name), budget, gseed) / "generator" / "run.json", tag)
     for seed in cfg.seeds:
         for budget in cfg.budgets:
             for sub in ["real", *cfg.generators]:
@@ -80,8 +80,11 @@ def build_report(cfg, out: Path) -> Path:
                 if _done(results.parent):  # only finished evaluations
                     frames.append(read_csv(results, "evaluation results"))
                     undefined += _undefined_records(results.parent)
+                    if (results.parent / "val_results.csv").is_file():  # older evaluations kept no val scores
+                        val_frames.append(read_csv(results.parent / "val_results.csv", "evaluation val results"))
     columns = ["task", "budget", "generator", "arm", "seed", "metric", "value"]
     downstream = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    validation = pd.concat(val_frames, ignore_index=True) if val_frames else pd.DataFrame(columns=columns)
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
     figures: dict[str, bytes] = {}
     captions: dict[str, str] = {}
@@ -108,7 +111,7 @@ def build_report(cfg, out: Path) -> Path:
             f"{name} ({where}): images per class, the real images of the generator's budget subset with the synthetic "
             f"pairs the balancing plan ({spec.balance.strategy}) added stacked on top."
             + "".join(f" Class {classes.get(c, c)}: {text}." for c, text in why.items()))
-        info = read_run(run / "generator")
+        info = read_run(generator_dir(out, cfg.trainer(name), budget, gseed) / "generator")
         pick = syn.iloc[np.random.default_rng(0).permutation(len(syn))].groupby("label").head(4)
         real_items, syn_items = read_rows(info.rows.groupby("label").head(4), info.data_dir), read_rows(pick, run / "synthetic")
         fig = figure_grid(real_items, syn_items, classes, why=why)
@@ -142,5 +145,6 @@ def build_report(cfg, out: Path) -> Path:
         protocol += " Recipes (each a synthetic arm of every generator): " + "; ".join(
             f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
     meta = {"name": cfg.name, "protocol": protocol, "generators": list(cfg.generators), "generator_seeds": gseeds,
+            "generator_seed_count": len(dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds)),
             "classes": classes, "inception": inception, "undefined": undefined}
-    return write_report(out, quality, downstream, figures, meta, captions)
+    return write_report(out, quality, downstream, figures, meta, captions, validation=validation)

@@ -11,8 +11,11 @@ a user can train fewer generators than task models; an override ``generators.NAM
 generators.cvae=null``) runs the spec without that entry. The arms without synthetic data (``real``,
 ``real+classic``) are trained once per (budget, seed) and shared by every generator;
 ``evaluate.recipes`` (:mod:`augment.recipes`) are trained for every generator, beside its arms.
+Entries with the same family config and loop share one trained generator (the first entry's,
+:meth:`PipelineConfig.trainer`): ``rare_only`` beside ``match_max`` costs a sampling, not a training.
 
-Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synthetic,audit}``;
+Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synthetic,audit}`` (no
+``generator`` for an entry that shares another's);
 ``OUT/evaluate/b{budget}_s{seed}/{real,<name>}``; the report in ``OUT/`` (``report.json``,
 ``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
 complete when its ``run.json`` (``audit.json`` for the audit) exists (for an evaluation: and
@@ -130,6 +133,13 @@ class PipelineConfig(Strict):
                 raise ValueError(f"generator name {name!r} must be a plain folder name (letters, digits, _ . -; "
                                  f"not {' or '.join(RESERVED)})")
         return value
+
+    def trainer(self, name: str) -> str:
+        """The entry whose trained generator entry ``name`` samples from: the first entry with the
+        same family config and loop, so that entries differing only in their balancing plan or
+        sampler (``match_max`` beside ``rare_only``) share one trained generator."""
+        spec = self.generators[name]
+        return next(n for n, s in self.generators.items() if s.generator == spec.generator and s.train == spec.train)
 
     def generator_seed(self, seed: int) -> int:
         """The generator seed (and budget subset) that task seed ``seed`` uses."""
@@ -285,11 +295,13 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
             for name, spec in cfg.generators.items():
                 tag = f"{name} budget {budget} gseed {gseed}"
                 run = generator_dir(out, name, budget, gseed)
-                tcfg = make(TrainConfig, f"generators.{name}", data=data, out=run / "generator", budget=budget, seed=gseed,
-                            generator=spec.generator, train=spec.train)
-                stages.append((f"train ({tag})", run / "generator", partial(train, tcfg, resume=True), "run.json"))
+                trained = generator_dir(out, cfg.trainer(name), budget, gseed) / "generator"
+                if cfg.trainer(name) == name:
+                    tcfg = make(TrainConfig, f"generators.{name}", data=data, out=trained, budget=budget, seed=gseed,
+                                generator=spec.generator, train=spec.train)
+                    stages.append((f"train ({tag})", trained, partial(train, tcfg, resume=True), "run.json"))
                 syn = run / "synthetic"
-                scfg = make(SampleConfig, f"generators.{name}", **cfg.sample.model_dump(), generator=run / "generator",
+                scfg = make(SampleConfig, f"generators.{name}", **cfg.sample.model_dump(), generator=trained,
                             balance=spec.balance, out=syn, seed=gseed, sampler=spec.sampler)
                 stages.append((f"sample ({tag})", syn, partial(sample, scfg, resume=True, echo=quiet), "run.json"))
                 if cfg.audit.enabled:

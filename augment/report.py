@@ -17,7 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from augment.runinfo import write_json
-from augment.verdicts import CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, checks, rankings, row_label, summarize, verdicts
+from augment.verdicts import (
+    CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, VERDICT_NOTE_TEST, checks, exploratory, rankings, row_label,
+    select_on_validation, summarize, verdicts,
+)
 
 
 def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
@@ -72,6 +75,11 @@ def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
     })
     if table[f"{second}_delta"].isna().all():
         shown = shown.drop(columns=[f"{second} delta [95% CI]", second])
+    if "p_holm" in table:  # the exploratory test ranking: Holm-adjusted across every comparison in it
+        at = shown.columns.get_loc(main) + 1
+        shown.insert(at, f"{main} Holm [CI]", [_fmt(r[f"{main}_delta"], r["holm_ci_low"], r["holm_ci_high"], signed=True)
+                                               if pd.notna(r["holm_ci_low"]) else "–" for _, r in table.iterrows()])
+        shown.insert(at + 1, "p Holm", table["p_holm"].map(lambda v: f"{v:.3g}" if pd.notna(v) else "–"))
     return shown.to_string(index=False)
 
 
@@ -87,6 +95,36 @@ def quality_table(quality: list[dict]) -> pd.DataFrame:
 
 RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
                 "better / worse: the interval excludes 0; –: fewer than 2 pairs, no interval; bN: mean delta at budget N)")
+EXPLORATORY_NOTE = ("Exploratory: ranked on the test split after every arm was trained, so the first place here was not "
+                    "chosen in advance. Holm [CI]: the interval adjusted for every comparison in this table (Holm's "
+                    "step-down, family-wise 95%), with its adjusted p-value; trust a 'better' only where the Holm interval "
+                    "also excludes 0.")
+
+
+def generator_seed_note(n: int | None) -> str:
+    """How many trained generators each interval covers, and the warning when it is one."""
+    if not n:
+        return ""
+    if n == 1:
+        return ("Every interval here covers task-model seeds only: each budget's synthetic set came from one trained "
+                "generator (one generator seed), so a generator's own seed-to-seed variation is not in it. Train "
+                "generator_seeds: [0, 1, 2] before publishing an interval.")
+    return f"Each interval covers {n} generator seeds (a generator trained per seed) as well as the task-model seeds."
+
+
+def selection_text(pick: dict, explore: pd.DataFrame, task: str) -> str:
+    """One sentence: what validation picked and whether the best on test is the same arm."""
+    gen, arm = pick["overall"]
+    if not len(explore):
+        return f"Picked on validation: {row_label(gen, arm)}."
+    top = explore.iloc[0]
+    if (top["generator"], top["recipe"]) == (gen, arm):
+        return f"Picked on validation: {row_label(gen, arm)}; the best on test (exploratory) is the same arm."
+    where = explore.loc[(explore["generator"] == gen) & (explore["recipe"] == arm), "rank"]
+    place = f"ranks {int(where.iloc[0])} of {len(explore)} on test" if len(where) else "has no test result"
+    return f"Picked on validation: {row_label(gen, arm)}, which {place}; the best on test (exploratory) is {top['arm']}."
+
+
 TABLE_NOTE = "A value without [CI]: one seed, so no interval; –: no result for that arm and budget."
 QUALITY_NOTE = ("–: no real-vs-real baseline (a count, or a generator's own figure on its val split), "
                 "or a value the audit could not define (why: listed below the table, and in its audit.json).")
@@ -138,20 +176,32 @@ def inception_note(meta: dict) -> str:
 
 
 def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions: dict[str, str], figures: list[str],
-            terminal: bool = False) -> list[tuple]:
+            terminal: bool = False, validation: pd.DataFrame | None = None) -> list[tuple]:
     """The report as blocks, in reading order: ("h", level, text), ("p", text), ("ul", [(text,
     class)]), ("pre", text), ("table", frame, show_index), ("fig", name, caption). The terminal
     gets the verdict, ranking, audit checks and metric tables; the files get everything."""
     summary = summarize(downstream) if len(downstream) else pd.DataFrame()
-    lines = verdicts(downstream) if len(downstream) else []
+    picks = select_on_validation(validation) if validation is not None and len(validation) else {}
+    n_gseeds = meta.get("generator_seed_count")
+    lines = verdicts(downstream, picks, n_gseeds) if len(downstream) else []
     blocks: list[tuple] = [("h", 2, "Verdict: did synthetic data help?")]
     if lines:
-        blocks += [("ul", [(v["line"], v["verdict"].replace(" ", "-")) for v in lines]), ("p", VERDICT_NOTE)]
+        on_test = any(v["selected_on"] == "test" for v in lines)
+        blocks += [("ul", [(v["line"], v["verdict"].replace(" ", "-")) for v in lines]),
+                   ("p", VERDICT_NOTE_TEST if on_test else VERDICT_NOTE)]
+        blocks += [("p", generator_seed_note(n_gseeds))] if n_gseeds else []
     else:
         blocks.append(("p", "No synthetic arm or recipe has a paired result against real+classic yet."))
     for task, table in rankings(downstream).items():
-        blocks += [("h", 2, f"Ranking ({task})"), ("p", f"Every synthetic arm and recipe ranked by {RANKING_NOTE}."),
-                   ("pre", ranking_text(table, task))]
+        explore = exploratory(downstream, task)
+        if task in picks:
+            blocks += [("h", 2, f"Selection on validation ({task})"),
+                       ("p", f"Every synthetic arm and recipe on the val split, ranked by {RANKING_NOTE}. "
+                             + selection_text(picks[task], explore, task)),
+                       ("pre", ranking_text(picks[task]["table"], task))]
+        blocks += [("h", 2, f"Ranking on test ({task}), exploratory"),
+                   ("p", f"Every synthetic arm and recipe ranked by {RANKING_NOTE}. {EXPLORATORY_NOTE}"),
+                   ("pre", ranking_text(explore, task))]
     classes = {int(k): v for k, v in (meta.get("classes") or {}).items()}
     audit = checks(quality, classes)
     if len(audit):
@@ -205,12 +255,15 @@ def _table_text(frame: pd.DataFrame, index: bool) -> str:
 
 
 def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame, figures: dict[str, bytes],
-                 meta: dict, captions: dict[str, str] | None = None) -> Path:
+                 meta: dict, captions: dict[str, str] | None = None, validation: pd.DataFrame | None = None) -> Path:
     """Write report.json / .md / .html, figures/*.png and tables/*.csv into ``out``. ``captions``:
     a sentence per figure name (the name itself, in words, where none is given); ``meta``: name,
     protocol, and optionally ``classes`` ({label: name}), ``inception`` (the audits'
     ``extractors.inception`` records) and ``undefined`` (the evaluations' undefined metrics with
-    their reasons: task, budget, generator, arm, seed, metric, reason)."""
+    their reasons: task, budget, generator, arm, seed, metric, reason), ``generator_seed_count``.
+    ``validation``: the val scores of the same task models (the rows of each evaluation's
+    ``val_results.csv``), the only thing the verdict's picks are made from
+    (:func:`~augment.verdicts.select_on_validation`)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
@@ -222,15 +275,22 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     pd.DataFrame(quality).to_csv(out / "tables" / "quality.csv", index=False)
     audit = checks(quality, meta.get("classes"))
     audit.to_csv(out / "tables" / "audit_checks.csv", index=False)
-    ranks = rankings(downstream)
+    validation = validation if validation is not None else pd.DataFrame(columns=downstream.columns)
+    validation.to_csv(out / "tables" / "validation.csv", index=False)
+    ranks = {task: exploratory(downstream, task) for task in rankings(downstream)}
     for task, table in ranks.items():
         table.to_csv(out / "tables" / f"ranking_{task}.csv", index=False)
-    lines = verdicts(downstream) if len(downstream) else []
-    write_json({"quality": quality, "downstream": downstream.to_dict("records"),
-                "summary": summary.to_dict("records"), "meta": meta, "verdicts": lines,
+    picks = select_on_validation(validation) if len(validation) else {}
+    for task, pick in picks.items():
+        pick["table"].to_csv(out / "tables" / f"selection_{task}.csv", index=False)
+    lines = verdicts(downstream, picks, meta.get("generator_seed_count")) if len(downstream) else []
+    selection = {task: {"overall": list(p["overall"]), "generators": p["generators"], "ranking": p["table"].to_dict("records")}
+                 for task, p in picks.items()}
+    write_json({"quality": quality, "downstream": downstream.to_dict("records"), "validation": validation.to_dict("records"),
+                "summary": summary.to_dict("records"), "meta": meta, "verdicts": lines, "selection": selection,
                 "audit_checks": audit.to_dict("records"),
                 "ranking": {task: table.to_dict("records") for task, table in ranks.items()}}, out / "report.json")
-    blocks = _blocks(quality, downstream, meta, captions or {}, list(figures))
+    blocks = _blocks(quality, downstream, meta, captions or {}, list(figures), validation=validation)
     title = f"augment report: {meta.get('name', '')}"
     (out / "report.md").write_text(_markdown(title, blocks))
     (out / "report.html").write_text(_html(title, blocks, figures))
@@ -247,7 +307,8 @@ def summary_text(out: str | Path) -> str:
     if not len(downstream):
         return "no downstream results yet"
     lines = []
-    for block in _blocks(rep.get("quality") or [], downstream, rep.get("meta") or {}, {}, [], terminal=True):
+    validation = pd.DataFrame(rep.get("validation") or [])
+    for block in _blocks(rep.get("quality") or [], downstream, rep.get("meta") or {}, {}, [], terminal=True, validation=validation):
         kind = block[0]
         if kind == "h":
             lines += ["", block[2]]

@@ -243,7 +243,8 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
-    frame = frame.sort_values(f"{main}_delta", ascending=False, na_position="last").reset_index(drop=True)
+    # stable: arms that tie keep the order they were trained in, so a pick among ties is reproducible
+    frame = frame.sort_values(f"{main}_delta", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
 
@@ -259,45 +260,112 @@ METRIC_NAMES = {"dice": "Dice", "fpr": "false-positive rate", "balanced_accuracy
                 "minority_recall": "minority-class recall", "macro_f1": "macro-F1", "auroc": "AUROC"}
 #: a ranking verdict as the words of the report's verdict lines
 VERDICT_WORDS = {"better": "helped", "worse": "hurt", "no evidence": "did not help"}
-VERDICT_NOTE = ("Each generator's best synthetic arm or recipe (by its paired delta vs real+classic pooled over "
-                "every budget and seed; the full ranking is below) against real+classic at the same budget and seed, "
-                "mean and 95% t-interval over seeds. helped / hurt: the interval excludes 0; did not help: it holds 0. "
-                "The best of several arms is picked after seeing the results, so a lone 'helped' among many is weak evidence.")
+VERDICT_NOTE = ("Each generator's synthetic arm or recipe was picked on the validation split (the largest paired delta vs "
+                "real+classic of the val score, pooled over every budget and seed), before any test score was read; the "
+                "line gives that pick's result on the untouched test split against real+classic at the same budget and "
+                "seed, mean and 95% t-interval. helped / hurt: the interval excludes 0; did not help: it holds 0. "
+                "The first line is the pick over every generator.")
+VERDICT_NOTE_TEST = ("No validation scores were recorded (an evaluation from before they were kept), so each generator's best "
+                     "synthetic arm or recipe is picked on the test results themselves (its paired delta vs real+classic "
+                     "pooled over every budget and seed): a lone 'helped' among many arms is weak evidence.")
 
 
-def verdicts(rows: pd.DataFrame) -> list[dict]:
-    """The verdict records: per task and generator, its best synthetic arm or recipe by pooled
-    paired delta (:func:`ranking`), one record per budget and, with several budgets, one pooled
-    over them (``budget`` None). Each: task, generator, arm, budget, metric, delta, ci_low,
-    ci_high (None when unknown), n_pairs, verdict (``helped`` / ``did not help`` / ``hurt``, or
-    ``unknown`` with fewer than 2 pairs) and ``line``, the sentence the report prints."""
+def select_on_validation(validation: pd.DataFrame) -> dict[str, dict]:
+    """The picks a pipeline reports, made from val scores alone (``val_results.csv`` rows: the same
+    columns as the test results, no test score among them): per task, per generator, the synthetic
+    arm or recipe with the largest paired delta vs ``real+classic`` of the task's main metric on
+    val, pooled over every (budget, seed) (:func:`ranking` of the val rows), and the pick over
+    every generator. Returns ``{task: {"generators": {generator: arm}, "overall": (generator,
+    arm), "table": the val ranking}}``; a task without val rows for a synthetic arm has no entry."""
+    picks = {}
+    for task, table in rankings(validation).items():
+        table = table[table[f"{RANKED[task][0]}_delta"].notna()]
+        if not len(table):
+            continue
+        first = table.groupby("generator", sort=False).head(1)  # the table is sorted, best first
+        picks[task] = {"generators": dict(zip(first["generator"], first["recipe"])),
+                       "overall": (table.iloc[0]["generator"], table.iloc[0]["recipe"]), "table": table}
+    return picks
+
+
+def exploratory(rows: pd.DataFrame, task: str, alpha: float = 0.05) -> pd.DataFrame:
+    """The full test ranking (:func:`ranking`) with Holm-adjusted p-values and simultaneous
+    intervals across every comparison in it (:func:`holm_intervals` over each arm's pooled paired
+    deltas vs ``real+classic``): ``p``, ``p_holm``, ``holm_ci_low``, ``holm_ci_high``. Read it as
+    exploration: any arm ranked first here was not chosen in advance."""
+    table = ranking(rows, task)
+    if not len(table):
+        return table
+    main = RANKED[task][0]
+    rows = with_generator(rows)
+    rows = rows[(rows["task"] == task) & (rows["metric"] == main)]
+    ref = rows[(rows["generator"] == "none") & (rows["arm"] == "real+classic")].set_index(["budget", "seed"])["value"]
+    samples = []
+    for generator, arm in zip(table["generator"], table["recipe"]):
+        part = rows[(rows["generator"] == generator) & (rows["arm"] == arm)].set_index(["budget", "seed"])["value"]
+        samples.append((part - ref.reindex(part.index)).dropna().to_numpy())
+    adjusted = holm_intervals(samples, alpha)
+    table = table.copy()
+    table["p"] = [a["p"] for a in adjusted]
+    table["p_holm"] = [a["p_holm"] for a in adjusted]
+    table["holm_ci_low"] = [_clip((a["mean"], a["ci_low"], a["ci_high"]), main, delta=True)[1] for a in adjusted]
+    table["holm_ci_high"] = [_clip((a["mean"], a["ci_low"], a["ci_high"]), main, delta=True)[2] for a in adjusted]
+    return table
+
+
+def verdicts(rows: pd.DataFrame, picks: dict[str, dict] | None = None, generator_seeds: int | None = None) -> list[dict]:
+    """The verdict records: per task and generator, its synthetic arm or recipe picked on val
+    (``picks``, :func:`select_on_validation`; without a pick for the task, the best by pooled
+    paired delta on test, and ``selected_on`` says ``test``), one record per budget and, with
+    several budgets, one pooled over them (``budget`` None); the test result of the pick over every
+    generator comes first, with ``headline`` True. Each: task, generator, arm, budget, metric,
+    delta, ci_low, ci_high (None when unknown), n_pairs, generator_seeds, selected_on, headline,
+    verdict (``helped`` / ``did not help`` / ``hurt``, or ``unknown`` with fewer than 2 pairs) and
+    ``line``, the sentence the report prints."""
     out = []
     for task, table in rankings(rows).items():
         main = RANKED[task][0]
+        pick = (picks or {}).get(task)
         budgets = sorted(int(c.rsplit("b", 1)[1]) for c in table.columns if c.startswith(f"{main}_delta_b"))
-        for generator, group in table.groupby("generator", sort=False):  # the ranking's order: best first
-            best = group.iloc[0]
+        chosen = []  # (headline, ranking row)
+        if pick is not None:
+            by_arm = {(r["generator"], r["recipe"]): r for _, r in table.iterrows()}
+            if len(pick["table"]) > 1 and tuple(pick["overall"]) in by_arm:  # a pick among several
+                chosen.append((True, by_arm[tuple(pick["overall"])]))
+            chosen += [(False, by_arm[(g, a)]) for g, a in pick["generators"].items() if (g, a) in by_arm]
+        else:
+            chosen = [(False, group.iloc[0]) for _, group in table.groupby("generator", sort=False)]
+        for headline, best in chosen:
             scopes = [(b, f"_b{b}", f"n_pairs_b{b}") for b in budgets]
             if len(budgets) > 1:
                 scopes.append((None, "", "n_pairs"))
+            if headline:
+                scopes = scopes[-1:]  # the pick over every generator: one line, pooled
             for budget, suffix, n in scopes:
                 d = best.get(f"{main}_delta{suffix}")
                 if d is None or pd.isna(d):
                     continue  # this arm has no paired result at this budget
                 lo, hi = best[f"{main}_ci_low{suffix}"], best[f"{main}_ci_high{suffix}"]
-                rec = {"task": task, "generator": generator, "arm": best["recipe"], "budget": budget, "metric": main,
+                rec = {"task": task, "generator": best["generator"], "arm": best["recipe"], "budget": budget, "metric": main,
                        "delta": float(d), "ci_low": None if pd.isna(lo) else float(lo), "ci_high": None if pd.isna(hi) else float(hi),
-                       "n_pairs": int(best[n]), "verdict": VERDICT_WORDS.get(_verdict(main, lo, hi), "unknown")}
+                       "n_pairs": int(best[n]), "generator_seeds": generator_seeds,
+                       "selected_on": "validation" if pick is not None else "test", "headline": headline,
+                       "verdict": VERDICT_WORDS.get(_verdict(main, lo, hi), "unknown")}
                 out.append({**rec, "line": verdict_line(rec)})
     return out
 
 
 def verdict_line(rec: dict) -> str:
-    """``cvae_mask (real+synthetic+classic) b16: synthetic data did not help vs real+classic:
-    +0.012 Dice [-0.020, +0.044] (3 seeds)``."""
+    """``cvae_mask (frac50) b16: synthetic data did not help vs real+classic: +0.012 Dice
+    [-0.020, +0.044] (3 seeds, 1 generator seed)``; the headline starts ``Selected on validation:``."""
     where = "all budgets" if rec["budget"] is None else f"b{rec['budget']}"
     pairs = f"{rec['n_pairs']} {'budget-seed pairs' if rec['budget'] is None else 'seeds' if rec['n_pairs'] > 1 else 'seed'}"
+    gseeds = rec.get("generator_seeds")
+    if gseeds:
+        pairs += f", {gseeds} generator seed{'s' if gseeds > 1 else ''}"
     head = f"{rec['generator']} ({rec['arm']}) {where}"
+    if rec.get("headline"):
+        head = f"Selected on validation, over every generator: {head}, on test"
     value = f"{rec['delta']:+.3f} {METRIC_NAMES.get(rec['metric'], rec['metric'])}"
     if rec["verdict"] == "unknown":
         return f"{head}: {value} vs real+classic ({pairs}); not enough seeds for an interval"

@@ -192,3 +192,49 @@ evaluate:
     spec.write_text(spec.read_text().replace("synthetic_fraction: 0.5", "synthetic_fraction: 0.25"))
     changed = run_cli(*cmd)
     assert changed.returncode == 2 and "different pipeline spec (changed: evaluate)" in changed.stderr
+
+
+def test_the_pick_is_made_on_val_scores_and_entries_differing_in_balance_share_a_generator(tmp_path):
+    spec = _spec(tmp_path, f"""name: picks
+train: {{max_steps: 4, batch_size: 8, checkpoint_every: 2}}
+generators:
+  masked: {{family: cvae, mode: mask, {CVAE}, balance: {{strategy: ratio, ratio: 1, mask_source: real}}}}
+  masked_more: {{family: cvae, mode: mask, {CVAE}, balance: {{strategy: ratio, ratio: 2, mask_source: real}}}}
+seeds: [0, 1]
+generator_seeds: [0]
+audit: {{enabled: false}}
+evaluate: {{arms: [real+classic, real+synthetic+classic], segmentation: {{{TASK}}}}}
+""")
+    out = tmp_path / "out"
+    res = run_cli("run", spec, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # one training for both entries: masked_more samples masked's generator
+    assert "train (masked_more" not in res.stdout and not (out / "generators" / "masked_more" / "b12_g0" / "generator").exists()
+    record = json.loads((out / "generators" / "masked_more" / "b12_g0" / "synthetic" / "run.json").read_text())
+    assert Path(record["config"]["generator"]).resolve() == (out / "generators" / "masked" / "b12_g0" / "generator").resolve()
+    more = pd.read_csv(out / "generators" / "masked_more" / "b12_g0" / "synthetic" / "manifest.csv")
+    assert len(more) == 2 * len(pd.read_csv(out / "generators" / "masked" / "b12_g0" / "synthetic" / "manifest.csv"))
+    # every evaluation keeps its val scores beside its test scores, for the same (arm, seed, metric)
+    evals = sorted((out / "evaluate").glob("b12_s*/*"))
+    for folder in evals:
+        test, val = pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "val_results.csv")
+        keys = ["arm", "seed", "metric"]
+        assert set(map(tuple, val[keys].to_numpy())) == set(map(tuple, test[keys].to_numpy()))
+    rep = json.loads((out / "report.json").read_text())
+    picked = rep["selection"]["segmentation"]
+    assert picked["overall"][0] in ("masked", "masked_more") and rep["verdicts"][0]["headline"]
+    assert rep["verdicts"][0]["selected_on"] == "validation" and "1 generator seed" in rep["verdicts"][0]["line"]
+    # poison the test split's scores so that every arm but the pick wins on test: the pick stays
+    pick = tuple(picked["overall"])
+    for folder in evals:
+        test = pd.read_csv(folder / "results.csv")
+        chosen = (test["generator"] == pick[0]) & (test["arm"] == pick[1])
+        test.loc[test["arm"] != "real+classic", "value"] = 0.99
+        test.loc[chosen, "value"] = 0.0
+        test.to_csv(folder / "results.csv", index=False)
+    again = run_cli("report", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["selection"]["segmentation"] == picked
+    assert rep["ranking"]["segmentation"][-1]["arm"] == f"{pick[0]}: {pick[1]}"  # last on test
+    assert rep["verdicts"][0]["generator"] == pick[0] and rep["verdicts"][0]["arm"] == pick[1]
