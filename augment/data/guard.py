@@ -342,10 +342,13 @@ def load_training_set(data_dir: str | Path, budget: int | None, seed: int) -> Tr
     manifest, classes = load_data(root)
     rows = select_budget(manifest, budget, seed)
     no_mask = rows.loc[rows["mask"] == "", "id"].tolist()
-    if no_mask:
+    # a classification set (no mask at all) trains with empty masks: the generator makes images,
+    # its masks are empty; a set with some masks missing is a mistake
+    unmasked = len(no_mask) == len(rows)
+    if no_mask and not unmasked:
         raise DataError(
-            f"`{root}` has no mask for {len(no_mask)} training image(s) (e.g. {no_mask[0]}); "
-            "generators make image+mask pairs and need a mask for every image"
+            f"`{root}` has no mask for {len(no_mask)} of {len(rows)} training image(s) (e.g. {no_mask[0]}); "
+            "generators make image+mask pairs and need a mask for every image, or none for a classification set"
         )
     trained_on = assert_no_heldout(rows, manifest, root)
     images, masks = [], []
@@ -357,7 +360,7 @@ def load_training_set(data_dir: str | Path, budget: int | None, seed: int) -> Tr
                 f"but {rows['id'].iloc[0]} is {images[0].shape[1]}x{images[0].shape[0]}; re-run prepare with --image-size"
             )
         images.append(image)
-        masks.append(read_mask(root / row.mask))
+        masks.append(np.zeros(image.shape[:2], np.uint8) if unmasked else read_mask(root / row.mask))
         if (bad := mask_class_problem(masks[-1], f"mask `{row.mask}` ({row.id})", len(classes))) is not None:
             raise DataError(bad)
     if images[0].shape[0] != images[0].shape[1]:
