@@ -127,7 +127,8 @@ def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: 
          masks: list[np.ndarray] | None = None, settings=None) -> tuple[np.ndarray, np.ndarray]:
     """Decode up to ``batch_size`` pairs, padded to exactly ``batch_size`` so every pair is made
     by the same computation. ``masks`` (n of (H, W) uint8): the given masks of a mask-conditioned
-    generator. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8."""
+    generator. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8 (empty for a generator
+    trained on a set without masks)."""
     n = len(labels)
     pad = batch_size - n
     gens = [torch.Generator().manual_seed(s) for s in seeds] + [torch.Generator().manual_seed(0) for _ in range(pad)]
@@ -142,6 +143,8 @@ def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: 
     images = (out.images[:n] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     if images.shape[-1] == 1:
         images = images[..., 0]
+    if not (gen.info.rows["mask"] != "").any():  # trained on a classification set: its masks mean nothing
+        return images, np.zeros(images.shape[:3], np.uint8)
     return images, out.masks[:n].to(torch.uint8).numpy()
 
 

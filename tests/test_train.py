@@ -124,11 +124,26 @@ def test_image_changed_after_prepare_is_refused(phantom_dir, tmp_path):
         train(cfg)
 
 
-def test_classification_only_data_is_refused(tmp_path):
+def test_classification_only_data_trains_with_empty_masks_and_partly_masked_data_is_refused(tmp_path):
+    from augment.api import sample
+    from augment.sampling import SampleConfig
+
     src = write_folder(tmp_path / "src", {0: 8, 1: 8}, masks=False)
     data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data")).out
-    with pytest.raises(DataError, match=r"has no mask for .* training image"):
-        train(_cfg(data, tmp_path / "run", max_steps=1))
+    run = train(_cfg(data, tmp_path / "run", max_steps=2)).out
+    syn = sample(validate(SampleConfig, {"generator": run, "out": tmp_path / "syn", "balance": {"strategy": "ratio", "ratio": 1}},
+                          "sample")).out
+    rows = pd.read_csv(syn / "manifest.csv")
+    assert len(rows) and set(rows["label"]) <= {0, 1}
+    assert all(not np.asarray(Image.open(syn / m)).any() for m in rows["mask"])  # a classification set: empty masks
+    # one image with a mask among unmasked ones is a mistake, named with the counts
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    first = manifest.index[manifest["split"] == "train"][0]
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(data / "first_mask.png")
+    manifest.loc[first, "mask"] = "first_mask.png"
+    manifest.to_csv(data / "manifest.csv", index=False)
+    with pytest.raises(DataError, match=r"has no mask for 7 of 8 training image\(s\).*or none for a classification set"):
+        train(_cfg(data, tmp_path / "run2", max_steps=1))
 
 
 def test_run_folder_rules(phantom_dir, tmp_path):
