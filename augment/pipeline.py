@@ -237,7 +237,10 @@ def _drop_entries(spec: dict, overrides: dict, path: Path) -> tuple[dict, dict]:
     kept = {n: v for n, v in have.items() if n not in dropped}
     if not kept:
         raise ConfigError(f"pipeline `{path}`: every generator entry was dropped with =null; keep at least one")
-    return {**spec, "generators": kept}, {**overrides, "generators": {n: v for n, v in entries.items() if v is not None}}
+    rest = {n: v for n, v in entries.items() if v is not None}
+    # no override left for the kept entries: leave the key out (an empty mapping would replace them all)
+    overrides = {**overrides, "generators": rest} if rest else {k: v for k, v in overrides.items() if k != "generators"}
+    return {**spec, "generators": kept}, overrides
 
 
 def _mapping(spec: dict, keys: tuple[str, ...], prefix: str, path: Path) -> None:

@@ -71,6 +71,9 @@ def test_an_override_to_null_drops_a_generator_entry(tmp_path):
     cfg = load_pipeline(spec, {"generators": {"a": None, "c": None, "b": {"latent_dim": 3}}})
     assert list(cfg.generators) == ["b"] and cfg.generators["b"].generator.latent_dim == 3
     assert list(load_pipeline(spec).generators) == ["a", "b", "c"]  # the file itself is untouched
+    # nulls alone (the README's three-family command): the kept entries stay as the spec has them
+    only = load_pipeline(spec, {"generators": {"a": None, "c": None}})
+    assert list(only.generators) == ["b"] and only.generators["b"] == load_pipeline(spec).generators["b"]
     with pytest.raises(ConfigError, match=r"generators.x=null drops an entry, but the spec has none named `x` \(it has: a, b, c\)"):
         load_pipeline(spec, {"generators": {"x": None}})
     with pytest.raises(ConfigError, match="every generator entry was dropped"):
