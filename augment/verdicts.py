@@ -200,6 +200,8 @@ def row_label(generator: str, arm: str) -> str:
 
 #: per task: the metric recipes are ranked by and the second one shown beside it
 RANKED = {"segmentation": ("dice", "fpr"), "classification": ("balanced_accuracy", "minority_recall")}
+#: tasks whose verdict lines give both ranked metrics, not the main one alone
+VERDICT_BOTH = ("classification",)
 #: which way is better, for the verdict
 LOWER_IS_BETTER = {"fpr"}
 
@@ -220,7 +222,8 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
     metric (:data:`RANKED`). ``verdict_*``: ``better`` / ``worse`` when the interval excludes 0,
     ``no evidence`` when it holds 0, ``unknown`` with fewer than 2 pairs. Per budget B:
     ``{main}_delta_bB`` with its interval (``{main}_ci_low_bB``, ``{main}_ci_high_bB``) and
-    ``n_pairs_bB``."""
+    ``n_pairs_bB``; the second metric's the same, named ``{second}_delta_bB`` ... and
+    ``{second}_n_pairs[_bB]``."""
     rows = with_generator(rows)
     rows = rows[rows["task"] == task]
     main, second = RANKED[task]
@@ -231,14 +234,14 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
         for metric in (main, second):
             part = group[group["metric"] == metric].set_index(["budget", "seed", "metric"])["value"]
             d, lo, hi, n = paired_delta(part, ref, metric)
-            rec.update({f"{metric}_delta": d, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi, f"verdict_{metric}": _verdict(metric, lo, hi)})
-            if metric == main:
-                rec["n_pairs"] = n
-                for budget, g in part.groupby(level="budget"):
-                    bd, blo, bhi, bn = paired_delta(g, ref, metric)
-                    if bn:
-                        b = int(budget)
-                        rec.update({f"{main}_delta_b{b}": bd, f"{main}_ci_low_b{b}": blo, f"{main}_ci_high_b{b}": bhi, f"n_pairs_b{b}": bn})
+            count = "n_pairs" if metric == main else f"{second}_n_pairs"
+            rec.update({f"{metric}_delta": d, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi, f"verdict_{metric}": _verdict(metric, lo, hi),
+                        count: n})
+            for budget, g in part.groupby(level="budget"):
+                bd, blo, bhi, bn = paired_delta(g, ref, metric)
+                if bn:
+                    b = int(budget)
+                    rec.update({f"{metric}_delta_b{b}": bd, f"{metric}_ci_low_b{b}": blo, f"{metric}_ci_high_b{b}": bhi, f"{count}_b{b}": bn})
         out.append(rec)
     frame = pd.DataFrame(out)
     if frame.empty:
@@ -318,7 +321,8 @@ def verdicts(rows: pd.DataFrame, picks: dict[str, dict] | None = None, generator
     (``picks``, :func:`select_on_validation`; without a pick for the task, the best by pooled
     paired delta on test, and ``selected_on`` says ``test``), one record per budget and, with
     several budgets, one pooled over them (``budget`` None); the test result of the pick over every
-    generator comes first, with ``headline`` True. Each: task, generator, arm, budget, metric,
+    generator comes first, with ``headline`` True. For classification each scope has a record per
+    ranked metric (balanced accuracy, then the rarest class's recall). Each: task, generator, arm, budget, metric,
     delta, ci_low, ci_high (None when unknown), n_pairs, generator_seeds, selected_on, headline,
     verdict (``helped`` / ``did not help`` / ``hurt``, or ``unknown`` with fewer than 2 pairs) and
     ``line``, the sentence the report prints."""
@@ -335,22 +339,25 @@ def verdicts(rows: pd.DataFrame, picks: dict[str, dict] | None = None, generator
             chosen += [(False, by_arm[(g, a)]) for g, a in pick["generators"].items() if (g, a) in by_arm]
         else:
             chosen = [(False, group.iloc[0]) for _, group in table.groupby("generator", sort=False)]
+        # classification: balanced accuracy and the rarest class's recall, the two things rebalancing is for
+        metrics = RANKED[task] if task in VERDICT_BOTH else (main,)
         for headline, best in chosen:
-            scopes = [(b, f"_b{b}", f"n_pairs_b{b}") for b in budgets]
+            scopes = [(b, f"_b{b}") for b in budgets]
             if len(budgets) > 1:
-                scopes.append((None, "", "n_pairs"))
+                scopes.append((None, ""))
             if headline:
-                scopes = scopes[-1:]  # the pick over every generator: one line, pooled
-            for budget, suffix, n in scopes:
-                d = best.get(f"{main}_delta{suffix}")
+                scopes = scopes[-1:]  # the pick over every generator: pooled only
+            for (budget, suffix), metric in ((scope, m) for scope in scopes for m in metrics):
+                d = best.get(f"{metric}_delta{suffix}")
                 if d is None or pd.isna(d):
                     continue  # this arm has no paired result at this budget
-                lo, hi = best[f"{main}_ci_low{suffix}"], best[f"{main}_ci_high{suffix}"]
-                rec = {"task": task, "generator": best["generator"], "arm": best["recipe"], "budget": budget, "metric": main,
+                lo, hi = best[f"{metric}_ci_low{suffix}"], best[f"{metric}_ci_high{suffix}"]
+                n = f"n_pairs{suffix}" if metric == main else f"{metric}_n_pairs{suffix}"
+                rec = {"task": task, "generator": best["generator"], "arm": best["recipe"], "budget": budget, "metric": metric,
                        "delta": float(d), "ci_low": None if pd.isna(lo) else float(lo), "ci_high": None if pd.isna(hi) else float(hi),
                        "n_pairs": int(best[n]), "generator_seeds": generator_seeds,
                        "selected_on": "validation" if pick is not None else "test", "headline": headline,
-                       "verdict": VERDICT_WORDS.get(_verdict(main, lo, hi), "unknown")}
+                       "verdict": VERDICT_WORDS.get(_verdict(metric, lo, hi), "unknown")}
                 out.append({**rec, "line": verdict_line(rec)})
     return out
 

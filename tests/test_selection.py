@@ -108,3 +108,21 @@ def test_the_exploratory_ranking_is_holm_adjusted_across_every_comparison():
         # wider than the unadjusted interval (the first step is at 1 - 0.05 / 3)
         assert row.holm_ci_low <= row.dice_ci_low + 1e-12
     assert table.loc[table["arm"] == "g: b", "p_holm"].iloc[0] > 0.05 and table.loc[table["arm"] == "g: a", "p_holm"].iloc[0] < 0.05
+
+
+def test_classification_verdicts_give_balanced_accuracy_and_the_rarest_class_recall():
+    rows = []
+    for budget in (50, 100):
+        for seed in range(3):
+            for arm, gen, bacc, recall in (("real+classic", "none", 0.5, 0.2), ("frac50", "cvae", 0.51 + 0.002 * seed, 0.35 + 0.01 * seed)):
+                rows += [{"task": "classification", "budget": budget, "generator": gen, "arm": arm, "seed": seed,
+                          "metric": m, "value": v} for m, v in (("balanced_accuracy", bacc), ("minority_recall", recall))]
+    rows = pd.DataFrame(rows)
+    lines = verdicts(rows, select_on_validation(rows), generator_seeds=3)
+    assert [(v["budget"], v["metric"]) for v in lines] == [
+        (50, "balanced_accuracy"), (50, "minority_recall"), (100, "balanced_accuracy"), (100, "minority_recall"),
+        (None, "balanced_accuracy"), (None, "minority_recall")]
+    recall = lines[-1]
+    assert recall["verdict"] == "helped" and abs(recall["delta"] - 0.16) < 1e-9 and recall["n_pairs"] == 6
+    assert "synthetic data helped vs real+classic: +0.160 minority-class recall [" in recall["line"]
+    assert recall["line"].endswith("(6 budget-seed pairs, 3 generator seeds)")
