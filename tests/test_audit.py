@@ -164,3 +164,32 @@ def test_real_nearest_ssim_is_cached_and_equals_the_direct_search(report, phanto
     entries[0].write_bytes(b"damaged")  # a damaged entry is recomputed and replaced
     assert torch.equal(real_nearest_ssim(phantom_dir, train_x), direct)
     assert entries[0].stat().st_size > len(b"damaged")
+
+
+def test_prdc_and_frd_rows_are_measured_in_their_spaces_beside_real_vs_real(report, phantom_dir):
+    from safetensors.torch import load_file
+
+    from augment.audit import PRDC_K, _features, cache_root, real_radiomics
+    from augment.data.dataset import load_tensors
+    from augment.downstream import SmallCNN
+    from augment.metrics import frd_from_features, prdc
+
+    _, rep = report
+    rows = {(r["metric"], r["extractor"]): r for r in rep["metrics"]}
+    real, classes = load_data(phantom_dir)
+    train_x, _ = load_tensors(real[real["split"] == "train"].reset_index(drop=True), phantom_dir, masks=False)
+    test_x, _ = load_tensors(real[real["split"] == "test"].reset_index(drop=True), phantom_dir, masks=False)
+    # the baselines, recomputed in the audit's own spaces: the cached domain encoder and radiomic features
+    encoder = SmallCNN(train_x.shape[1], max(classes) + 1)
+    encoder.load_state_dict(load_file(Path(rep["extractors"]["domain"]["cache"]) / "encoder.safetensors"))
+    expected = prdc(_features(encoder.eval(), train_x), _features(encoder, test_x), k=PRDC_K)
+    for key in ("precision", "recall", "density", "coverage"):
+        r = rows[(key, "domain")]
+        assert r["n_synthetic"] == rows[("frechet_distance", "domain")]["n_synthetic"]
+        assert r["baseline"] == pytest.approx(expected[key]), key
+        assert r["value"] >= 0 and (key == "density" or r["value"] <= 1) and "real test" in r["baseline_is"]
+    assert len(list((cache_root() / "audit").glob("radiomics-*-train-*.safetensors"))) == 1
+    row = rows[("frd", "radiomics")]
+    train_f, test_f = real_radiomics(phantom_dir, "train", train_x), real_radiomics(phantom_dir, "test", test_x)
+    assert row["baseline"] == pytest.approx(frd_from_features(train_f, test_f)) and row["value"] > 0
+    assert rep["extractors"]["radiomics"]["computed"] is True and rep["extractors"]["radiomics"]["features"] == train_f.shape[1]

@@ -183,6 +183,9 @@ def test_one_synthetic_pair_gives_undefined_distances_not_a_crash(phantom_dir, s
         assert rows[metric]["value"] is None and "synthetic set has 1" in rows[metric]["undefined"]
         assert rows[metric]["baseline"] is not None  # real test vs train is still measured
     assert rows["memorisation_fraction"]["value"] is not None and rows["nearest_real_ssim"]["n_synthetic"] == 1
+    frd = next(r for r in rep["metrics"] if r["metric"] == "frd")
+    assert frd["value"] is None and "the synthetic set has 1" in frd["undefined"] and frd["baseline"] is not None
+    assert rows["precision"]["value"] is None and "more than k=5" in rows["precision"]["undefined"] and rows["precision"]["baseline"] is not None
     res = run_cli("audit", "--data", phantom_dir, "--synthetic", one, "--out", tmp_path / "cli", *set_args(FAST))
     assert res.returncode == 0, res.stderr[-2000:]
     assert not re.search(r"\bnan\b", res.stdout, re.IGNORECASE) and "frechet_distance (domain): undefined: the Fréchet distance" in res.stdout
@@ -195,4 +198,6 @@ def test_constant_synthetic_images_leave_no_nan(phantom_dir, syn, tmp_path, fill
     _finite_everywhere(tmp_path / "a")
     diversity = [r for r in rep["metrics"] if r["metric"].startswith("diversity_")]
     assert diversity and all(r["value"] == pytest.approx(1.0, abs=1e-5) for r in diversity)  # identical images
-    assert all(r["value"] is not None for r in rep["metrics"] if r["metric"] in ("frechet_distance", "kid"))
+    assert all(r["value"] is not None for r in rep["metrics"] if r["metric"] in ("frechet_distance", "kid", "precision", "coverage"))
+    frd = next(r for r in rep["metrics"] if r["metric"] == "frd")  # pyradiomics cannot measure a constant image
+    assert frd["value"] is None and f"every pixel {fill}" in frd["undefined"] and frd["baseline"] is not None
