@@ -60,7 +60,7 @@ def build_report(cfg, out: Path) -> Path:
     from augment.report import not_measured, write_report
     from augment.verdicts import summarize
 
-    quality, frames, val_frames, inception, undefined = [], [], [], [], []
+    quality, frames, val_frames, inception, radiomics, undefined = [], [], [], [], [], []
     for name in cfg.generators:
         for budget in cfg.budgets:
             for gseed in dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds):
@@ -68,6 +68,7 @@ def build_report(cfg, out: Path) -> Path:
                 if audit_json.is_file():
                     rep = read_json(audit_json, "audit record")
                     inception.append((rep.get("extractors") or {}).get("inception") or {})
+                    radiomics.append((rep.get("extractors") or {}).get("radiomics") or {"computed": False, "reason": "an audit from before FRD"})
                     tag = {"generator": name, "budget": budget, "seed": gseed}
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
@@ -146,5 +147,5 @@ def build_report(cfg, out: Path) -> Path:
             f"{name}: {describe(recipe)}" for name, recipe in cfg.evaluate.recipes.items()) + "."
     meta = {"name": cfg.name, "protocol": protocol, "generators": list(cfg.generators), "generator_seeds": gseeds,
             "generator_seed_count": len(dict.fromkeys(cfg.generator_seed(s) for s in cfg.seeds)),
-            "classes": classes, "inception": inception, "undefined": undefined}
+            "classes": classes, "inception": inception, "radiomics": radiomics, "undefined": undefined}
     return write_report(out, quality, downstream, figures, meta, captions, validation=validation)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from augment.runinfo import write_json
 from augment.verdicts import (
-    CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, VERDICT_NOTE_TEST, checks, exploratory, rankings, row_label,
+    CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, VERDICT_NOTE_TEST, audit_table, checks, exploratory, rankings, row_label,
     select_on_validation, summarize, verdicts,
 )
 
@@ -175,6 +176,13 @@ def inception_note(meta: dict) -> str:
             "Fréchet distance and KID here use the domain encoder: a small CNN label classifier trained on the real train split.")
 
 
+def radiomics_note(meta: dict) -> str:
+    """Why the audit has no Fréchet Radiomics Distance, from the audits' ``extractors.radiomics``
+    records (``meta["radiomics"]``); empty when every audit computed it, or there was no audit."""
+    skipped = [r for r in meta.get("radiomics") or [] if isinstance(r, dict) and not r.get("computed")]
+    return f"Fréchet Radiomics Distance not computed in {len(skipped)} audit(s): {skipped[0].get('reason')}." if skipped else ""
+
+
 def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions: dict[str, str], figures: list[str],
             terminal: bool = False, validation: pd.DataFrame | None = None) -> list[tuple]:
     """The report as blocks, in reading order: ("h", level, text), ("p", text), ("ul", [(text,
@@ -205,13 +213,13 @@ def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions:
     classes = {int(k): v for k, v in (meta.get("classes") or {}).items()}
     audit = checks(quality, classes)
     if len(audit):
-        shown = audit.assign(value=audit["value"].map(_num), baseline=audit["baseline"].map(_num)).drop(columns="kind")
+        from augment.predictive import audit_vs_gain, summary_blocks
+
         blocks += [("h", 2, "Audit: pass / flag per generator and budget (means over generator seeds; baseline: real vs real)"),
-                   ("table", shown, False),
-                   ("ul", [(f"{CHECK_NAMES[k]}: {rule}", "") for k, rule in CHECK_RULES.items() if k in set(audit["kind"])])]
-    note = inception_note(meta)
-    if note:
-        blocks.append(("p", note))
+                   ("table", audit_table(audit), False),
+                   ("ul", [(f"{CHECK_NAMES[k]}: {rule}", "") for k, rule in CHECK_RULES.items() if k in set(audit["kind"])]),
+                   ("h", 2, "Does the audit predict the gain?"), *summary_blocks(audit_vs_gain(audit, lines)[0])]
+    blocks += [("p", note) for note in (inception_note(meta), radiomics_note(meta)) if note]
     if not terminal and meta.get("protocol"):
         blocks += [("h", 2, "Protocol"), ("p", meta["protocol"])]
     missing = not_measured(downstream)
@@ -275,6 +283,7 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     pd.DataFrame(quality).to_csv(out / "tables" / "quality.csv", index=False)
     audit = checks(quality, meta.get("classes"))
     audit.to_csv(out / "tables" / "audit_checks.csv", index=False)
+    audit_table(audit).to_csv(out / "tables" / "audit_table.csv", index=False)
     validation = validation if validation is not None else pd.DataFrame(columns=downstream.columns)
     validation.to_csv(out / "tables" / "validation.csv", index=False)
     ranks = {task: exploratory(downstream, task) for task in rankings(downstream)}
@@ -284,6 +293,16 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     for task, pick in picks.items():
         pick["table"].to_csv(out / "tables" / f"selection_{task}.csv", index=False)
     lines = verdicts(downstream, picks, meta.get("generator_seed_count")) if len(downstream) else []
+    from augment.predictive import audit_vs_gain, caption, enough, figure_audit_vs_gain
+
+    gain, points = audit_vs_gain(audit, lines)
+    gain.to_csv(out / "tables" / "audit_vs_gain.csv", index=False)
+    if enough(gain):
+        from augment.figures import png
+
+        figures = {**figures, "audit_vs_gain": png(figure_audit_vs_gain(points, gain))}
+        captions = {**(captions or {}), "audit_vs_gain": caption(gain)}
+        (out / "figures" / "audit_vs_gain.png").write_bytes(figures["audit_vs_gain"])
     selection = {task: {"overall": list(p["overall"]), "generators": p["generators"], "ranking": p["table"].to_dict("records")}
                  for task, p in picks.items()}
     write_json({"quality": quality, "downstream": downstream.to_dict("records"), "validation": validation.to_dict("records"),
@@ -365,7 +384,9 @@ def _html(title: str, blocks: list[tuple], figures: dict[str, bytes]) -> str:
             parts.append(f"<pre>{html.escape(block[1])}</pre>")
         elif kind == "table":
             table = block[1].to_html(index=block[2], na_rep="–", float_format=_num, escape=True)
-            parts.append(table.replace("<td>flag</td>", "<td class='flag'>flag</td>").replace("<td>pass</td>", "<td class='pass'>pass</td>"))
+            # a cell that is, or ends in a parenthesis starting with, flag / pass: `31 (flag)`, `0.3 (pass, class 2)`
+            parts.append(re.sub(r"<td>([^<]*?\b(flag|pass)\b[^<]*)</td>",
+                                lambda m: f"<td class='{m.group(2)}'>{m.group(1)}</td>", table))
         elif block[1] in figures:
             data = base64.b64encode(figures[block[1]]).decode()
             parts.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'

@@ -391,15 +391,36 @@ CHECK_RULES = {
     "memorisation_fraction": "flag when above the real train split's own fraction under the same copy rule",
     "mask_consistency": "flag when the segmenter trained on the budget agrees with synthetic masks by more than 0.10 Dice "
                         "less than with real val masks of the class; the worst class is shown",
+    "frd": "flag when above 3x the real-vs-real baseline, as for the Fréchet distance (radiomic features z-scored by the "
+           "real train split; frd-score reports the log of this number)",
+    "precision": "flag when more than 0.20 below the real-vs-real baseline (k=5 nearest neighbours, domain encoder): "
+                 "many synthetic images lie outside every real image's neighbourhood (fidelity)",
+    "recall": "flag when more than 0.20 below the real-vs-real baseline: many real images lie outside every synthetic "
+              "image's neighbourhood (Naeem et al. find recall less reliable than coverage)",
+    "density": "flag when below half the real-vs-real baseline: synthetic images sit in sparse corners of the real data",
+    "coverage": "flag when more than 0.20 below the real-vs-real baseline: real images without a synthetic image near "
+                "them (missing modes)",
 }
 CHECK_NAMES = {"frechet_distance": "Fréchet distance", "kid": "KID", "diversity": "diversity",
-               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency"}
-EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception"}
+               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency", "frd": "FRD",
+               "precision": "precision", "recall": "recall", "density": "density", "coverage": "coverage"}
+EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception", "radiomics": "radiomics"}
+#: checks measured in a feature space: their name says which (the others are one per class or none)
+PER_EXTRACTOR = ("frechet_distance", "kid", "frd", "precision", "recall", "density", "coverage")
+#: checks shown at their worst class: the class is said in the check's name
+PER_CLASS = ("diversity", "mask_consistency")
+#: how far below its real-vs-real baseline a precision, recall or coverage may be: about 2 binomial
+#: standard errors at 25 images (sqrt(0.25 / 25) = 0.10), so sampling noise alone rarely flags it
+PRDC_GAP = 0.20
 
 
 def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
-    if check == "frechet_distance":
+    if check in ("frechet_distance", "frd"):
         return value > 3 * baseline
+    if check in ("precision", "recall", "coverage"):
+        return baseline - value > PRDC_GAP
+    if check == "density":
+        return value < 0.5 * baseline
     if check == "kid":
         return value > 3 * (baseline if baseline > 0 else spread)
     if check == "diversity":
@@ -410,11 +431,12 @@ def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
 
 
 def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.DataFrame:
-    """The audit as pass/flag checks, one row per (generator, budget, check): Fréchet distance
-    and KID per extractor, diversity and mask consistency at their worst class, memorised
-    fraction. ``value`` and ``baseline`` are means over the generator seeds; ``result`` is
-    ``pass`` / ``flag`` by :data:`CHECK_RULES`, or ``–`` without a baseline. ``quality``: the
-    report's quality rows (audit metrics tagged with generator, budget, seed)."""
+    """The audit as pass/flag checks, one row per (generator, budget, check): Fréchet distance,
+    KID, FRD and precision / recall / density / coverage per extractor, diversity and mask
+    consistency at their worst class, memorised fraction. ``value`` and ``baseline`` are means
+    over the generator seeds; ``result`` is ``pass`` / ``flag`` by :data:`CHECK_RULES`, or ``–``
+    without a baseline. ``quality``: the report's quality rows (audit metrics tagged with
+    generator, budget, seed). :func:`audit_table` lays it out one row per generator and budget."""
     q = pd.DataFrame(quality)
     if q.empty:
         return pd.DataFrame(columns=["generator", "budget", "check", "value", "baseline", "result"])
@@ -436,12 +458,12 @@ def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.Dat
             part = g[g["check"] == check]
             if part.empty:
                 continue
-            if check in ("diversity", "mask_consistency"):
+            if check in PER_CLASS:
                 gap = (part["value"] - part["baseline"]).dropna()  # an undefined class is no candidate
                 part = part.loc[[gap.idxmax() if check == "diversity" else gap.idxmin()]] if len(gap) else part.iloc[:1]
             for r in part.itertuples():
                 name = CHECK_NAMES[check]
-                if check in ("frechet_distance", "kid"):
+                if check in PER_EXTRACTOR:
                     name += f" ({EXTRACTOR_NAMES.get(r.extractor, r.extractor)})"
                 elif pd.notna(r.cls):
                     name += f" (class {(classes or {}).get(int(r.cls), r.cls)})"
@@ -450,3 +472,31 @@ def checks(quality: list[dict], classes: dict[int, str] | None = None) -> pd.Dat
                 out.append({"generator": generator, "budget": budget, "check": name, "kind": check, "value": r.value,
                             "baseline": r.baseline, "result": ("flag" if flag else "pass") if known else "–"})
     return pd.DataFrame(out)
+
+
+def check_column(kind: str, check: str) -> str:
+    """The column of a check in :func:`audit_table`: its name, less the class of a per-class
+    check (which class was the worst differs between rows)."""
+    return CHECK_NAMES.get(kind, kind) if kind in PER_CLASS else check
+
+
+def audit_table(audit: pd.DataFrame) -> pd.DataFrame:
+    """:func:`checks` pivoted: one row per (generator, budget), one column per check (in
+    :data:`CHECK_RULES` order), each cell ``value (pass)`` / ``value (flag)`` (4 significant
+    digits), the value alone without a baseline, ``–`` where the audit has no such check; a
+    per-class check's cell names its worst class: ``0.8123 (flag, class round)``."""
+    if audit.empty or "kind" not in audit.columns:
+        return pd.DataFrame(columns=["generator", "budget"])
+    order = {k: i for i, k in enumerate(CHECK_RULES)}
+    rows: dict[tuple, dict] = {}
+    columns: dict[str, tuple[int, int]] = {}
+    for i, r in enumerate(audit.itertuples()):
+        column = check_column(r.kind, r.check)
+        columns.setdefault(column, (order.get(r.kind, len(order)), i))
+        value = "–" if pd.isna(r.value) else f"{r.value:.4g}"
+        tags = [r.result] if r.result in ("pass", "flag") and value != "–" else []
+        if r.kind in PER_CLASS and r.check != column:
+            tags.append(r.check[len(column) + 2:-1])  # "diversity (class round)" -> "class round"
+        rows.setdefault((r.generator, r.budget), {})[column] = f"{value} ({', '.join(tags)})" if tags else value
+    names = sorted(columns, key=columns.get)
+    return pd.DataFrame([{"generator": g, "budget": b, **{c: cells.get(c, "–") for c in names}} for (g, b), cells in rows.items()])
