@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from augment.verdicts import METRIC_NAMES, check_column
+from augment.verdicts import METRIC_NAMES, RANKED, check_column
 
 MIN_POINTS = 3
 EXACT_UP_TO = 8  # 8! = 40,320 permutations
@@ -65,7 +65,9 @@ def _budget(b):
 
 
 def audit_points(audit: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
-    """One row per (check, task, generator, budget) with both an audit value and a delta:
+    """One row per (check, task, generator, budget) with both an audit value and a delta of the
+    task's main metric (:data:`~augment.verdicts.RANKED`; a classification verdict's minority-recall
+    records are a second metric of the same points, not more points):
     check (its :func:`~augment.verdicts.check_column`), kind, task, metric, generator, budget,
     value, baseline, x, x_is (``value / baseline`` or ``value``) and delta (the mean when
     several records share a key)."""
@@ -73,6 +75,7 @@ def audit_points(audit: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     deltas = pd.DataFrame([{"task": r["task"], "metric": r["metric"], "generator": str(r["generator"]), "budget": _budget(r["budget"]),
                             "delta": float(r["delta"])} for r in records
                            if _budget(r.get("budget")) is not None and not r.get("headline")
+                           and r.get("metric") == RANKED.get(r.get("task"), (r.get("metric"),))[0]
                            and r.get("delta") is not None and math.isfinite(float(r["delta"]))])
     if audit.empty or "kind" not in audit.columns or deltas.empty:
         return pd.DataFrame(columns=cols)

@@ -58,7 +58,8 @@ def test_audit_vs_gain_ranks_each_check_against_the_delta():
     })
     records = [_record("a", 8, 0.02), _record("a", 16, 0.05), _record("b", 8, -0.03), _record("b", 16, -0.01),
                _record("a", None, 9.0), _record("b", None, -9.0),  # pooled over budgets: no point
-               _record("a", 8, 7.0, headline=True)]  # repeats a generator's record
+               _record("a", 8, 7.0, headline=True),  # repeats a generator's record
+               {**_record("b", 8, 5.0), "metric": "fpr"}]  # the task's second metric: not another point
     table, points = audit_vs_gain(audit, records)
     rows = table.set_index("check")
     fd = rows.loc["Fréchet distance (domain encoder)"]
