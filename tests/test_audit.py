@@ -169,10 +169,10 @@ def test_real_nearest_ssim_is_cached_and_equals_the_direct_search(report, phanto
 def test_prdc_and_frd_rows_are_measured_in_their_spaces_beside_real_vs_real(report, phantom_dir):
     from safetensors.torch import load_file
 
-    from augment.audit import PRDC_K, _features, cache_root, real_radiomics
+    from augment.audit import _features, cache_root, prdc_at_size, real_radiomics
     from augment.data.dataset import load_tensors
     from augment.downstream import SmallCNN
-    from augment.metrics import frd_from_features, prdc
+    from augment.metrics import frd_from_features
 
     _, rep = report
     rows = {(r["metric"], r["extractor"]): r for r in rep["metrics"]}
@@ -182,9 +182,11 @@ def test_prdc_and_frd_rows_are_measured_in_their_spaces_beside_real_vs_real(repo
     # the baselines, recomputed in the audit's own spaces: the cached domain encoder and radiomic features
     encoder = SmallCNN(train_x.shape[1], max(classes) + 1)
     encoder.load_state_dict(load_file(Path(rep["extractors"]["domain"]["cache"]) / "encoder.safetensors"))
-    expected = prdc(_features(encoder.eval(), train_x), _features(encoder, test_x), k=PRDC_K)
+    n_syn = rows[("frechet_distance", "domain")]["n_synthetic"]
+    expected = prdc_at_size(_features(encoder.eval(), train_x), _features(encoder, test_x), min(n_syn, len(test_x)), 0)
     for key in ("precision", "recall", "density", "coverage"):
         r = rows[(key, "domain")]
+        assert f"both at {min(n_syn, len(test_x))} images" in r["note"]
         assert r["n_synthetic"] == rows[("frechet_distance", "domain")]["n_synthetic"]
         assert r["baseline"] == pytest.approx(expected[key]), key
         assert r["value"] >= 0 and (key == "density" or r["value"] <= 1) and "real test" in r["baseline_is"]
@@ -193,3 +195,16 @@ def test_prdc_and_frd_rows_are_measured_in_their_spaces_beside_real_vs_real(repo
     train_f, test_f = real_radiomics(phantom_dir, "train", train_x), real_radiomics(phantom_dir, "test", test_x)
     assert row["baseline"] == pytest.approx(frd_from_features(train_f, test_f)) and row["value"] > 0
     assert rep["extractors"]["radiomics"]["computed"] is True and rep["extractors"]["radiomics"]["features"] == train_f.shape[1]
+
+
+def test_prdc_is_compared_at_one_set_size():
+    from augment.audit import PRDC_K, prdc_at_size
+    from augment.metrics import prdc
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(200, 8, generator=g), torch.randn(120, 8, generator=g)
+    assert prdc_at_size(real, fake, 120, 0) == prdc(real, fake, k=PRDC_K)  # no larger than the size: as it is
+    small, again, full = prdc_at_size(real, fake, 12, 0), prdc_at_size(real, fake, 12, 0), prdc(real, fake, k=PRDC_K)
+    assert small == again  # seeded draws
+    # one distribution, so the gap is the set size alone: 12 points cover far less of the real set than 120
+    assert small["coverage"] < full["coverage"] - 0.3
