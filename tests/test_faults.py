@@ -261,6 +261,13 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(tmp_path, capsys):
     assert rc == 0
     assert len(survived) >= 10, survived
 
-    assert _outcome(killed) == _outcome(reference)
+    got, want = _outcome(killed), _outcome(reference)
+    # The audit's larger matrix algebra (FRD: 398 radiomic features from a few dozen images, a
+    # singular covariance) rounds differently with the BLAS thread count, which differs between this
+    # process (numpy loaded before the test set one thread) and the killed run's subprocess: seen
+    # 1.4e-8 apart, so equal to 1e-6, not to the last bit. Everything else: exact.
+    assert [{k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in row.items()} for row in want.pop("audit")] \
+        == got.pop("audit")
+    assert got == want
     assert not list(killed.rglob("*.partial*")) and not list(killed.rglob(".journal"))
     assert not [p for p in killed.rglob("*.tmp") if "state" not in p.parts]
