@@ -114,16 +114,20 @@ def generator_seed_note(n: int | None) -> str:
 
 
 def selection_text(pick: dict, explore: pd.DataFrame, task: str) -> str:
-    """One sentence: what validation picked and whether the best on test is the same arm."""
+    """What validation picked, whether it beat real+classic there at all, and whether the best on
+    test is the same arm."""
     gen, arm = pick["overall"]
+    lead = pick["table"].iloc[0][f"{RANKED[task][0]}_delta"]
+    head = (f"On validation no synthetic arm or recipe beat real+classic (the best, {row_label(gen, arm)}, by {lead:+.3f}), "
+            "so the pick is the least bad. " if lead <= 0 else "")
     if not len(explore):
-        return f"Picked on validation: {row_label(gen, arm)}."
+        return f"{head}Picked on validation: {row_label(gen, arm)}."
     top = explore.iloc[0]
     if (top["generator"], top["recipe"]) == (gen, arm):
-        return f"Picked on validation: {row_label(gen, arm)}; the best on test (exploratory) is the same arm."
+        return f"{head}Picked on validation: {row_label(gen, arm)}; the best on test (exploratory) is the same arm."
     where = explore.loc[(explore["generator"] == gen) & (explore["recipe"] == arm), "rank"]
     place = f"ranks {int(where.iloc[0])} of {len(explore)} on test" if len(where) else "has no test result"
-    return f"Picked on validation: {row_label(gen, arm)}, which {place}; the best on test (exploratory) is {top['arm']}."
+    return f"{head}Picked on validation: {row_label(gen, arm)}, which {place}; the best on test (exploratory) is {top['arm']}."
 
 
 TABLE_NOTE = "A value without [CI]: one seed, so no interval; –: no result for that arm and budget."

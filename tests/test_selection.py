@@ -71,6 +71,16 @@ def test_the_pick_is_made_on_validation_and_poisoned_test_scores_do_not_move_it(
         assert "Every interval here covers task-model seeds only" in text
 
 
+def test_a_pick_that_did_not_beat_real_classic_on_validation_is_called_the_least_bad(tmp_path):
+    val = VAL.assign(value=VAL["value"] - 0.1 * (VAL["arm"] != "real+classic"))  # every synthetic arm below on val
+    write_report(tmp_path, [], _poisoned(0.05), {}, {"name": "t", "protocol": "p"}, validation=val)
+    text = summary_text(tmp_path)
+    assert "On validation no synthetic arm or recipe beat real+classic (the best, cvae: frac50, by -0.05" in text
+    assert "so the pick is the least bad. Picked on validation: cvae: frac50" in text
+    write_report(tmp_path, [], _poisoned(0.05), {}, {"name": "t", "protocol": "p"}, validation=VAL)
+    assert "least bad" not in summary_text(tmp_path)
+
+
 def test_selection_reads_only_the_rows_it_is_given():
     # a val frame that holds no row of an arm cannot pick it, whatever test says
     val = VAL[VAL["arm"] != "frac50"]
