@@ -359,6 +359,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
             with stage(name):  # progress lines inside say which stage they belong to
                 call()
             timings[name] = round(time.time() - t, 2)
+            # kept as each stage ends, so an invocation that is killed or fails later loses none
+            write_json({"stages": {**ran_before, **timings}, "finished": False}, earlier)
     except AugmentError:
         if fresh and not timings:
             discard(out, existed)  # nothing finished: a failed first stage leaves nothing

@@ -4,8 +4,9 @@ Without ``--run``, runs the quickstart (``augment run pipelines/quickstart.yaml`
 folder (``--out`` keeps it) and prints its time per stage, from the run's ``timings.json``,
 against the 120 s target. With ``--run RUN`` prints the per-stage table of an ``augment run``
 folder (e.g. a BUSI comparison): a finished run's ``timings.json``, or, while a run is still
-going (``timings.json`` is written at its end), the ``wall_seconds`` of each finished stage's own
-record (``run.json``; a stage resumed after a kill counts only its last session).
+going, the stages its ``timings.json`` lists so far (written as each stage ends), or, for a run
+from before that, the ``wall_seconds`` of each finished stage's own record (``run.json``; a stage
+resumed after a kill counts only its last session).
 
 With ``--estimate SPEC`` (or ``--estimate-full``) as well, estimates SPEC's full wall time from
 RUN's measured stages. SPEC's stage list is the one ``augment run`` itself would walk; each stage
@@ -69,7 +70,9 @@ def stage_times(run: Path) -> tuple[dict[str, float], float | None, str]:
     """Seconds per stage name, the run's wall seconds (None while unfinished) and where they came from."""
     if (run / "timings.json").is_file():
         timings = json.loads((run / "timings.json").read_text())
-        return timings["stages"], timings["wall_seconds"], f"{run / 'timings.json'}"
+        if timings.get("finished", True):  # written as each stage ends; a finished run adds its wall time
+            return timings["stages"], timings["wall_seconds"], f"{run / 'timings.json'}"
+        return timings["stages"], None, f"{run / 'timings.json'} (unfinished run: its finished stages)"
     from augment.config import load_json
     from augment.gather import _done
     from augment.pipeline import PipelineConfig

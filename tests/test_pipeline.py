@@ -241,3 +241,33 @@ evaluate: {{arms: [real+classic, real+synthetic+classic], segmentation: {{{TASK}
     assert rep["selection"]["segmentation"] == picked
     assert rep["ranking"]["segmentation"][-1]["arm"] == f"{pick[0]}: {pick[1]}"  # last on test
     assert rep["verdicts"][0]["generator"] == pick[0] and rep["verdicts"][0]["arm"] == pick[1]
+
+
+def test_stage_times_of_a_failed_invocation_are_kept_for_the_next(tmp_path, monkeypatch):
+    import augment.evaluate
+    from augment.errors import DataError
+    from augment.pipeline import run_pipeline
+
+    spec = _spec(tmp_path, f"""train: {{max_steps: 2, batch_size: 8, checkpoint_every: 100}}
+generators:
+  g: {{family: cvae, {CVAE}}}
+seeds: [0]
+audit: {{enabled: false}}
+evaluate: {{arms: [real+synthetic+classic], recipes: {{}}, segmentation: {{{TASK}}}}}
+""")
+    out = tmp_path / "out"
+    real_evaluate = augment.evaluate.evaluate
+
+    def failing(*args, **kwargs):
+        raise DataError("evaluation failed on purpose")
+
+    monkeypatch.setattr(augment.evaluate, "evaluate", failing)
+    with pytest.raises(DataError, match="on purpose"):
+        run_pipeline(load_pipeline(spec), out, echo=lambda *_: None)
+    kept = json.loads((out / "timings.json").read_text())
+    assert kept["finished"] is False and set(kept["stages"]) == {"prepare", "train (g budget 12 gseed 0)", "sample (g budget 12 gseed 0)"}
+    monkeypatch.setattr(augment.evaluate, "evaluate", real_evaluate)
+    run_pipeline(load_pipeline(spec), out, echo=lambda *_: None)
+    final = json.loads((out / "timings.json").read_text())
+    assert final["stages"]["train (g budget 12 gseed 0)"] == kept["stages"]["train (g budget 12 gseed 0)"]
+    assert "evaluate (g budget 12 seed 0)" in final["stages"] and "wall_seconds" in final
