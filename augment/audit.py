@@ -290,7 +290,7 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
         rows.append(_row("kid", name, k, kb, n_tr, n_syn, std=k_sd, baseline_std=kb_sd,
                          undefined=why, baseline_undefined=why_b, baseline_is=f"real test ({n_te}) vs real train ({n_tr})"))
     # coverage and recall depend on the compared set's size: both sides are compared at one size
-    m = min(n_syn, n_te)
+    m = max(min(n_syn, n_te), PRDC_K + 1)  # a set of k or fewer has no PRDC: its baseline still has one
     (p, why), (pb, why_b) = (_defined(prdc_at_size, f_train, x, m, cfg.seed) for x in (f_syn, f_test))
     for key in ("precision", "recall", "density", "coverage"):
         rows.append(_row(key, "domain", p and p[key], pb and pb[key], n_tr, n_syn, undefined=why, baseline_undefined=why_b,
