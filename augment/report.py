@@ -19,7 +19,7 @@ import pandas as pd
 
 from augment.runinfo import write_json
 from augment.verdicts import (
-    CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, VERDICT_NOTE_TEST, audit_table, checks, exploratory, rankings, row_label,
+    CHECK_NAMES, CHECK_RULES, METRIC_NAMES, RANKED, VERDICT_NOTE, VERDICT_NOTE_TEST, audit_table, checks, explorations, row_label,
     select_on_validation, summarize, verdicts,
 )
 
@@ -204,8 +204,7 @@ def _blocks(quality: list[dict], downstream: pd.DataFrame, meta: dict, captions:
         blocks += [("p", generator_seed_note(n_gseeds))] if n_gseeds else []
     else:
         blocks.append(("p", "No synthetic arm or recipe has a paired result against real+classic yet."))
-    for task, table in rankings(downstream).items():
-        explore = exploratory(downstream, task)
+    for task, explore in explorations(downstream).items():
         if task in picks:
             blocks += [("h", 2, f"Selection on validation ({task})"),
                        ("p", f"Every synthetic arm and recipe on the val split, ranked by {RANKING_NOTE}. "
@@ -290,7 +289,7 @@ def write_report(out: str | Path, quality: list[dict], downstream: pd.DataFrame,
     audit_table(audit).to_csv(out / "tables" / "audit_table.csv", index=False)
     validation = validation if validation is not None else pd.DataFrame(columns=downstream.columns)
     validation.to_csv(out / "tables" / "validation.csv", index=False)
-    ranks = {task: exploratory(downstream, task) for task in rankings(downstream)}
+    ranks = explorations(downstream)
     for task, table in ranks.items():
         table.to_csv(out / "tables" / f"ranking_{task}.csv", index=False)
     picks = select_on_validation(validation) if len(validation) else {}

@@ -316,6 +316,13 @@ def exploratory(rows: pd.DataFrame, task: str, alpha: float = 0.05) -> pd.DataFr
     return table
 
 
+def explorations(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`exploratory` for every task the rows hold that has synthetic arms or recipes (the
+    tasks of :func:`rankings`, each ranked once)."""
+    tables = {task: exploratory(rows, task) for task in RANKED if len(rows) and (rows["task"] == task).any()}
+    return {task: table for task, table in tables.items() if len(table)}
+
+
 def verdicts(rows: pd.DataFrame, picks: dict[str, dict] | None = None, generator_seeds: int | None = None) -> list[dict]:
     """The verdict records: per task and generator, its synthetic arm or recipe picked on val
     (``picks``, :func:`select_on_validation`; without a pick for the task, the best by pooled
