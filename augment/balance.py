@@ -17,7 +17,9 @@ such as ``total: 1000000000`` is refused, not sampled for a week; raise it when 
 
 ``mask_source`` says where masks come from: ``generated`` (the generator makes image and mask
 together) or ``real`` (masks drawn from the generator's own budget subset, each moved by a seeded
-``jitter``, and the generator makes the image for it; needs a mask-conditioned generator).
+``jitter``, and the generator makes the image for it; needs a mask-conditioned generator). A
+generator in ``inpaint`` mode also takes a background from the budget and a ``placement``
+(:mod:`augment.placement`) for each jittered mask.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydantic import Field, StrictFloat, StrictInt, model_validator
 from augment.config import Seed, Strict
 from augment.errors import ConfigError
 from augment.masks import JitterConfig
+from augment.placement import PlacementConfig
 
 Count = StrictInt
 _ONLY = {"target": "target", "ratio": "ratio", "total": "total", "weights": "total"}
@@ -50,6 +53,8 @@ class BalanceConfig(Strict):
     seed: Seed = 0
     mask_source: Literal["generated", "real"] = "generated"
     jitter: JitterConfig = Field(default_factory=JitterConfig, description="mask_source real: how real masks are moved")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig,
+                                       description="inpaint mode: where a lesion goes on a background (augment.placement)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "BalanceConfig":

@@ -39,9 +39,30 @@ def jitter_mask(mask: np.ndarray, cfg: JitterConfig, seed: int) -> np.ndarray:
     Every random number is drawn whether or not its transform fires, so changing one
     probability does not reshuffle the others; the same (mask, cfg, seed) gives the same output.
     """
-    from scipy.ndimage import gaussian_filter, map_coordinates
+    from scipy.ndimage import map_coordinates
 
-    h, w = mask.shape
+    out = map_coordinates(mask, jitter_coords(mask.shape, cfg, seed), order=0, mode="constant", cval=0)
+    return out.astype(mask.dtype)
+
+
+def jitter_pair(image: np.ndarray, mask: np.ndarray, cfg: JitterConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image (H, W[, C]) uint8 and its mask moved by the same jitter as :func:`jitter_mask`
+    (the mask exactly as ``jitter_mask`` moves it; the image bilinear, black outside the frame)."""
+    from scipy.ndimage import map_coordinates
+
+    coords = jitter_coords(mask.shape, cfg, seed)
+    planes = image[..., None] if image.ndim == 2 else image
+    moved = np.stack([map_coordinates(planes[..., c].astype(np.float64), coords, order=1, mode="constant", cval=0)
+                      for c in range(planes.shape[-1])], axis=-1)
+    moved = np.clip(np.round(moved), 0, 255).astype(np.uint8)
+    return (moved[..., 0] if image.ndim == 2 else moved), jitter_mask(mask, cfg, seed)
+
+
+def jitter_coords(shape: tuple[int, int], cfg: JitterConfig, seed: int) -> np.ndarray:
+    """(2, H, W): the input coordinates every output pixel reads (the inverse mapping of the jitter)."""
+    from scipy.ndimage import gaussian_filter
+
+    h, w = shape
     rng = np.random.default_rng(seed)
     fire = rng.random(4)  # hflip, vflip, affine, elastic
     angle, zoom, shift_y, shift_x = rng.uniform(-1.0, 1.0, 4)
@@ -66,5 +87,4 @@ def jitter_mask(mask: np.ndarray, cfg: JitterConfig, seed: int) -> np.ndarray:
         x = (w - 1) - x
     if fire[1] < cfg.vertical_flip:
         y = (h - 1) - y
-    out = map_coordinates(mask, [y, x], order=0, mode="constant", cval=0)
-    return out.astype(mask.dtype)
+    return np.stack([y, x])

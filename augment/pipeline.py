@@ -96,10 +96,10 @@ class GeneratorSpec(Strict):
     @model_validator(mode="after")
     def _masks_agree(self) -> "GeneratorSpec":
         mode = getattr(self.generator, "mode", "joint")
-        if mode == "mask" and self.balance.mask_source != "real":
-            raise ValueError("a generator in mask mode makes images for given masks: set its balance.mask_source to real")
-        if mode != "mask" and self.balance.mask_source == "real":
-            raise ValueError("balance.mask_source real needs a mask-conditioned generator (mode: mask)")
+        if mode in ("mask", "inpaint") and self.balance.mask_source != "real":
+            raise ValueError(f"a generator in {mode} mode makes images for given masks: set its balance.mask_source to real")
+        if mode not in ("mask", "inpaint") and self.balance.mask_source == "real":
+            raise ValueError("balance.mask_source real needs a mask-conditioned generator (mode: mask or inpaint)")
         nothing = asks_for_nothing(self.balance)
         if nothing is not None:  # found now, not after the generator has trained for an hour
             raise ValueError(f"balance asks for no synthetic pairs whatever the data ({nothing}); give a plan that adds some")

@@ -10,7 +10,10 @@ With ``mask_source: real`` (a mask-conditioned generator) sample ``k`` of class 
 mask of a training row of that class from the generator's own budget (a seeded permutation per
 pass over the class, so every real mask is used equally often), moves it with a seeded jitter
 (:mod:`augment.masks`) and generates the image for it; ``source_mask_id`` and ``jitter_seed``
-are recorded. Sampler settings (``--set sampler.KEY=VALUE``) are validated by the family's own
+are recorded. A generator in ``inpaint`` mode also takes a background from its budget and a placement
+(:mod:`augment.inpainting`): it generates inside the region only, the real background is put back
+around it, and ``background_id`` and ``placement`` (centre, scale, region box, the lesion shape's
+id) are recorded. Sampler settings (``--set sampler.KEY=VALUE``) are validated by the family's own
 ``Sampler`` schema and recorded in every row's ``sampler`` column.
 
 Each process appends finished rows to its own journal (``SYN/.journal/rank<r>.jsonl``) after
@@ -46,7 +49,7 @@ from augment.output import atomic_path, resumable_output
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed, process_state
 
-PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler", "source_mask_id", "jitter_seed"]
+PROVENANCE = ["source", "generator", "generator_sha256", "seed", "sampler", "source_mask_id", "jitter_seed", "background_id", "placement"]
 JOURNAL = ".journal"
 
 
@@ -124,18 +127,29 @@ def source_mask(pool: dict[int, list[tuple[str, np.ndarray]]], seed: int, label:
 
 
 def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: int,
-         masks: list[np.ndarray] | None = None, settings=None) -> tuple[np.ndarray, np.ndarray]:
+         masks: list[np.ndarray] | None = None, settings=None,
+         context: tuple[list[np.ndarray], list[np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode up to ``batch_size`` pairs, padded to exactly ``batch_size`` so every pair is made
     by the same computation. ``masks`` (n of (H, W) uint8): the given masks of a mask-conditioned
-    generator. Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8 (empty for a generator
-    trained on a set without masks)."""
+    generator; ``context``: an inpainting generator's backgrounds (n of (H, W[, C]) uint8) and
+    regions (n of (H, W) bool). Returns images (n, H, W[, C]) uint8 and masks (n, H, W) uint8
+    (empty for a generator trained on a set without masks)."""
     n = len(labels)
     pad = batch_size - n
     gens = [torch.Generator().manual_seed(s) for s in seeds] + [torch.Generator().manual_seed(0) for _ in range(pad)]
     given = None
     if masks is not None:
         given = torch.from_numpy(np.stack(list(masks) + [masks[0]] * pad)).to(torch.int64)
-    out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens, given, settings)
+    ctx = None
+    if context is not None:
+        from augment.generators.base import Context
+
+        backgrounds, regions = context
+        pixels = torch.from_numpy(np.stack(list(backgrounds) + [backgrounds[0]] * pad)).float() / 255.0
+        pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+        ctx = Context(pixels.contiguous(), torch.from_numpy(np.stack(list(regions) + [regions[0]] * pad)))
+    extra = {} if ctx is None else {"context": ctx}
+    out = gen.model.sample(torch.tensor(labels + [labels[0]] * pad, dtype=torch.int64), gens, given, settings, **extra)
     if not bool(torch.isfinite(out.images[:n]).all()):  # rounding would write NaN as black: refuse instead
         raise DataError(f"generator `{gen.info.path}` produced non-finite pixels (NaN or inf) for class(es) "
                         f"{sorted(set(labels))} with sampler settings {settings.model_dump() if settings is not None else 'default'}; "
@@ -161,11 +175,53 @@ def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndar
     if gen.weights_sha256 != r["generator_sha256"]:
         raise DataError(f"`{sample_id}` was made by other weights than `{cfg.generator}` holds now")
     given = None
+    if r.get("background_id", ""):  # inpaint mode: the recorded placement on the recorded background
+        from augment import inpainting
+        from augment.placement import Placement
+
+        record = json.loads(r["placement"])
+        pool = dict((i, m) for ms in real_masks(gen.info).values() for i, m in ms)
+        backgrounds = inpaint_backgrounds(gen, cfg)
+        shape = inpainting.jittered_shape(pool[record["shape"]], cfg.balance.jitter, int(r["jitter_seed"]))
+        s = inpainting.build(backgrounds, backgrounds.index(r["background_id"]), record["shape"], shape, bool(record["lesion"]),
+                             Placement.from_record(record), cfg.balance.placement)
+        images, _ = draw(gen, [int(r["label"])], [int(r["seed"])], cfg.batch_size, [s.given], sampler_settings(gen, cfg),
+                         ([backgrounds.images[s.background]], [s.region]))
+        return inpainting.finish(backgrounds, s, images[0], cfg.balance.placement)
     if r["source_mask_id"]:
         pool = dict((i, m) for ms in real_masks(gen.info).values() for i, m in ms)
         given = [jitter_mask(pool[r["source_mask_id"]], cfg.balance.jitter, int(r["jitter_seed"]))]
     images, masks = draw(gen, [int(r["label"])], [int(r["seed"])], cfg.batch_size, given, sampler_settings(gen, cfg))
     return images[0], masks[0]
+
+
+def inpaint_backgrounds(gen: LoadedGenerator, cfg: SampleConfig):
+    """The generator's own budget images as backgrounds (:class:`augment.placement.Backgrounds`)."""
+    from augment.data.images import read_image
+    from augment.placement import Backgrounds
+
+    rows = gen.info.rows
+    images = [read_image(gen.info.data_dir / p) for p in rows["image"]]
+    masks = [read_mask(gen.info.data_dir / p) for p in rows["mask"]]
+    return Backgrounds.of([str(i) for i in rows["id"]], images, masks, cfg.balance.placement)
+
+
+def inpaint_batch(gen: LoadedGenerator, cfg: SampleConfig, backgrounds, pool, seed: int, batch: list) -> tuple[list, list, list]:
+    """The scenes of a batch of (item, attempt): source ids, jitter seeds and scenes."""
+    from augment import inpainting
+
+    sources, jitter_seeds, scenes = [], [], []
+    for it, attempt in batch:
+        src, mask = source_mask(pool, seed, it.label, it.index)
+        js = mix_seed(seed, it.label, it.index, attempt, 0x717E)
+        lesion = bool((mask > 0).any())
+        shape_id, shape_mask = (src, mask) if lesion else inpainting.lesion_shape(pool, mix_seed(js, 0x54A9))
+        shape = inpainting.jittered_shape(shape_mask, cfg.balance.jitter, js)
+        scenes.append(inpainting.scene(backgrounds, shape_id, shape, lesion, cfg.balance.placement,
+                                       mix_seed(seed, it.label, it.index, attempt, 0x91AC), f"sample {it.id}"))
+        sources.append(src)
+        jitter_seeds.append(js)
+    return sources, jitter_seeds, scenes
 
 
 def lesion_ranges(gen: LoadedGenerator) -> dict[int, tuple[float, float]]:
@@ -264,6 +320,8 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
     sampler = sampler_settings(gen, cfg)
     settings = {**sampler.model_dump(mode="json"), "batch_size": cfg.batch_size, "mask_source": cfg.balance.mask_source}
     pool = real_masks(gen.info) if cfg.balance.mask_source == "real" else None
+    inpaints = bool(getattr(gen.model, "inpaints", False))
+    backgrounds = inpaint_backgrounds(gen, cfg) if inpaints else None
     journal = open(cfg.out / JOURNAL / f"rank{state.process_index}.jsonl", "a")
     for stray in list((cfg.out / "images").glob(".*.tmp")) + list((cfg.out / "masks").glob(".*.tmp")):
         stray.unlink(missing_ok=True)  # from a kill mid-write; the pair is made again
@@ -274,14 +332,23 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
         while queue:
             batch = [queue.popleft() for _ in range(min(cfg.batch_size, len(queue)))]
             seeds = [mix_seed(seed, it.label, it.index, attempt) for it, attempt in batch]
-            sources, jitter_seeds, given = [""] * len(batch), [""] * len(batch), None
-            if pool is not None:
+            sources, jitter_seeds, given, context, scenes = [""] * len(batch), [""] * len(batch), None, None, [None] * len(batch)
+            if inpaints:
+                sources, jitter_seeds, scenes = inpaint_batch(gen, cfg, backgrounds, pool, seed, batch)
+                given = [s.given for s in scenes]
+                context = ([backgrounds.images[s.background] for s in scenes], [s.region for s in scenes])
+            elif pool is not None:
                 picked = [source_mask(pool, seed, it.label, it.index) for it, _ in batch]
                 sources = [i for i, _ in picked]
                 jitter_seeds = [mix_seed(seed, it.label, it.index, attempt, 0x717E) for it, attempt in batch]
                 given = [jitter_mask(m, cfg.balance.jitter, js) for (_, m), js in zip(picked, jitter_seeds)]
-            images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size, given, sampler)
-            for (it, attempt), s, image, mask, src, js in zip(batch, seeds, images, masks, sources, jitter_seeds):
+            images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size, given, sampler, context)
+            if inpaints:
+                from augment.inpainting import finish
+
+                done_pairs = [finish(backgrounds, s, im, cfg.balance.placement) for s, im in zip(scenes, images)]
+                images, masks = [p[0] for p in done_pairs], [p[1] for p in done_pairs]
+            for (it, attempt), s, image, mask, src, js, sc in zip(batch, seeds, images, masks, sources, jitter_seeds, scenes):
                 if cfg.filter and not passes(mask, it.label, ranges):
                     if attempt + 1 >= cfg.max_attempts:
                         raise AugmentError(
@@ -295,7 +362,9 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
                 write_png(mask, cfg.out / mask_rel)
                 row = {"id": it.id, "label": it.label, "index": it.index, "seed": s, "attempt": attempt,
                        "image": image_rel, "mask": mask_rel, "sha256": sha256_file(cfg.out / image_rel),
-                       "source_mask_id": src, "jitter_seed": js}
+                       "source_mask_id": src, "jitter_seed": js,
+                       "background_id": "" if sc is None else backgrounds.ids[sc.background],
+                       "placement": "" if sc is None else json.dumps(sc.record(backgrounds), sort_keys=True)}
                 journal.write(json.dumps(row) + "\n")
                 made += 1
                 bar.advance(made, time.time() - t0)

@@ -1,7 +1,7 @@
 """Contract test over the generator registry: a new family is covered by adding it there
 (and a tiny config to TINY in tests/conftest.py; a family without one fails this test on
 purpose). Every mode of a family is a variant (``family`` for joint generation, ``family/mask``
-for images made for given masks)."""
+for images made for given masks, ``family/inpaint`` for the lesion region of a given background)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from augment.api import train
 from augment.config import validate
 from augment.generators import REGISTRY, TrainConfig
 from augment.generators.artifact import load_generator
+from augment.generators.base import Context, disk_dilate
 from tests.conftest import TINY
 
 #: every mode a family has; the contract runs over each
-MODES = {"cvae": ("joint", "mask"), "ldm": ("joint", "mask"), "vqvae2": ("joint", "mask")}
+MODES = {"cvae": ("joint", "mask", "inpaint"), "ldm": ("joint", "mask", "inpaint"), "vqvae2": ("joint", "mask", "inpaint")}
 LOOP = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1000, "log_every": 1}
 VARIANTS = [f"{f}/{m}" if m != "joint" else f for f in sorted(REGISTRY) for m in MODES.get(f, ("joint",))]
 
@@ -50,11 +51,25 @@ def _masks(n, size, seed=0):
     return masks
 
 
+def _context(masks, seed=0):
+    """Backgrounds (noise) and regions (each mask dilated by 2 px) for an inpainting family."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    images = torch.rand((len(masks), 1, *masks.shape[1:]), generator=g)
+    return Context(images, disk_dilate(masks > 0, 2))
+
+
+def _call(gen, labels, g, masks, settings=None, seed=0):
+    """``sample`` with the context an inpainting family needs (backgrounds made from ``seed``)."""
+    if getattr(gen.model, "inpaints", False):
+        return gen.model.sample(labels, g, masks, settings, context=_context(masks, seed))
+    return gen.model.sample(labels, g, masks, settings)
+
+
 def _sample(run, labels, seed, generator=None, settings=None):
     gen = load_generator(run)
     masks = _masks(len(labels), gen.spec.image_size) if gen.model.mask_conditioned else None
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
-    return gen.model.sample(torch.tensor(labels), g, masks, settings), gen
+    return _call(gen, torch.tensor(labels), g, masks, settings), gen
 
 
 def test_sample_contract(trained):
@@ -79,6 +94,29 @@ def test_mask_argument_follows_the_mode(trained):
     wrong = None if gen.model.mask_conditioned else _masks(2, size)
     with pytest.raises(ValueError, match="mask"):
         gen.model.sample(labels, g, wrong)
+    if getattr(gen.model, "inpaints", False):  # an inpainting family needs its backgrounds and regions
+        with pytest.raises(ValueError, match="Context"):
+            gen.model.sample(labels, g, _masks(2, size))
+    elif gen.model.mask_conditioned:  # and no other family takes them
+        with pytest.raises((ValueError, TypeError)):
+            gen.model.sample(labels, g, _masks(2, size), None, context=_context(_masks(2, size)))
+
+
+def test_an_inpainting_family_fills_the_region_from_its_noise_and_reads_the_background(trained):
+    _, run = trained
+    gen = load_generator(run)
+    if not getattr(gen.model, "inpaints", False):
+        pytest.skip("not an inpainting mode")
+    size = gen.spec.image_size
+    masks = _masks(2, size)
+    ctx = _context(masks)
+    a = gen.model.sample(torch.tensor([1, 2]), [torch.Generator().manual_seed(1) for _ in range(2)], masks, context=ctx)
+    b = gen.model.sample(torch.tensor([1, 2]), [torch.Generator().manual_seed(2) for _ in range(2)], masks, context=ctx)
+    inside = ctx.regions[:, None].expand_as(a.images)
+    assert not torch.equal(a.images[inside], b.images[inside])  # other noise, other lesion
+    other = Context(1.0 - ctx.images, ctx.regions)  # another background, the same regions and noise
+    c = gen.model.sample(torch.tensor([1, 2]), [torch.Generator().manual_seed(1) for _ in range(2)], masks, context=other)
+    assert not torch.equal(a.images, c.images)
 
 
 def test_the_mask_conditions_the_image(trained):
@@ -87,8 +125,8 @@ def test_the_mask_conditions_the_image(trained):
     if not gen.model.mask_conditioned:
         pytest.skip("joint mode: the generator makes its own mask")
     size = gen.spec.image_size
-    a = gen.model.sample(torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=0))
-    b = gen.model.sample(torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=5))
+    a = _call(gen, torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=0))
+    b = _call(gen, torch.tensor([2]), [torch.Generator().manual_seed(1)], _masks(1, size, seed=5))
     assert not torch.equal(a.images, b.images)
 
 
@@ -108,11 +146,17 @@ def test_one_generator_per_item_makes_items_independent_of_the_batch(trained):
     size = gen.spec.image_size
     masks = _masks(4, size) if gen.model.mask_conditioned else None
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
-    full = gen.model.sample(torch.tensor([0, 1, 2, 1]), gens, masks)
+    full = _call(gen, torch.tensor([0, 1, 2, 1]), gens, masks)
     # item 2 alone, padded with other items to the same batch size (oneDNN differs across batch sizes)
     other = [torch.Generator().manual_seed(7) for _ in range(3)]
-    again = gen.model.sample(torch.tensor([2, 0, 0, 0]), [torch.Generator().manual_seed(102)] + other,
-                             None if masks is None else torch.cat([masks[2:3], masks[:3]]))
+    if getattr(gen.model, "inpaints", False):
+        ctx = _context(masks)
+        order = [2, 0, 1, 3]
+        again = gen.model.sample(torch.tensor([2, 0, 0, 0]), [torch.Generator().manual_seed(102)] + other, masks[order],
+                                 context=Context(ctx.images[order], ctx.regions[order]))
+    else:
+        again = gen.model.sample(torch.tensor([2, 0, 0, 0]), [torch.Generator().manual_seed(102)] + other,
+                                 None if masks is None else torch.cat([masks[2:3], masks[:3]]))
     assert torch.equal(full.images[2], again.images[0]) and torch.equal(full.masks[2], again.masks[0])
 
 

@@ -46,7 +46,14 @@ Its network is an ``nn.Module`` with:
 * ``Sampler``: a pydantic schema of the sampling-time settings (temperature, steps, guidance
   ...); ``augment sample --set sampler.KEY=VALUE`` is validated by it and every row's
   provenance records it;
-* ``mask_conditioned``: whether ``sample`` needs real masks (``mask_source: real``).
+* ``mask_conditioned``: whether ``sample`` needs real masks (``mask_source: real``);
+* ``inpaints`` (optional, default false): ``mode: inpaint``, the family fills a region of a real
+  background: ``sample`` then also takes ``context`` (:class:`Context`: the backgrounds and the
+  regions, with the given masks placed inside the regions) and returns whole images whose
+  pixels inside each region are generated (outside them anything: the sampler composites the
+  background back with a feathered seam, :mod:`augment.placement`). Training sees each budget
+  pair with a region made from its own mask (:func:`training_regions`) and counts the image loss
+  inside the region only.
 
 Tensor contract shared by all families: ``images`` (B, C, H, W) float32 in [0, 1]; ``masks``
 (B, H, W) int64 class indices; ``labels`` (B,) int64 class labels. Randomness always comes in
@@ -81,6 +88,15 @@ class Sample:
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an inpainting family fills: ``images`` (B, C, H, W) float32 in [0, 1], the real
+    backgrounds, and ``regions`` (B, H, W) bool, where to generate."""
+
+    images: torch.Tensor
+    regions: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,7 @@ class GeneratorModel(Protocol):
         generator: torch.Generator | Sequence[torch.Generator],
         masks: torch.Tensor | None = None,
         settings: Strict | None = None,
+        context: Context | None = None,
     ) -> Sample: ...
 
 
@@ -175,3 +192,32 @@ def label_maps(labels: torch.Tensor, num_classes: int, height: int, width: int) 
     """(B,) int64 -> (B, num_classes, H, W) constant one-hot planes (conditioning by concatenation)."""
     onehot = torch.nn.functional.one_hot(labels, num_classes).float()
     return onehot[:, :, None, None].expand(-1, -1, height, width)
+
+
+def disk_dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, H, W) bool dilated by a disk of ``radius`` px (as :func:`augment.placement.dilate`)."""
+    if radius <= 0:
+        return masks.bool()
+    r = int(radius)
+    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+    kernel = ((yy**2 + xx**2) <= r * r).to(device=masks.device, dtype=torch.float32)[None, None]
+    hit = torch.nn.functional.conv2d(masks.float()[:, None], kernel, padding=r)[:, 0]
+    return hit > 0.5
+
+
+def training_regions(masks: torch.Tensor, margin: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, H, W) int64 masks -> (B, H, W) bool regions to inpaint in training: each lesion dilated by
+    ``margin`` of the side (as the sampler's placement regions are), and for an image without a
+    lesion a random ellipse (centre in the middle 60 %, radii 8-25 % of the side) from ``generator``,
+    so normal tissue is inpainted too."""
+    b, h, w = masks.shape
+    side = min(h, w)
+    regions = disk_dilate(masks > 0, round(margin * side))
+    u = torch.rand((b, 4), generator=generator, device=generator.device).to(masks.device)
+    yy = torch.arange(h, device=masks.device, dtype=torch.float32)[None, :, None]
+    xx = torch.arange(w, device=masks.device, dtype=torch.float32)[None, None, :]
+    cy, cx = (0.2 + 0.6 * u[:, 0]) * h, (0.2 + 0.6 * u[:, 1]) * w
+    ry, rx = (0.08 + 0.17 * u[:, 2]) * side, (0.08 + 0.17 * u[:, 3]) * side
+    ellipse = ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 <= 1.0
+    empty = ~(masks > 0).flatten(1).any(1)
+    return torch.where(empty[:, None, None], ellipse, regions)

@@ -1,0 +1,148 @@
+"""Inpaint mode and the placement prior (augment.placement, augment.inpainting): lesions on real
+budget backgrounds, inside the field of view, clear of the existing lesion, with the background
+kept byte for byte outside the region, recorded provenance and exact regeneration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from augment.config import validate
+from augment.data.images import read_image, read_mask
+from augment.data.manifest import read_manifest
+from augment.data.phantom import phantom_pair
+from augment.errors import DataError
+from augment.inpainting import jittered_shape, paste, scene
+from augment.masks import JitterConfig
+from augment.placement import Backgrounds, PlacementConfig, dilate, field_of_view, margin_px
+from augment.sampling import SampleConfig, regenerate, sample
+from tests.conftest import TINY_CVAE
+
+CFG = PlacementConfig()
+
+
+def _circle(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An endoscope-like frame: black outside a centred circle."""
+    n = mask.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n]
+    inside = (yy - (n - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2 <= (0.42 * n) ** 2
+    out = image.copy()
+    out[~inside] = 0
+    return out, (mask * inside).astype(np.uint8)
+
+
+def _backgrounds(n: int = 12, size: int = 32, rgb: bool = False, circle: bool = False) -> Backgrounds:
+    pairs = [phantom_pair(i, (0, 1, 2)[i % 3], size, 0, rgb) for i in range(n)]
+    if circle:
+        pairs = [_circle(*p) for p in pairs]
+    return Backgrounds.of([f"r{i}" for i in range(n)], [p[0] for p in pairs], [p[1] for p in pairs], CFG)
+
+
+def test_field_of_view_is_the_circle_of_an_endoscope_frame_with_its_dark_lesions_inside():
+    image, mask = _circle(*phantom_pair(1, 1, 64, 0, True))
+    fov = field_of_view(image, CFG.fov_threshold)
+    n = 64
+    yy, xx = np.mgrid[0:n, 0:n]
+    r2 = (yy - 31.5) ** 2 + (xx - 31.5) ** 2
+    assert not fov[r2 > (0.45 * n) ** 2].any()  # nothing on the black surround
+    assert fov[r2 < (0.35 * n) ** 2].all()  # the whole inner disc, dark lesion included
+    assert fov[mask > 0].mean() > 0.9
+
+
+@pytest.mark.parametrize("rgb,circle", [(False, False), (True, True)])
+def test_placements_stay_inside_the_view_and_clear_of_the_background_lesion(rgb, circle):
+    bg = _backgrounds(24, 32, rgb, circle)
+    lesions = [i for i, m in enumerate(bg.masks) if m.any()]
+    r = margin_px(CFG, 32)
+    for seed in range(30):
+        src = lesions[seed % len(lesions)]
+        s = scene(bg, bg.ids[src], jittered_shape(bg.masks[src], JitterConfig(), seed), True, CFG, seed, "t")
+        assert s.region.any() and (s.given > 0).any()
+        assert not (s.region & ~bg.fovs[s.background]).any()
+        assert not (s.region & dilate(bg.masks[s.background] > 0, r)).any()
+        assert (s.region >= (s.given > 0)).all()
+
+
+def test_copy_paste_keeps_the_background_outside_the_region_and_unites_the_masks():
+    bg = _backgrounds(12, 32, True, True)
+    for seed in range(8):
+        image, mask, record = paste(bg, 1, JitterConfig(), CFG, seed, "t")
+        b = bg.index(record["background"])
+        assert record["background"] != "r1" and record["shape"] == "r1"
+        y0, x0, y1, x1 = record["region"]
+        outside = np.ones(mask.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(image[outside], bg.images[b][outside])  # byte for byte
+        assert ((mask > 0) >= (bg.masks[b] > 0)).all() and (mask > 0).sum() > (bg.masks[b] > 0).sum()
+        assert image.shape == bg.images[b].shape and image.dtype == np.uint8
+
+
+def test_a_budget_without_lesions_and_a_lesion_that_fits_nowhere_are_one_clear_line_each():
+    pairs = [phantom_pair(i, 0, 32, 0) for i in range(4)]
+    with pytest.raises(DataError, match="no image with a lesion mask"):
+        Backgrounds.of(["a", "b", "c", "d"], [p[0] for p in pairs], [p[1] for p in pairs], CFG)
+    bg = _backgrounds(6, 32)
+    huge = np.ones((60, 60), np.uint8)
+    with pytest.raises(DataError, match="larger than every background"):
+        scene(bg, "x", huge, True, CFG, 0, "sample syn_c1_000000")
+    tight = PlacementConfig(min_scale=1.0, max_scale=1.0, tries=4)
+    with pytest.raises(DataError, match=r"sample syn_c1_000000: the lesion could not be placed .* after 4 tries"):
+        scene(bg, "x", np.ones((20, 20), np.uint8), True, tight, 0, "sample syn_c1_000000")
+
+
+@pytest.fixture(scope="module")
+def inpaint_run(phantom_dir, tmp_path_factory):
+    from augment.api import train
+    from augment.generators import TrainConfig
+
+    out = tmp_path_factory.mktemp("inpaint_run") / "run"
+    cfg = validate(TrainConfig, {
+        "data": phantom_dir, "out": out, "budget": 24, "seed": 0, "generator": {**TINY_CVAE, "mode": "inpaint"},
+        "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 1000},
+    }, "train")
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inpaint_syn(inpaint_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inpaint_syn") / "syn"
+    cfg = validate(SampleConfig, {"generator": inpaint_run, "out": out, "batch_size": 4,
+                                  "balance": {"strategy": "ratio", "ratio": 1.0, "mask_source": "real"}}, "sample")
+    sample(cfg, echo=lambda *_: None)
+    return out
+
+
+def test_inpainted_pairs_keep_their_background_outside_the_region_and_record_the_placement(inpaint_syn, inpaint_run):
+    from augment.generators.artifact import load_run
+
+    info = load_run(inpaint_run)
+    rows = info.rows.set_index("id")
+    df = read_manifest(inpaint_syn)
+    assert set(df["background_id"]) <= set(rows.index)  # a budget image, never val/test
+    changed = 0
+    for r in df.itertuples():
+        record = json.loads(r.placement)
+        assert record["background"] == r.background_id and record["shape"] in rows.index
+        background = read_image(info.data_dir / rows.loc[r.background_id, "image"])
+        bmask = read_mask(info.data_dir / rows.loc[r.background_id, "mask"])
+        image, mask = read_image(inpaint_syn / r.image), read_mask(inpaint_syn / r.mask)
+        y0, x0, y1, x1 = record["region"]
+        outside = np.ones(mask.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(image[outside], background[outside])
+        assert ((mask > 0) >= (bmask > 0)).all()  # the background's own lesion is kept
+        assert ((mask > 0).sum() > (bmask > 0).sum()) == record["lesion"]  # a lesion class gains its placed lesion
+        changed += not np.array_equal(image, background)
+    assert changed == len(df)
+
+
+def test_an_inpainted_row_regenerates_byte_for_byte(inpaint_syn):
+    df = read_manifest(inpaint_syn)
+    for rid in df["id"].iloc[[0, -1]]:
+        row = df.set_index("id").loc[rid]
+        image, mask = regenerate(inpaint_syn, rid)
+        assert np.array_equal(image, read_image(inpaint_syn / row["image"]))
+        assert np.array_equal(mask, read_mask(inpaint_syn / row["mask"]))
