@@ -6,6 +6,8 @@ task model (:mod:`augment.downstream`) on each arm, with each seed, and test on 
 
 * ``real``: the budget subset the generator was trained on;
 * ``real+classic``: the same, with classic paired augmentation (albumentations);
+* ``real+copypaste+classic`` (asked for by name): the same, with real lesions pasted into other
+  budget images (:mod:`augment.copypaste`), the baseline a generator must beat;
 * ``real+synthetic``: the budget subset plus the synthetic pairs;
 * ``real+synthetic+classic``: both;
 * ``synthetic``: the synthetic pairs alone (a reference, not a recipe);
@@ -58,13 +60,16 @@ from augment.lock import locked
 from augment.output import atomic_path, discard, read_json, resumable_output
 from augment.plausibility import ScorerConfig
 from augment.progress import stage
+from augment.copypaste import CopyPasteConfig
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed
-from augment.verdicts import ARM_ORDER, SHARED_ARMS  # the arms, and those without synthetic data (shared by every generator)
+from augment.verdicts import ARM_ORDER, COPYPASTE, SHARED_ARMS  # the arms, and those without synthetic data (shared by every generator)
 
 ARMS = tuple(ARM_ORDER)
-Arm = Literal["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
+Arm = Literal["real", "real+classic", "real+copypaste+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
+#: the arms trained unless a spec names others (copy-paste is asked for by name: it needs masks)
+DEFAULT_ARMS = [a for a in ARMS if a != COPYPASTE]
 NO_GENERATOR = "none"
 
 
@@ -72,10 +77,12 @@ class EvaluationSettings(Strict):
     """What an evaluation trains, shared by ``augment evaluate`` and a pipeline's ``evaluate:``."""
 
     task: Literal["segmentation", "classification", "both"] = "segmentation"
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), description="fixed arms (may be empty when recipes are given)")
+    arms: list[Arm] = Field(default_factory=lambda: list(DEFAULT_ARMS),
+                            description="fixed arms (may be empty when recipes are given); real+copypaste+classic on request")
     segmentation: TaskConfig = Field(default_factory=TaskConfig)
     classification: TaskConfig = Field(default_factory=lambda: TaskConfig(steps=400, batch_size=32))
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
+    copypaste: CopyPasteConfig = Field(default_factory=CopyPasteConfig, description="the real+copypaste+classic arm (augment.copypaste)")
     recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="named recipes, trained as extra arms (augment.recipes)")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the reconstruction filter's VAE")
 
@@ -176,6 +183,8 @@ def evaluate(cfg: EvaluateConfig, echo=print) -> Path:
     has_masks = bool((real["mask"] != "").all())
     if "segmentation" in tasks and not has_masks:
         raise DataError(f"`{cfg.data}` has images without masks; use --task classification")
+    if COPYPASTE in cfg.arms and not has_masks:
+        raise ConfigError(f"evaluate: arm `{COPYPASTE}` pastes lesions by their masks; `{cfg.data}` has images without masks")
     if "classification" in tasks and cfg.classification.selection == "best_val_dice_fpr":
         raise ConfigError("evaluate: classification.selection best_val_dice_fpr counts a segmenter's false positives; "
                           "use best_val or last for classification")
@@ -395,6 +404,8 @@ def _train(cfg: EvaluateConfig, out: Path, task: str, task_cfg: TaskConfig, arm:
     """One fixed arm or recipe for one seed, trained and tested."""
     if arm in cfg.recipes:
         return _train_recipe(cfg, out, task, arm, seed, parts, shapes, classes, inputs, echo)
+    if arm == COPYPASTE:
+        return _train_copypaste(cfg, out, task, task_cfg, seed, parts, shapes, classes)
     if arm in SHARED_ARMS:
         train = parts["real"]
     elif arm == "synthetic":
@@ -403,6 +414,25 @@ def _train(cfg: EvaluateConfig, out: Path, task: str, task_cfg: TaskConfig, arm:
         train = concat(parts["real"], parts["synthetic"])
     augment = _classic(cfg, seed) if arm.endswith("classic") else None
     return train_arm(task, train, parts["val"], parts["test"], task_cfg, shapes, seed, augment, names=classes)
+
+
+def _train_copypaste(cfg: EvaluateConfig, out: Path, task: str, task_cfg: TaskConfig, seed: int, parts: dict, shapes: Shapes,
+                     classes: dict[int, str]) -> dict:
+    """The copy-paste arm for one seed: paste, mix as the frac50 recipe does, train, test."""
+    from augment.copypaste import pasted
+    from augment.recipes import schedule
+
+    real = parts["real"]
+    pairs, provenance = pasted(real, cfg.copypaste, mix_seed(seed, 0xC0B7))
+    path = out / "copypaste" / f"seed{seed}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        provenance.to_csv(tmp, index=False)
+    mix = RecipeConfig(mix="fraction", synthetic_fraction=cfg.copypaste.synthetic_fraction)
+    batches = schedule(mix, len(real), len(pairs), task_cfg.batch_size, task_cfg.steps, seed)
+    result = train_arm(task, concat(real, pairs), parts["val"], parts["test"], task_cfg, shapes, seed, _classic(cfg, seed),
+                       batches, names=classes)
+    return {**result, "n_synthetic": len(pairs), "copypaste": cfg.copypaste.model_dump(mode="json")}
 
 
 def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: dict, shapes: Shapes, inputs: dict) -> pd.DataFrame:

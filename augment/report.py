@@ -76,6 +76,11 @@ def ranking_text(table: pd.DataFrame, task: str = "segmentation") -> str:
     })
     if table[f"{second}_delta"].isna().all():
         shown = shown.drop(columns=[f"{second} delta [95% CI]", second])
+    if f"{main}_delta_vs_copypaste" in table:  # the second bar: real lesions pasted, no generator
+        at = shown.columns.get_loc(main) + 1
+        shown.insert(at, "vs copy-paste [95% CI]", [_fmt(r[f"{main}_delta_vs_copypaste"], r[f"{main}_ci_low_vs_copypaste"],
+                                                         r[f"{main}_ci_high_vs_copypaste"], signed=True)
+                                                    if pd.notna(r[f"{main}_delta_vs_copypaste"]) else "–" for _, r in table.iterrows()])
     if "p_holm" in table:  # the exploratory test ranking: Holm-adjusted across every comparison in it
         at = shown.columns.get_loc(main) + 1
         shown.insert(at, f"{main} Holm [CI]", [_fmt(r[f"{main}_delta"], r["holm_ci_low"], r["holm_ci_high"], signed=True)
@@ -95,7 +100,8 @@ def quality_table(quality: list[dict]) -> pd.DataFrame:
 
 
 RANKING_NOTE = ("paired delta vs real+classic, pooled over every (budget, seed) pair (mean [95% CI]; "
-                "better / worse: the interval excludes 0; –: fewer than 2 pairs, no interval; bN: mean delta at budget N)")
+                "better / worse: the interval excludes 0; –: fewer than 2 pairs, no interval; bN: mean delta at budget N; "
+                "vs copy-paste: the same paired delta against real+copypaste+classic, where that arm was trained)")
 EXPLORATORY_NOTE = ("Exploratory: ranked on the test split after every arm was trained, so the first place here was not "
                     "chosen in advance. Holm [CI]: the interval adjusted for every comparison in this table (Holm's "
                     "step-down, family-wise 95%), with its adjusted p-value; trust a 'better' only where the Holm interval "

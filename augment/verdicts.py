@@ -125,8 +125,11 @@ def holm_intervals(samples: Sequence[np.ndarray], alpha: float = 0.05) -> list[d
 METRIC_RANGE = {m: (0.0, 1.0) for m in ("dice", "fpr", "dice_all", "balanced_accuracy", "macro_f1", "minority_recall", "auroc")}
 #: the evaluation arms in report order (augment.evaluate takes them from here), and those without
 #: synthetic data, trained once per (budget, seed) and shared by every generator
-ARM_ORDER = ["real", "real+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
-SHARED_ARMS = ("real", "real+classic")
+ARM_ORDER = ["real", "real+classic", "real+copypaste+classic", "real+synthetic", "real+synthetic+classic", "synthetic"]
+#: the baseline a generator must beat beside real+classic: real lesions pasted into other budget
+#: images (augment.copypaste), with classic augmentation; it needs no generator
+COPYPASTE = "real+copypaste+classic"
+SHARED_ARMS = ("real", "real+classic", COPYPASTE)
 
 
 def _clip(ci: tuple[float, float, float], metric: str, delta: bool = False) -> tuple[float, float, float]:
@@ -223,14 +226,33 @@ def ranking(rows: pd.DataFrame, task: str = "segmentation") -> pd.DataFrame:
     ``no evidence`` when it holds 0, ``unknown`` with fewer than 2 pairs. Per budget B:
     ``{main}_delta_bB`` with its interval (``{main}_ci_low_bB``, ``{main}_ci_high_bB``) and
     ``n_pairs_bB``; the second metric's the same, named ``{second}_delta_bB`` ... and
-    ``{second}_n_pairs[_bB]``."""
+    ``{second}_n_pairs[_bB]``. The copy-paste arm (:data:`COPYPASTE`, generator ``none``) is
+    ranked too, and every other row gets its main-metric delta against it, pooled and per
+    budget: ``{main}_delta_vs_copypaste[_bB]`` with ``..._ci_low_vs_copypaste[_bB]``,
+    ``..._ci_high_vs_copypaste[_bB]`` and ``verdict_vs_copypaste``."""
     rows = with_generator(rows)
     rows = rows[rows["task"] == task]
     main, second = RANKED[task]
     ref = rows[(rows["generator"] == "none") & (rows["arm"] == "real+classic")].set_index(["budget", "seed", "metric"])["value"]
+    pasted = rows[(rows["generator"] == "none") & (rows["arm"] == COPYPASTE)]
+    cp = pasted[pasted["metric"] == main].set_index(["budget", "seed", "metric"])["value"]
+    groups = list(rows[rows["generator"] != "none"].groupby(["generator", "arm"], sort=False))
+    if len(pasted):
+        groups.append((("none", COPYPASTE), pasted))
     out = []
-    for (generator, arm), group in rows[rows["generator"] != "none"].groupby(["generator", "arm"], sort=False):
+    for (generator, arm), group in groups:
         rec = {"arm": row_label(generator, arm), "generator": generator, "recipe": arm}
+        if len(cp) and arm != COPYPASTE:
+            part = group[group["metric"] == main].set_index(["budget", "seed", "metric"])["value"]
+            d, lo, hi, _ = paired_delta(part, cp, main)
+            rec.update({f"{main}_delta_vs_copypaste": d, f"{main}_ci_low_vs_copypaste": lo,
+                        f"{main}_ci_high_vs_copypaste": hi, "verdict_vs_copypaste": _verdict(main, lo, hi)})
+            for budget, g in part.groupby(level="budget"):
+                bd, blo, bhi, bn = paired_delta(g, cp, main)
+                if bn:
+                    b = int(budget)
+                    rec.update({f"{main}_delta_vs_copypaste_b{b}": bd, f"{main}_ci_low_vs_copypaste_b{b}": blo,
+                                f"{main}_ci_high_vs_copypaste_b{b}": bhi})
         for metric in (main, second):
             part = group[group["metric"] == metric].set_index(["budget", "seed", "metric"])["value"]
             d, lo, hi, n = paired_delta(part, ref, metric)
@@ -362,9 +384,15 @@ def verdicts(rows: pd.DataFrame, picks: dict[str, dict] | None = None, generator
                 n = f"n_pairs{suffix}" if metric == main else f"{metric}_n_pairs{suffix}"
                 rec = {"task": task, "generator": best["generator"], "arm": best["recipe"], "budget": budget, "metric": metric,
                        "delta": float(d), "ci_low": None if pd.isna(lo) else float(lo), "ci_high": None if pd.isna(hi) else float(hi),
-                       "n_pairs": int(best[n]), "generator_seeds": generator_seeds,
+                       "n_pairs": int(best[n]), "generator_seeds": None if best["recipe"] == COPYPASTE else generator_seeds,
                        "selected_on": "validation" if pick is not None else "test", "headline": headline,
                        "verdict": VERDICT_WORDS.get(_verdict(metric, lo, hi), "unknown")}
+                cd = best.get(f"{metric}_delta_vs_copypaste{suffix}")
+                if cd is not None and not pd.isna(cd):  # the same pick against copy-paste
+                    clo, chi = best[f"{metric}_ci_low_vs_copypaste{suffix}"], best[f"{metric}_ci_high_vs_copypaste{suffix}"]
+                    rec["vs_copypaste"] = {"delta": float(cd), "ci_low": None if pd.isna(clo) else float(clo),
+                                           "ci_high": None if pd.isna(chi) else float(chi),
+                                           "verdict": _verdict(metric, clo, chi)}
                 out.append({**rec, "line": verdict_line(rec)})
     return out
 
@@ -377,13 +405,19 @@ def verdict_line(rec: dict) -> str:
     gseeds = rec.get("generator_seeds")
     if gseeds:
         pairs += f", {gseeds} generator seed{'s' if gseeds > 1 else ''}"
-    head = f"{rec['generator']} ({rec['arm']}) {where}"
+    head = f"copy-paste ({rec['arm']}) {where}" if rec["arm"] == COPYPASTE else f"{rec['generator']} ({rec['arm']}) {where}"
+    what = "pasted real lesions" if rec["arm"] == COPYPASTE else "synthetic data"
     if rec.get("headline"):
         head = f"Selected on validation, over every generator: {head}, on test"
     value = f"{rec['delta']:+.3f} {METRIC_NAMES.get(rec['metric'], rec['metric'])}"
     if rec["verdict"] == "unknown":
         return f"{head}: {value} vs real+classic ({pairs}); not enough seeds for an interval"
-    return f"{head}: synthetic data {rec['verdict']} vs real+classic: {value} [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}] ({pairs})"
+    line = f"{head}: {what} {rec['verdict']} vs real+classic: {value} [{rec['ci_low']:+.3f}, {rec['ci_high']:+.3f}] ({pairs})"
+    cp = rec.get("vs_copypaste")
+    if cp and cp["ci_low"] is not None:
+        word = {"better": "beat", "worse": "lost to", "no evidence": "did not beat"}[cp["verdict"]]
+        line += f"; it {word} copy-paste: {cp['delta']:+.3f} [{cp['ci_low']:+.3f}, {cp['ci_high']:+.3f}]"
+    return line
 
 
 # ---- the audit's quality rows as pass / flag checks ----

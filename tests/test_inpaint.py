@@ -146,3 +146,46 @@ def test_an_inpainted_row_regenerates_byte_for_byte(inpaint_syn):
         image, mask = regenerate(inpaint_syn, rid)
         assert np.array_equal(image, read_image(inpaint_syn / row["image"]))
         assert np.array_equal(mask, read_mask(inpaint_syn / row["mask"]))
+
+
+def test_the_copy_paste_arm_trains_on_pasted_budget_lesions_and_records_them(phantom_dir, tmp_path):
+    import pandas as pd
+
+    from augment.data.manifest import load_data
+    from augment.data.splits import select_budget
+    from augment.evaluate import EvaluateConfig, evaluate
+    from tests.conftest import TINY_TASK
+
+    cfg = validate(EvaluateConfig, {"data": phantom_dir, "out": tmp_path / "r", "budget": 24, "budget_seed": 0,
+                                    "arms": ["real+classic", "real+copypaste+classic"], "seeds": [0],
+                                    "segmentation": TINY_TASK, "copypaste": {"ratio": 2.0}}, "evaluate")
+    evaluate(cfg, echo=lambda *_: None)
+    rows = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert set(rows["arm"]) == {"real+classic", "real+copypaste+classic"} and set(rows["generator"]) == {"none"}
+    result = json.loads((tmp_path / "r" / "runs" / "segmentation__real_copypaste_classic__seed0.json").read_text())
+    assert result["n_synthetic"] == 48 and result["n_train"] == 24 + 48
+    provenance = pd.read_csv(tmp_path / "r" / "copypaste" / "seed0.csv")
+    df, _ = load_data(phantom_dir)
+    budget = set(select_budget(df, 24, 0)["id"])
+    assert len(provenance) == 48 and set(provenance["shape"]) | set(provenance["background"]) <= budget
+    assert (provenance["shape"] != provenance["background"]).all()
+    # the real budget's lesions are pasted evenly (ratio 2 over its lesion images: each 2-3 times)
+    counts = provenance["shape"].value_counts()
+    assert counts.max() - counts.min() <= 1
+
+
+def test_copy_paste_on_a_set_without_masks_is_refused(tmp_path):
+    from augment.errors import ConfigError
+    from augment.evaluate import EvaluateConfig, evaluate
+    from tests.conftest import write_folder
+
+    from augment.api import prepare
+    from augment.config import PrepareConfig
+
+    src = write_folder(tmp_path / "src", {0: 8, 1: 8}, masks=False)
+    prepare(PrepareConfig(source=str(src), out=tmp_path / "p"))
+    cfg = validate(EvaluateConfig, {"data": tmp_path / "p", "out": tmp_path / "r", "task": "classification",
+                                    "arms": ["real+copypaste+classic"], "seeds": [0]}, "evaluate")
+    with pytest.raises(ConfigError, match=r"real\+copypaste\+classic. pastes lesions by their masks"):
+        evaluate(cfg, echo=lambda *_: None)
+    assert not (tmp_path / "r").exists()

@@ -1,4 +1,4 @@
-"""Latent diffusion: guidance, the latent round trip, the latent scale, both solvers, both modes.
+"""Latent diffusion: guidance, the latent round trip, the latent scale, both solvers, every mode.
 
 The registry's contract test (tests/test_generators.py) covers the family's sampling contract
 and byte-exact regeneration; these check what is particular to diffusion."""
@@ -11,6 +11,7 @@ import torch
 from augment.config import validate
 from augment.errors import ConfigError
 from augment.generators import DataSpec, TrainConfig, build
+from augment.generators.base import Context, disk_dilate
 from augment.generators.ldm import LDMConfig, LDMSampler
 from tests.conftest import TINY
 
@@ -28,19 +29,30 @@ def _masks(n, size=16):
     return m
 
 
-@pytest.mark.parametrize("mode", ["joint", "mask"])
+def _context(n, size=16):
+    images = torch.rand((n, 1, size, size), generator=torch.Generator().manual_seed(9))
+    return Context(images, disk_dilate(_masks(n, size) > 0, 1))
+
+
+@pytest.mark.parametrize("mode", ["joint", "mask", "inpaint"])
 def test_guidance_one_is_the_plain_conditional_path(mode):
-    """Guidance 1 equals a DDIM loop written out here that only ever calls the conditional denoiser."""
+    """Guidance 1 equals a DDIM loop written out here that only ever calls the conditional denoiser
+    (in inpaint mode its input also holds the blanked background's latent and the region's area)."""
     model = _model(mode)
     labels = torch.tensor([0, 2, 1])
-    masks = _masks(3) if mode == "mask" else None
+    masks = _masks(3) if mode != "joint" else None
+    ctx = _context(3) if mode == "inpaint" else None
     settings = LDMSampler(solver="ddim", steps=4, guidance=1.0)
-    got = model.sample(labels, torch.Generator().manual_seed(5), masks, settings)
+    got = model.sample(labels, torch.Generator().manual_seed(5), masks, settings, ctx)
 
     z = torch.randn((3, 2, 8, 8), generator=torch.Generator().manual_seed(5))
     sched = model.scheduler(settings)
     extra = None if masks is None else model._mask_input(masks)
     with torch.no_grad():
+        if ctx is not None:
+            region = ctx.regions[:, None].float()
+            blanked = model.encode(ctx.images * (1 - region), torch.zeros_like(masks))
+            extra = torch.cat([extra, blanked, torch.nn.functional.avg_pool2d(region, 2)], 1)
         for t in sched.timesteps:
             x = z if extra is None else torch.cat([z, extra], 1)
             z = sched.step(model.unet(x, t, class_labels=labels).sample, t, z).prev_sample
@@ -188,3 +200,47 @@ def test_resumed_inside_the_denoiser_phase_equals_uninterrupted(phantom_dir, tmp
     a, b = load_file(clean / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert float(a["latent_scale"]) != 1.0
+
+
+def test_inpaint_denoiser_input_reads_the_background_outside_the_region_only():
+    model = _model("inpaint")
+    assert model.inpaints and model.mask_conditioned and not _model("mask").inpaints
+    assert model.unet.config.in_channels == 2 + 3 + 2 + 1  # noisy latents, mask, blanked background latent, region
+    ctx = _context(2)
+    inside = ctx.regions[:, None]
+    changed_in = Context(torch.where(inside, 1.0 - ctx.images, ctx.images), ctx.regions)
+    changed_out = Context(torch.where(inside, ctx.images, 1.0 - ctx.images), ctx.regions)
+    with torch.no_grad():
+        a, b, c = (model._context_input(x) for x in (ctx, changed_in, changed_out))
+    assert a.shape == (2, 3, 8, 8)
+    assert torch.equal(a, b)  # the pixels to be generated never reach the denoiser (no leak of the target)
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="Context"):
+        model.sample(torch.tensor([0, 1]), torch.Generator(), _masks(2))
+    with pytest.raises(ValueError, match="context"):
+        _model("mask").sample(torch.tensor([0, 1]), torch.Generator(), _masks(2), context=ctx)
+
+
+@pytest.mark.parametrize("outside", [0.0, 0.1])
+def test_inpaint_loss_is_weighted_toward_the_region(monkeypatch, outside):
+    """The denoising loss's gradient reaches latent cells touching no region pixel only with
+    weight ``OUTSIDE_WEIGHT`` (none at 0). Every image has a lesion, so the training regions are
+    the lesions dilated by round(0.08 * 16) = 1 px."""
+    from augment.generators import ldm
+
+    monkeypatch.setattr(ldm, "OUTSIDE_WEIGHT", outside)
+    model = _model("inpaint").train()
+    masks = _masks(3)
+    touched = torch.nn.functional.max_pool2d(disk_dilate(masks > 0, 1)[:, None].float(), 2).expand(3, 2, 8, 8) > 0
+    outputs = []
+
+    def keep(module, inputs, out):  # returns None: the output is left as it is
+        out.sample.retain_grad()
+        outputs.append(out.sample)
+
+    model.unet.register_forward_hook(keep)
+    loss, logs = model(torch.rand(3, 1, 16, 16), masks, torch.tensor([0, 1, 2]), "denoiser", 0, torch.Generator().manual_seed(0))
+    loss.backward()
+    grad = outputs[0].grad
+    assert bool((grad[touched] != 0).all()) and set(logs) == {"denoise_mse", "region_mse"}
+    assert bool((grad[~touched] == 0).all()) == (outside == 0.0)

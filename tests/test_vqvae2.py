@@ -2,7 +2,7 @@
 figures, resume inside each phase, and config errors.
 
 The registry's contract test (tests/test_generators.py) covers the sampling contract and
-byte-exact regeneration for both modes with the default (maskgit) prior; these check what is
+byte-exact regeneration for every mode with the default (maskgit) prior; these check what is
 particular to vector quantisation and token priors."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from augment.config import validate
 from augment.errors import ConfigError
 from augment.generators import DataSpec, TrainConfig, build
+from augment.generators.base import Context
 from augment.generators.vqvae2 import Quantizer, VQVAE2Config, VQVAE2Sampler
 from tests.conftest import TINY, run_ddp, set_args
 
@@ -176,6 +177,67 @@ def test_autoregressive_prior_keeps_the_contract(mode):
     assert torch.equal(full.images[2], again.images[0]) and torch.equal(full.masks[2], again.masks[0])
     other = model.sample(torch.tensor([0, 1, 2, 1]), [torch.Generator().manual_seed(50 + i) for i in range(4)], given)
     assert not torch.equal(full.images, other.images)
+
+
+def _spread(model, seed=1):
+    """Spread the codebooks so that several codes are used (a fresh model maps all to a few)."""
+    g = torch.Generator().manual_seed(seed)
+    for q in (model.quant_top, model.quant_bottom):
+        q.embed.copy_(torch.randn(q.embed.shape, generator=g) * 0.1)
+    return model
+
+
+def test_inpainting_keeps_the_background_codes_and_redraws_only_the_region():
+    model = _spread(_model(mode="inpaint"))
+    assert model.inpaints and model.mask_conditioned and not _model(mode="mask").inpaints
+    backgrounds, masks, labels = _batch(4)
+    regions = torch.zeros(4, 16, 16, dtype=torch.bool)
+    regions[:, 4:8, 4:12] = True  # bottom tokens (4 px) rows 1, cols 1-2; top tokens (8 px) row 0, cols 0-1
+    top0, bottom0 = model.encode(backgrounds, masks)
+    inside_b = torch.zeros(4, 4, 4, dtype=torch.bool)
+    inside_b[:, 1, 1:3] = True
+    inside_t = torch.zeros(4, 2, 2, dtype=torch.bool)
+    inside_t[:, 0, :] = True
+    drawn = [model.draw_codes(labels, [torch.Generator().manual_seed(s + i) for i in range(4)], masks, VQVAE2Sampler(),
+                              Context(backgrounds, regions)) for s in (0, 10)]
+    for top, bottom in drawn:  # outside the region: the background's own codes
+        assert torch.equal(top[~inside_t], top0[~inside_t]) and torch.equal(bottom[~inside_b], bottom0[~inside_b])
+    (ta, ba), (tb, bb) = drawn
+    assert not torch.equal(ba[inside_b], bb[inside_b])  # other noise, other region tokens
+    # the sample is the decoder's image of those codes, with the given masks back
+    s = model.sample(labels, [torch.Generator().manual_seed(i) for i in range(4)], masks, context=Context(backgrounds, regions))
+    assert torch.equal(s.images, model.decode(ta, ba, masks)[0]) and torch.equal(s.masks, masks)
+    # an empty region changes nothing: the background's own codes decoded
+    kept = model.sample(labels, [torch.Generator().manual_seed(i) for i in range(4)], masks,
+                        context=Context(backgrounds, torch.zeros_like(regions)))
+    assert torch.equal(kept.images, model.decode(top0, bottom0, masks)[0])
+
+
+def test_inpaint_prior_masks_and_scores_only_training_region_tokens():
+    """In training (and held-out scoring) the masked tokens are a share of the tokens covering
+    each pair's training region (its lesion dilated by inpaint_margin, an ellipse without one)."""
+    from augment.generators.base import training_regions
+
+    model = _spread(_model(mode="inpaint", inpaint_margin=0.08))
+    images, masks, labels = _batch(6)
+    masks[4:] = 0  # two pairs without a lesion: a random ellipse
+    seen = {}
+    for name in ("top", "bottom"):
+        getattr(model, f"prior_{name}").register_forward_pre_hook(lambda _, args, name=name: seen.__setitem__(name, args[0]))
+    logits = model.prior_logits(images, masks, labels, torch.Generator().manual_seed(0))
+    regions = training_regions(masks, 0.08, torch.Generator().manual_seed(0))  # drawn first, from the same seed
+    top, bottom = model.encode(images, masks)
+    for name, side, codes in (("top", 2, top), ("bottom", 4, bottom)):
+        region = torch.nn.functional.adaptive_max_pool2d(regions[:, None].float(), side).flatten(1) > 0
+        hidden = seen[name] == getattr(model, f"prior_{name}").vocab
+        assert hidden.any(1).all() and not (hidden & ~region).any()  # some, and only region tokens, per pair
+        assert torch.equal(logits[name][1], codes.flatten(1)[hidden])  # the scored targets are the hidden codes
+    assert not region.all()  # the bottom map's region is a part of it: the rest stays visible
+    loss, _ = model.train()(images, masks, labels, phase="prior", step=0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="inpaint needs prior maskgit"):
+        validate(TrainConfig, {"data": "d", "out": "o", "generator": {"family": "vqvae2", "mode": "inpaint",
+                                                                     "prior": "autoregressive"}}, "train")
 
 
 def test_the_prior_is_causal_only_when_autoregressive():

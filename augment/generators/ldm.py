@@ -20,6 +20,17 @@ Two phases, trained in turn by the shared loop:
 latent side, is concatenated to the denoiser's input (dropped to zeros together with the label
 for guidance, with probability ``mask_dropout``) and the given mask is returned unchanged.
 
+``mode: inpaint`` fills a region of a real background for a given mask, as Stable Diffusion's
+inpainting UNet does: beside the mask channels, the denoiser's input gets the latent of the
+background with the region blanked out (``background * (1 - region)``, encoded by the frozen
+autoencoder with an empty mask, posterior mean) and the region's area fraction at the latent
+side. The background is never dropped for guidance (only label and mask are). Training regions
+come from :func:`~augment.generators.base.training_regions` (each lesion dilated by
+``inpaint_margin``, a random ellipse on an image without one), drawn from the step's generator;
+the denoising loss is weighted toward the region (see ``OUTSIDE_WEIGHT``). The autoencoder phase
+is the same in every mode. ``sample`` returns whole decoded images; the sampler composites the
+real background back outside the region (:mod:`augment.placement`).
+
 Sampling runs our own short loop over diffusers' DDIM or DPM-Solver++ (multistep, order 2)
 schedulers, both deterministic given the initial noise, which is drawn per item (one
 ``torch.Generator`` per pair), so one pair can be regenerated alone. Guidance 1 is the plain
@@ -39,12 +50,21 @@ from torch import nn
 
 from augment.config import Strict
 from augment.errors import ConfigError
-from augment.generators.base import DataSpec, Sample, one_hot_masks, randn
+from augment.generators.base import Context, DataSpec, Sample, one_hot_masks, randn, training_regions
+
+#: inpaint mode: loss weight of latent cells that touch no pixel of the region (those touching it
+#: weigh 1). Not 0, unlike the cVAE's pixel loss: the decoder mixes neighbouring latents across the
+#: seam, so latents just outside the region shape its border pixels and must stay plausible; small,
+#: so most of the gradient goes to the region (outside, the blanked background's latent is given).
+OUTSIDE_WEIGHT = 0.1
 
 
 class LDMConfig(Strict):
     family: Literal["ldm"] = "ldm"
-    mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
+    mode: Literal["joint", "mask", "inpaint"] = Field(
+        "joint", description="joint: image and mask from the label; mask: the image for a given mask; inpaint: the lesion "
+        "region of a real background for a given mask")
+    inpaint_margin: float = Field(0.08, ge=0, le=0.5, description="inpaint mode: training regions are lesions dilated by this fraction of the side")
     # phase 1: autoencoder
     ae_channels: tuple[int, ...] = Field((32, 64, 64), description="encoder widths; each entry after the first halves the side (64 px -> 16)")
     ae_layers: int = Field(1, ge=1, le=16, description="resnet layers per autoencoder block")
@@ -59,7 +79,7 @@ class LDMConfig(Strict):
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training labels replaced by the null class (guidance)")
-    mask_dropout: float = Field(0.1, ge=0, lt=1, description="mask mode: share of training masks replaced by zeros (guidance)")
+    mask_dropout: float = Field(0.1, ge=0, lt=1, description="mask and inpaint modes: share of training masks replaced by zeros (guidance)")
 
     @field_validator("ae_channels", "unet_channels")
     @classmethod
@@ -110,11 +130,13 @@ class LDM(nn.Module):
             norm_num_groups=_groups(config.ae_channels), with_encoder_nonlocal_attn=config.ae_attention,
             with_decoder_nonlocal_attn=config.ae_attention,
         )
-        self.mask_conditioned = config.mode == "mask"
+        self.mask_conditioned = config.mode in ("mask", "inpaint")
+        self.inpaints = config.mode == "inpaint"
         n_unet = len(config.unet_channels)
+        extra = (k if self.mask_conditioned else 0) + (config.latent_channels + 1 if self.inpaints else 0)
         self.unet = UNet2DModel(
             sample_size=self.latent_side,
-            in_channels=config.latent_channels + (k if self.mask_conditioned else 0),
+            in_channels=config.latent_channels + extra,  # noisy latents [, mask] [, blanked background latent, region]
             out_channels=config.latent_channels,
             down_block_types=("DownBlock2D",) * n_unet, up_block_types=("UpBlock2D",) * n_unet,
             block_out_channels=config.unet_channels, layers_per_block=config.unet_layers,
@@ -181,6 +203,15 @@ class LDM(nn.Module):
         """(B, H, W) -> (B, K, h, w): per-class area fractions at the latent side."""
         return F.adaptive_avg_pool2d(one_hot_masks(masks, self.spec.mask_classes), self.latent_side)
 
+    def _context_input(self, context: Context) -> torch.Tensor:
+        """Inpaint mode: backgrounds (B, C, H, W) and regions (B, H, W) -> (B, L + 1, h, w): the
+        scaled posterior mean of the background with the region blanked (encoded with an empty
+        mask: the lesion is what is generated) and the region's area fraction at the latent side."""
+        region = context.regions[:, None].to(context.images.dtype)
+        blank = torch.zeros(context.regions.shape, dtype=torch.int64, device=context.regions.device)
+        z = self.encode(context.images * (1.0 - region), blank)
+        return torch.cat([z, F.adaptive_avg_pool2d(region, self.latent_side).to(z.dtype)], 1)
+
     def on_phase_start(self, phase: str, data) -> None:
         """Before the denoiser: measure the latent scale on the training set (posterior means)."""
         if phase != "denoiser":
@@ -207,10 +238,23 @@ class LDM(nn.Module):
         if self.mask_conditioned:
             keep = (u >= cfg.mask_dropout).to(z.dtype)[:, None, None, None]
             x = torch.cat([noisy, self._mask_input(masks).to(z.dtype) * keep], 1)
+        weight = None
+        if self.inpaints:  # the background context is never dropped
+            regions = training_regions(masks, cfg.inpaint_margin, generator)
+            with torch.no_grad():
+                x = torch.cat([x, self._context_input(Context(images, regions)).to(z.dtype)], 1)
+            touched = F.adaptive_max_pool2d(regions[:, None].float(), self.latent_side)
+            weight = OUTSIDE_WEIGHT + (1.0 - OUTSIDE_WEIGHT) * touched  # (B, 1, h, w)
         pred = self.unet(x, t, class_labels=cond_labels).sample.float()
         target = noise if cfg.prediction == "epsilon" else schedule.get_velocity(z, noise, t)
-        loss = F.mse_loss(pred, target.float())
-        return loss, {"denoise_mse": float(loss.detach())}
+        if weight is None:
+            loss = F.mse_loss(pred, target.float())
+            return loss, {"denoise_mse": float(loss.detach())}
+        err = (pred - target.float()) ** 2
+        loss = (err * weight).sum() / (weight.expand_as(err).sum())  # a weighted mean: same scale as the plain MSE
+        inside = touched.expand_as(err)
+        return loss, {"denoise_mse": float(loss.detach()),
+                      "region_mse": float((err.detach() * inside).sum() / inside.sum().clamp_min(1.0))}
 
     def forward(self, images, masks, labels, phase: str, step: int, generator: torch.Generator):
         if phase == "autoencoder":
@@ -232,39 +276,50 @@ class LDM(nn.Module):
         s.set_timesteps(settings.steps)
         return s
 
-    def guided_noise(self, z: torch.Tensor, t, labels: torch.Tensor, mask_input: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def guided_noise(self, z: torch.Tensor, t, labels: torch.Tensor, mask_input: torch.Tensor | None, scale: float,
+                     context_input: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output for latents ``z`` at timestep ``t``: conditional when ``scale``
-        is 1, else ``uncond + scale * (cond - uncond)`` with both halves in one batch."""
-        def inputs(x, m):
-            return x if m is None else torch.cat([x, m], 1)
+        is 1, else ``uncond + scale * (cond - uncond)`` with both halves in one batch (the
+        unconditional half has the null class and a zero mask, but the same ``context_input``)."""
+        def inputs(x, m, c):
+            return torch.cat([x] + [e for e in (m, c) if e is not None], 1)
 
         if scale == 1.0:
-            return self.unet(inputs(z, mask_input), t, class_labels=labels).sample
+            return self.unet(inputs(z, mask_input, context_input), t, class_labels=labels).sample
         null = torch.full_like(labels, self.null_class)
         both_masks = None if mask_input is None else torch.cat([mask_input, torch.zeros_like(mask_input)])
-        out = self.unet(inputs(torch.cat([z, z]), both_masks), t, class_labels=torch.cat([labels, null])).sample
+        both_context = None if context_input is None else torch.cat([context_input, context_input])
+        out = self.unet(inputs(torch.cat([z, z]), both_masks, both_context), t, class_labels=torch.cat([labels, null])).sample
         cond, uncond = out.chunk(2)
         return uncond + scale * (cond - uncond)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator, masks: torch.Tensor | None = None,
-               settings: LDMSampler | None = None) -> Sample:
-        """New pairs for ``labels`` (and the given masks in mask mode); see
-        :mod:`augment.generators.base` for the contract."""
+               settings: LDMSampler | None = None, context: Context | None = None) -> Sample:
+        """New pairs for ``labels`` (and the given masks in mask and inpaint modes, and the
+        backgrounds and regions in inpaint mode: whole decoded images come back, the sampler puts
+        the background back outside the region); see :mod:`augment.generators.base` for the contract."""
         settings = settings or LDMSampler()
         if self.mask_conditioned != (masks is not None):
             need = "needs masks (mask_source: real)" if self.mask_conditioned else "makes its own masks (mask_source: generated)"
             raise ValueError(f"this ldm ({self.config.mode} mode) {need}")
+        if self.inpaints != (context is not None):
+            raise ValueError(f"this ldm ({self.config.mode} mode) " + ("needs backgrounds and regions (a Context)" if self.inpaints
+                                                                       else "takes no background context"))
         device = self.latent_scale.device
         labels = labels.to(device=device, dtype=torch.int64)
         given = None if masks is None else masks.to(device=device, dtype=torch.int64)
         mask_input = None if given is None else self._mask_input(given)
+        context_input = None
+        if context is not None:
+            context_input = self._context_input(Context(context.images.to(device=device, dtype=torch.float32),
+                                                        context.regions.to(device=device, dtype=torch.bool)))
         side = self.latent_side
         z = randn((len(labels), self.config.latent_channels, side, side), generator, device)
         sched = self.scheduler(settings)
         z = z * sched.init_noise_sigma
         for t in sched.timesteps:
-            eps = self.guided_noise(sched.scale_model_input(z, t), t, labels, mask_input, settings.guidance)
+            eps = self.guided_noise(sched.scale_model_input(z, t), t, labels, mask_input, settings.guidance, context_input)
             z = sched.step(eps, t, z).prev_sample
         images, logits = self.decode(z)
         out_masks = given if given is not None else logits.argmax(1)

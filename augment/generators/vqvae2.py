@@ -43,6 +43,17 @@ is the judge.
 downsampled, at every level and at its head (as in the cVAE's mask mode) and outputs the image
 only; the priors see the mask as above, and the given mask is returned unchanged.
 
+``mode: inpaint`` fills the region of a real background (the sampler gives a ``Context``): the
+autoencoder is the mask mode's, trained alike. The masked-token prior inpaints natively: in
+training each image gets a region (:func:`~augment.generators.base.training_regions`: its lesion
+dilated by ``inpaint_margin``, a random ellipse on an image without one), a token is in it if any
+of its pixels is, and only a cosine-scheduled share of the region's tokens is masked and scored,
+the rest of the map being given as it is. At sampling the background (with the given mask) is
+encoded, the region's tokens at both levels are marked unknown and re-predicted with the maskgit
+schedule over that region alone, and the whole image is decoded with the given mask (the sampler
+puts the real background back outside the region). ``prior: autoregressive`` cannot inpaint (a
+raster-order prior never sees the tokens after the region) and is refused with this mode.
+
 Keep the loop's own weight EMA off for the ``vqvae`` phase (the default): it averages buffers
 too, and the codebooks are moving averages already.
 """
@@ -54,17 +65,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from augment.config import Strict
 from augment.errors import ConfigError
-from augment.generators.base import DataSpec, Sample, categorical, one_hot_masks, uniform
+from augment.generators.base import Context, DataSpec, Sample, categorical, one_hot_masks, training_regions, uniform
 
 
 class VQVAE2Config(Strict):
     family: Literal["vqvae2"] = "vqvae2"
-    mode: Literal["joint", "mask"] = Field("joint", description="joint: image and mask from the label; mask: the image for a given mask")
+    mode: Literal["joint", "mask", "inpaint"] = Field(
+        "joint", description="joint: image and mask from the label; mask: the image for a given mask; inpaint: the lesion "
+        "region of a real background for a given mask (maskgit prior only)")
+    inpaint_margin: float = Field(0.08, ge=0, le=0.5, description="inpaint mode: training regions are lesions dilated by this fraction of the side")
     # phase 1: the two-level autoencoder
     channels: int = Field(64, ge=8, le=2048, description="autoencoder width at the code maps (the layers above them are narrower)")
     res_blocks: int = Field(2, ge=0, le=32, description="residual blocks after each encoder and before each decoder")
@@ -84,6 +98,13 @@ class VQVAE2Config(Strict):
     prior_heads: int = Field(4, ge=1, le=64)
     prior_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the priors' attention outputs and MLPs")
     token_dropout: float = Field(0.1, ge=0, lt=1, description="share of visible input tokens replaced by random codes during prior training")
+
+    @model_validator(mode="after")
+    def _inpaint_needs_maskgit(self) -> "VQVAE2Config":
+        if self.mode == "inpaint" and self.prior != "maskgit":
+            raise ValueError("mode inpaint needs prior maskgit: a raster-order (autoregressive) prior never sees the "
+                             "background tokens after the region, so it cannot fill one")
+        return self
 
 
 class VQVAE2Sampler(Strict):
@@ -272,7 +293,8 @@ class VQVAE2(nn.Module):
                               f"give fewer halvings or prepare with a multiple of {factor}")
         if cfg.prior_width % cfg.prior_heads:
             raise ConfigError(f"generator.prior_width ({cfg.prior_width}) must be a multiple of generator.prior_heads ({cfg.prior_heads})")
-        self.mask_conditioned = cfg.mode == "mask"
+        self.mask_conditioned = cfg.mode in ("mask", "inpaint")
+        self.inpaints = cfg.mode == "inpaint"
         h, d, th = cfg.channels, cfg.code_dim, cfg.top_halvings
         self.bottom_side = spec.image_size // 2**cfg.bottom_halvings
         self.top_side = self.bottom_side // 2**th
@@ -367,11 +389,18 @@ class VQVAE2(nn.Module):
         cond_b = torch.cat(parts_b, 1).flatten(2).transpose(1, 2)
         return cond_t, cond_b
 
-    def _scored_logits(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float):
+    def _region_tokens(self, regions: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, H, W) bool -> (B, side * side) bool: the tokens with any pixel in the region."""
+        return F.adaptive_max_pool2d(regions[:, None].float(), side).flatten(1) > 0
+
+    def _scored_logits(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float,
+                       region: torch.Tensor | None = None):
         """One prior's logits at its scored positions of code maps ``tokens`` (B, T), (S, vocab)
         float32, and the true codes there, (S,) int64: maskgit scores a cosine-scheduled random
-        share of masked positions (drawn with ``generator``), the autoregressive prior every next
-        token. ``corrupt``: share of the visible input tokens replaced by random codes."""
+        share of masked positions (drawn with ``generator``; inpaint mode: a share of the
+        ``region`` (B, T) bool tokens, the whole map where a region is empty), the
+        autoregressive prior every next token. ``corrupt``: share of the visible input tokens
+        replaced by random codes."""
         b, t = tokens.shape
         dev = tokens.device
         inputs = tokens
@@ -384,23 +413,38 @@ class VQVAE2(nn.Module):
             scored = torch.ones((b, t), dtype=torch.bool, device=dev)
         else:
             rate = torch.cos(0.5 * math.pi * torch.rand((b, 1), generator=generator, device=dev))
-            n_masked = (rate * t).ceil().clamp(1, t)
-            rank = torch.rand((b, t), generator=generator, device=dev).argsort(1).argsort(1)
+            u = torch.rand((b, t), generator=generator, device=dev)
+            if region is None:
+                n_masked = (rate * t).ceil().clamp(1, t)
+            else:  # rank the region's tokens first, in random order
+                region = region | ~region.any(1, keepdim=True)
+                n_masked = (rate * region.sum(1, keepdim=True)).ceil().clamp_min(1)
+                u = u + (~region).to(u.dtype)
+            rank = u.argsort(1).argsort(1)
             scored = rank < n_masked
             logits = prior(torch.where(scored, torch.full_like(inputs, prior.vocab), inputs), labels, cond)
         return logits[scored], tokens[scored]
 
-    def _prior_terms(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float):
+    def _prior_terms(self, prior: TokenPrior, tokens: torch.Tensor, labels, cond, generator, corrupt: float, region=None):
         """Cross-entropy (mean over scored positions) and accuracy of one prior (see ``_scored_logits``)."""
-        logits, target = self._scored_logits(prior, tokens, labels, cond, generator, corrupt)
+        logits, target = self._scored_logits(prior, tokens, labels, cond, generator, corrupt, region)
         ce = F.cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
         return ce, acc
+
+    def _regions(self, masks: torch.Tensor, generator: torch.Generator):
+        """Inpaint mode: the training regions of ``masks`` on the top and bottom grids, (B, T) bool
+        each (drawn from ``generator``); (None, None) otherwise."""
+        if not self.inpaints:
+            return None, None
+        regions = training_regions(masks, self.config.inpaint_margin, generator)
+        return self._region_tokens(regions, self.top_side), self._region_tokens(regions, self.bottom_side)
 
     def _prior_loss(self, images, masks, labels, generator):
         with torch.no_grad():
             top, bottom = self.encode(images, masks)
             cond_t, cond_b = self._conditions(top, masks)
+            reg_t, reg_b = self._regions(masks, generator)
         p = self.config.token_dropout
         # torch's dropout draws from the global RNG: seed it from the step's generator inside a
         # fork, so the dropout masks are a function of (seed, step) (exact resume) and the
@@ -408,8 +452,8 @@ class VQVAE2(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[generator.device] if generator.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            ce_t, acc_t = self._prior_terms(self.prior_top, top.flatten(1), labels, cond_t, generator, p)
-            ce_b, acc_b = self._prior_terms(self.prior_bottom, bottom.flatten(1), labels, cond_b, generator, p)
+            ce_t, acc_t = self._prior_terms(self.prior_top, top.flatten(1), labels, cond_t, generator, p, reg_t)
+            ce_b, acc_b = self._prior_terms(self.prior_bottom, bottom.flatten(1), labels, cond_b, generator, p, reg_b)
         return ce_t + ce_b, {"top_ce": float(ce_t.detach()), "bottom_ce": float(ce_b.detach()),
                              "top_acc": float(acc_t), "bottom_acc": float(acc_b)}
 
@@ -421,17 +465,23 @@ class VQVAE2(nn.Module):
         raise ValueError(f"vqvae2 has phases `vqvae` and `prior`, not `{phase}`")
 
     # ------------------------------------------------------------------ sampling
-    def _draw_maskgit(self, prior: TokenPrior, labels, cond, generator, settings: VQVAE2Sampler) -> torch.Tensor:
+    def _draw_maskgit(self, prior: TokenPrior, labels, cond, generator, settings: VQVAE2Sampler,
+                      tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill the mask tokens of ``tokens`` (B, T) (default: all) in ``iterations`` steps, each
+        item's unknowns on its own cosine schedule; the known tokens stay."""
         b, t, mask_id = len(labels), prior.length, prior.vocab
-        tokens = torch.full((b, t), mask_id, dtype=torch.int64, device=labels.device)
+        if tokens is None:
+            tokens = torch.full((b, t), mask_id, dtype=torch.int64, device=labels.device)
+        unknown = (tokens == mask_id).sum(1).cpu().double()  # float64 as Python's (not on every device)
         steps = settings.iterations
         for it in range(steps):
             logits = _filter(prior(tokens, labels, cond), settings)
             masked = tokens == mask_id
             drawn = torch.where(masked, categorical(logits, generator), tokens)
-            # Tokens left masked after this step: cosine schedule, none after the last.
-            keep_masked = int(math.floor(t * math.cos(0.5 * math.pi * (it + 1) / steps)))
-            if keep_masked <= 0:
+            # Tokens left masked after this step: cosine schedule, none after the last (the skip
+            # is decided on the map's length, so no item's draws depend on the others').
+            share = math.cos(0.5 * math.pi * (it + 1) / steps)
+            if int(math.floor(t * share)) <= 0:
                 tokens = drawn
                 continue
             conf = torch.log_softmax(logits, -1).gather(-1, drawn[..., None])[..., 0]
@@ -440,8 +490,8 @@ class VQVAE2(nn.Module):
                 u = uniform((b, t), generator, labels.device).clamp_(1e-20, 1.0 - 1e-7)
                 conf = conf - noise * torch.log(-torch.log(u))
             conf = torch.where(masked, conf, torch.full_like(conf, float("inf")))  # fixed tokens stay
-            remask = conf.argsort(1)[:, :keep_masked]
-            tokens = drawn.scatter(1, remask, mask_id)
+            remask = conf.argsort(1).argsort(1) < torch.floor(unknown * share).long().to(labels.device)[:, None]
+            tokens = drawn.masked_fill(remask, mask_id)
         return tokens
 
     def _draw_autoregressive(self, prior: TokenPrior, labels, cond, generator, settings: VQVAE2Sampler) -> torch.Tensor:
@@ -452,30 +502,44 @@ class VQVAE2(nn.Module):
             tokens = torch.cat([tokens, categorical(logits, generator)], 1)
         return tokens[:, 1:]
 
-    def draw_codes(self, labels: torch.Tensor, generator, masks: torch.Tensor | None, settings: VQVAE2Sampler):
-        """Top then bottom code maps from the priors: (B, ht, wt), (B, hb, wb) int64."""
+    def draw_codes(self, labels: torch.Tensor, generator, masks: torch.Tensor | None, settings: VQVAE2Sampler,
+                   context: Context | None = None):
+        """Top then bottom code maps from the priors: (B, ht, wt), (B, hb, wb) int64. With a
+        ``context`` (inpaint mode) the background's own codes, its region's tokens re-drawn."""
         draw = self._draw_autoregressive if self.config.prior == "autoregressive" else self._draw_maskgit
+        known_t = known_b = None
+        if context is not None:
+            top0, bottom0 = self.encode(context.images, masks)
+            known_t = top0.flatten(1).masked_fill(self._region_tokens(context.regions, self.top_side), self.prior_top.vocab)
+            known_b = bottom0.flatten(1).masked_fill(self._region_tokens(context.regions, self.bottom_side), self.prior_bottom.vocab)
+        extra_t = {} if known_t is None else {"tokens": known_t}
+        extra_b = {} if known_b is None else {"tokens": known_b}
         cond_t = None
         if self.mask_conditioned:
             cond_t = F.adaptive_avg_pool2d(one_hot_masks(masks, self.spec.mask_classes), self.top_side).flatten(2).transpose(1, 2)
-        top = draw(self.prior_top, labels, cond_t, generator, settings).view(-1, self.top_side, self.top_side)
+        top = draw(self.prior_top, labels, cond_t, generator, settings, **extra_t).view(-1, self.top_side, self.top_side)
         _, cond_b = self._conditions(top, masks)
-        bottom = draw(self.prior_bottom, labels, cond_b, generator, settings).view(-1, self.bottom_side, self.bottom_side)
+        bottom = draw(self.prior_bottom, labels, cond_b, generator, settings, **extra_b).view(-1, self.bottom_side, self.bottom_side)
         return top, bottom
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator, masks: torch.Tensor | None = None,
-               settings: VQVAE2Sampler | None = None) -> Sample:
-        """New pairs for ``labels`` (and the given masks in mask mode); see
-        :mod:`augment.generators.base` for the contract."""
+               settings: VQVAE2Sampler | None = None, context: Context | None = None) -> Sample:
+        """New pairs for ``labels`` (and the given masks in mask and inpaint mode, and the
+        backgrounds and regions in inpaint mode); see :mod:`augment.generators.base` for the contract."""
         settings = settings or VQVAE2Sampler()
         if self.mask_conditioned != (masks is not None):
             need = "needs masks (mask_source: real)" if self.mask_conditioned else "makes its own masks (mask_source: generated)"
             raise ValueError(f"this vqvae2 ({self.config.mode} mode) {need}")
+        if self.inpaints != (context is not None):
+            raise ValueError(f"this vqvae2 ({self.config.mode} mode) " + ("needs backgrounds and regions (a Context)" if self.inpaints
+                                                                          else "takes no background context"))
         device = self.quant_top.embed.device
         labels = labels.to(device=device, dtype=torch.int64)
         given = None if masks is None else masks.to(device=device, dtype=torch.int64)
-        top, bottom = self.draw_codes(labels, generator, given, settings)
+        if context is not None:
+            context = Context(context.images.to(device=device, dtype=torch.float32), context.regions.to(device=device, dtype=torch.bool))
+        top, bottom = self.draw_codes(labels, generator, given, settings, context)
         images, logits = self.decode(top, bottom, given)
         out_masks = given if given is not None else logits.argmax(1)
         return Sample(images=images.float().cpu(), masks=out_masks.cpu(), labels=labels.cpu())
@@ -518,7 +582,8 @@ class VQVAE2(nn.Module):
         corruption: ``{"top": (logits, target), "bottom": (logits, target)}`` with logits (S, K)
         float32 over the level's K codes and target (S,) int64 the true codes at the S scored
         positions (maskgit: a cosine-scheduled random share of each map masked, drawn with
-        ``generator``, top level first; autoregressive: every next token, no draw).
+        ``generator``, top level first; in inpaint mode a share of each pair's training region,
+        drawn first, as in training; autoregressive: every next token, no draw).
 
         images (B, C, H, W) float32 in [0, 1], masks (B, H, W) and labels (B,) int64, on any
         device; ``generator`` on the model's device; logits and targets on the model's device.
@@ -528,5 +593,7 @@ class VQVAE2(nn.Module):
         m, y = masks.to(device), labels.to(device=device, dtype=torch.int64)
         top, bottom = self.encode(images.to(device), m)
         cond_t, cond_b = self._conditions(top, m)
-        return {name: self._scored_logits(prior, tokens.flatten(1), y, cond, generator, 0.0)
-                for name, prior, tokens, cond in (("top", self.prior_top, top, cond_t), ("bottom", self.prior_bottom, bottom, cond_b))}
+        reg_t, reg_b = self._regions(m, generator)
+        return {name: self._scored_logits(prior, tokens.flatten(1), y, cond, generator, 0.0, reg)
+                for name, prior, tokens, cond, reg in (("top", self.prior_top, top, cond_t, reg_t),
+                                                        ("bottom", self.prior_bottom, bottom, cond_b, reg_b))}
