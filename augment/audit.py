@@ -35,6 +35,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -255,6 +256,25 @@ def inception_features(path: Path, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([net(x[i:i + 64], return_features=True) for i in track(range(0, len(x), 64), None, "audit inception features", "batches")]).float()
 
 
+def _own_backgrounds(syn: pd.DataFrame, train_df: pd.DataFrame) -> torch.Tensor:
+    """(N,) int64: each synthetic row's background's index in ``train_df`` (-1: none, or not inpainted)."""
+    where = {str(i): k for k, i in enumerate(train_df["id"])}
+    ids = syn["background_id"] if "background_id" in syn.columns else pd.Series([""] * len(syn))
+    return torch.tensor([where.get(str(b), -1) if isinstance(b, str) and b else -1 for b in ids], dtype=torch.int64)
+
+
+def _regions(syn: pd.DataFrame, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) int64 0/1: each inpainted row's region box (its ``placement``), the whole image otherwise."""
+    out = torch.ones((len(syn), *size), dtype=torch.int64)
+    records = syn["placement"] if "placement" in syn.columns else pd.Series([""] * len(syn))
+    for k, text in enumerate(records):
+        if isinstance(text, str) and text:
+            y0, x0, y1, x1 = json.loads(text)["region"]
+            out[k] = 0
+            out[k, y0:y1, x0:x1] = 1
+    return out
+
+
 def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int, str], syn_dir: Path,
              syn: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     train_df = real[real["split"] == "train"].reset_index(drop=True)
@@ -320,8 +340,10 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
                          baseline_undefined=None if dr is not None else f"the real train split has {n_real_c} image(s) of this class; a pair needs 2",
                          note="mean over same-class pairs; lower is more diverse"))
 
-    s_ssim, s_ssim_i = nearest_ssim(syn_x, train_x)
-    s_dist, s_dist_i = nearest_distance(f_syn, f_train)
+    # An inpainted image keeps its real background by design: it is judged against every other train image.
+    own = _own_backgrounds(syn, train_df)
+    s_ssim, s_ssim_i = nearest_ssim(syn_x, train_x, exclude=own)
+    s_dist, s_dist_i = nearest_distance(f_syn, f_train, exclude=own)
     r_ssim = real_nearest_ssim(data, train_x)
     r_dist, _ = nearest_distance(f_train, f_train, exclude_self=True)
     t_ssim, t_dist = copy_thresholds(r_ssim, r_dist, cfg.copy_percentile)
@@ -354,7 +376,9 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
                               TaskConfig(steps=cfg.segmenter_steps, batch_size=16), cfg.seed)
         val_df = real[real["split"] == "val"].reset_index(drop=True)
         vx, vm = load_tensors(val_df, data)
-        d_syn = dice_per_image(predict_masks(seg, syn_x), syn_m)
+        # inpainted pairs: judged inside their region (the placed lesion), not on their real background's lesion
+        inside = _regions(syn, syn_m.shape[-2:])
+        d_syn = dice_per_image(predict_masks(seg, syn_x) * inside, syn_m * inside)
         d_val = dice_per_image(predict_masks(seg, vx), vm)
         vy = torch.tensor(val_df["label"].to_numpy())
         for c in sorted(classes):

@@ -211,9 +211,11 @@ class SSIMIndex:
         return (num / den).flatten(1).mean(1)
 
 
-def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False,
+                 exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, the reference with the highest SSIM: (best ssim (Q,), index (Q,)).
-    ``exclude_self`` skips the same index (queries and refs the same set)."""
+    ``exclude_self`` skips the same index (queries and refs the same set); ``exclude`` (Q,) int64
+    skips one reference per query (-1: none), e.g. the real background an inpainted image keeps."""
     for x, name in ((queries, "queries"), (refs, "references")):
         _images("nearest-neighbour SSIM", x, name)
     if queries.shape[1:] != refs.shape[1:]:
@@ -228,6 +230,8 @@ def nearest_ssim(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool =
         vals = index(queries[q])
         if exclude_self:
             vals[q] = -2.0
+        if exclude is not None and int(exclude[q]) >= 0:
+            vals[int(exclude[q])] = -2.0
         best[q], arg[q] = vals.max(0)
     return best, arg
 
@@ -242,13 +246,18 @@ def _neighbours(what: str, queries: torch.Tensor, refs: torch.Tensor, exclude_se
         )
 
 
-def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean nearest neighbour in feature space: (distance (Q,), index (Q,))."""
+def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False,
+                     exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean nearest neighbour in feature space: (distance (Q,), index (Q,)); ``exclude`` as
+    in :func:`nearest_ssim`."""
     _feature_sets("the nearest-neighbour distance", queries, refs, ("query set", "reference set"), at_least=0)
     _neighbours("the nearest-neighbour distance", queries, refs, exclude_self)
     d = torch.cdist(queries.double(), refs.double())
     if exclude_self:
         d.fill_diagonal_(float("inf"))
+    if exclude is not None:
+        rows = torch.nonzero(exclude >= 0).flatten()
+        d[rows, exclude[rows]] = float("inf")
     dist, arg = d.min(1)
     return dist.float(), arg
 

@@ -92,7 +92,8 @@ def field_of_view(image: np.ndarray, threshold: int = 12) -> np.ndarray:
     if n == 0:
         return np.ones((h, w), bool)
     largest = 1 + int(np.argmax(ndimage.sum(bright, labels, range(1, n + 1))))
-    fov = ndimage.binary_erosion(_hull(labels == largest), iterations=1)
+    # the hull of the component's own bright pixels (not of the smoothed mask, which bleeds a pixel outwards)
+    fov = ndimage.binary_erosion(_hull((labels == largest) & (grey(image) > threshold)), iterations=1)
     return fov if fov.mean() >= 0.1 else np.ones((h, w), bool)
 
 

@@ -189,3 +189,63 @@ def test_copy_paste_on_a_set_without_masks_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"real\+copypaste\+classic. pastes lesions by their masks"):
         evaluate(cfg, echo=lambda *_: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_audit_judges_an_inpainted_image_against_other_train_images_not_its_own_background(inpaint_syn, phantom_dir):
+    from augment.audit import _own_backgrounds, _regions
+    from augment.data.manifest import load_data
+    from augment.data.dataset import load_tensors
+    from augment.metrics import nearest_ssim
+
+    real, _ = load_data(phantom_dir)
+    train = real[real["split"] == "train"].reset_index(drop=True)
+    syn = read_manifest(inpaint_syn)
+    train_x, _ = load_tensors(train, phantom_dir, masks=False)
+    syn_x, syn_m = load_tensors(syn, inpaint_syn)
+    own = _own_backgrounds(syn, train)
+    assert (own >= 0).all() and (train["id"].to_numpy()[own.numpy()] == syn["background_id"].to_numpy()).all()
+    _, plain = nearest_ssim(syn_x, train_x)
+    assert (plain == own).float().mean() > 0.8  # without the exclusion the kept background is the nearest image
+    _, other = nearest_ssim(syn_x, train_x, exclude=own)
+    assert (other != own).all()
+    inside = _regions(syn, syn_m.shape[-2:])
+    for k, text in enumerate(syn["placement"]):
+        y0, x0, y1, x1 = json.loads(text)["region"]
+        assert int(inside[k].sum()) == (y1 - y0) * (x1 - x0) and int(inside[k, y0:y1, x0:x1].min()) == 1
+
+
+def test_inpainting_an_rgb_endoscope_like_set_places_lesions_inside_the_circle(tmp_path):
+    from augment.api import prepare, train
+    from augment.config import PrepareConfig
+    from augment.data.images import write_png
+    from augment.generators import TrainConfig
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    rows = []
+    for i in range(40):
+        label = (0, 1, 2)[i % 3]
+        image, mask = _circle(*phantom_pair(i, label, 32, 0, True))
+        write_png(image, src / "images" / f"f{i:03d}.png")
+        write_png(mask, src / "masks" / f"f{i:03d}.png")
+        rows.append(f"f{i:03d},{label}")
+    (src / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
+    (src / "classes.csv").write_text("label,name\n0,normal\n1,round\n2,irregular\n")
+    data = prepare(PrepareConfig(source=str(src), out=tmp_path / "data")).out
+    run = train(validate(TrainConfig, {"data": data, "out": tmp_path / "run", "budget": 20, "seed": 0,
+                                       "generator": {**TINY_CVAE, "mode": "inpaint"},
+                                       "train": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 1000}}, "train")).out
+    syn = sample(validate(SampleConfig, {"generator": run, "out": tmp_path / "syn", "batch_size": 4,
+                                         "balance": {"strategy": "ratio", "ratio": 1.0, "mask_source": "real"}}, "sample"),
+                 echo=lambda *_: None)
+    df = read_manifest(syn)
+    yy, xx = np.mgrid[0:32, 0:32]
+    outside_circle = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 > (0.42 * 32) ** 2
+    manifest = read_manifest(data).set_index("id")
+    for r in df.itertuples():
+        image, mask = read_image(syn / r.image), read_mask(syn / r.mask)
+        assert image.shape == (32, 32, 3)
+        background = read_image(data / manifest.loc[r.background_id, "image"])
+        assert np.array_equal(image[outside_circle], background[outside_circle])  # the black surround is untouched
+        assert not mask[outside_circle].any()  # and no lesion lies on it
