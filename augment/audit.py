@@ -35,7 +35,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -52,6 +51,7 @@ from augment.config import Seed, Strict
 from augment.data.dataset import load_tensors
 from augment.data.images import sha256_file
 from augment.data.guard import check_trained_on
+from augment.placement import region_boxes
 from augment.data.manifest import CLASSES, MANIFEST, combine, load_data, load_synthetic, manifest_problems, write_classes, write_manifest
 from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit_tensors, predict_masks
 from augment.errors import DataError
@@ -263,18 +263,6 @@ def _own_backgrounds(syn: pd.DataFrame, train_df: pd.DataFrame) -> torch.Tensor:
     return torch.tensor([where.get(str(b), -1) if isinstance(b, str) and b else -1 for b in ids], dtype=torch.int64)
 
 
-def _regions(syn: pd.DataFrame, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) int64 0/1: each inpainted row's region box (its ``placement``), the whole image otherwise."""
-    out = torch.ones((len(syn), *size), dtype=torch.int64)
-    records = syn["placement"] if "placement" in syn.columns else pd.Series([""] * len(syn))
-    for k, text in enumerate(records):
-        if isinstance(text, str) and text:
-            y0, x0, y1, x1 = json.loads(text)["region"]
-            out[k] = 0
-            out[k, y0:y1, x0:x1] = 1
-    return out
-
-
 def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int, str], syn_dir: Path,
              syn: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     train_df = real[real["split"] == "train"].reset_index(drop=True)
@@ -377,7 +365,7 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
         val_df = real[real["split"] == "val"].reset_index(drop=True)
         vx, vm = load_tensors(val_df, data)
         # inpainted pairs: judged inside their region (the placed lesion), not on their real background's lesion
-        inside = _regions(syn, syn_m.shape[-2:])
+        inside = torch.from_numpy(region_boxes(syn, tuple(syn_m.shape[-2:])))
         d_syn = dice_per_image(predict_masks(seg, syn_x) * inside, syn_m * inside)
         d_val = dice_per_image(predict_masks(seg, vx), vm)
         vy = torch.tensor(val_df["label"].to_numpy())

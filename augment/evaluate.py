@@ -46,13 +46,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import Field, field_validator, model_validator
 
 from augment.classic import ClassicConfig, classic_transform
 from augment.config import Seed, Strict, load_json, save_json
 from augment.data.guard import assert_no_heldout, check_near_duplicates, check_trained_on, read_heldout
 from augment.data.images import sha256_file
-from augment.data.manifest import load_data, load_synthetic
+from augment.data.manifest import load_data, load_synthetic, read_manifest
 from augment.data.splits import select_budget
 from augment.downstream import TASKS, Diverged, Shapes, Split, TaskConfig, concat, finite, fit_split, subset, score_split
 from augment.errors import AugmentError, ConfigError, DataError
@@ -439,6 +440,7 @@ def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: 
     """Per-pair scores of one filter for one seed, cached in ``EVAL/filters/`` under a key of the
     inputs' content and the settings that made them."""
     from augment.plausibility import fit_scorer
+    from augment.placement import region_boxes
     from augment.recipes import cached, segmenter_scores
 
     real, syn = parts["real"], parts["synthetic"]
@@ -449,7 +451,9 @@ def _filter_scores(cfg: EvaluateConfig, out: Path, kind: str, seed: int, parts: 
             except Diverged as exc:
                 raise Diverged(f"its segmenter filter: {exc}", exc.step, "segmentation.lr") from None
             x, m, _ = syn.tensors()
-            return segmenter_scores(fitted.model, x, m).assign(id=syn.ids)
+            # an inpainted pair is judged inside its region: on its placed lesion, not its background's
+            inside = torch.from_numpy(region_boxes(read_manifest(cfg.synthetic), tuple(m.shape[-2:])))
+            return segmenter_scores(fitted.model, x, m, inside).assign(id=syn.ids)
     else:
         def compute():
             x_real, x_syn = real.tensors()[0], syn.tensors()[0]

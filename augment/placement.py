@@ -24,6 +24,7 @@ everything outside the region is the background's own pixels, byte for byte.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -290,3 +291,17 @@ def arrange(shape: np.ndarray, backgrounds: Backgrounds, cfg: PlacementConfig, s
                         f"{radius} px margin) is larger than every background ({h}x{w} px); lower placement.margin or min_scale")
     raise DataError(f"{what}: the lesion could not be placed inside the field of view, clear of the existing lesion, of any of "
                     f"{fitting} budget images after {cfg.tries} tries each; lower placement.margin or min_scale")
+
+
+def region_boxes(rows, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) int64 0/1 for the rows of a synthetic manifest: an inpainted row's region box (its
+    ``placement``), the whole image for any other row. What the audit's mask-consistency check
+    and the segmenter filter judge a pair on: the placed lesion, not its background's own."""
+    out = np.ones((len(rows), *size), np.int64)
+    records = rows["placement"] if "placement" in rows.columns else [""] * len(rows)
+    for k, text in enumerate(records):
+        if isinstance(text, str) and text:
+            y0, x0, y1, x1 = json.loads(text)["region"]
+            out[k] = 0
+            out[k, y0:y1, x0:x1] = 1
+    return out

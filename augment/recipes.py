@@ -126,10 +126,14 @@ def check_names(recipes: dict, reserved: tuple[str, ...]) -> None:
                               f"fixed arms ({', '.join(reserved)})")
 
 
-def segmenter_scores(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> pd.DataFrame:
+def segmenter_scores(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                     inside: torch.Tensor | None = None) -> pd.DataFrame:
     """Per synthetic pair: ``dice`` of the segmenter's prediction against the pair's own mask
-    and whether the mask has a lesion (``lesion``)."""
+    and whether the mask has a lesion (``lesion``); with ``inside`` (N, H, W) 0/1, both are
+    judged there only (an inpainted pair's region, :func:`augment.placement.region_boxes`)."""
     pred = predict_masks(model, images)
+    if inside is not None:
+        pred, masks = pred * inside, masks * inside
     return pd.DataFrame({"dice": dice_per_image(pred, masks).numpy().astype(float),
                          "lesion": masks.flatten(1).gt(0).any(1).numpy()})
 

@@ -5,6 +5,7 @@ kept byte for byte outside the region, recorded provenance and exact regeneratio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,7 +193,8 @@ def test_copy_paste_on_a_set_without_masks_is_refused(tmp_path):
 
 
 def test_the_audit_judges_an_inpainted_image_against_other_train_images_not_its_own_background(inpaint_syn, phantom_dir):
-    from augment.audit import _own_backgrounds, _regions
+    from augment.audit import _own_backgrounds
+    from augment.placement import region_boxes
     from augment.data.manifest import load_data
     from augment.data.dataset import load_tensors
     from augment.metrics import nearest_ssim
@@ -208,7 +210,7 @@ def test_the_audit_judges_an_inpainted_image_against_other_train_images_not_its_
     assert (plain == own).float().mean() > 0.8  # without the exclusion the kept background is the nearest image
     _, other = nearest_ssim(syn_x, train_x, exclude=own)
     assert (other != own).all()
-    inside = _regions(syn, syn_m.shape[-2:])
+    inside = region_boxes(syn, tuple(syn_m.shape[-2:]))
     for k, text in enumerate(syn["placement"]):
         y0, x0, y1, x1 = json.loads(text)["region"]
         assert int(inside[k].sum()) == (y1 - y0) * (x1 - x0) and int(inside[k, y0:y1, x0:x1].min()) == 1
@@ -249,3 +251,38 @@ def test_inpainting_an_rgb_endoscope_like_set_places_lesions_inside_the_circle(t
         background = read_image(data / manifest.loc[r.background_id, "image"])
         assert np.array_equal(image[outside_circle], background[outside_circle])  # the black surround is untouched
         assert not mask[outside_circle].any()  # and no lesion lies on it
+
+
+def test_the_segmenter_filter_judges_an_inpainted_pair_inside_its_region():
+    import pandas as pd
+    import torch
+
+    from augment.placement import region_boxes
+    from augment.recipes import segmenter_scores
+
+    class Echo(torch.nn.Module):  # "predicts" a fixed mask: the background's lesion plus the placed one
+        def forward(self, x):
+            pred = torch.zeros((len(x), 2, 16, 16))
+            pred[:, 1, 2:6, 2:6] = 1.0  # the background's own lesion, found
+            pred[:, 1, 10:13, 10:13] = 1.0  # most of the placed lesion
+            return pred
+
+    masks = torch.zeros((2, 16, 16), dtype=torch.int64)
+    masks[:, 2:6, 2:6] = 1
+    masks[:, 10:14, 10:14] = 1
+    rows = pd.DataFrame({"placement": [json.dumps({"region": [8, 8, 16, 16]}), ""]})
+    inside = torch.from_numpy(region_boxes(rows, (16, 16)))
+    scores = segmenter_scores(Echo(), torch.zeros((2, 1, 16, 16)), masks, inside)
+    assert scores["dice"][0] == pytest.approx(2 * 9 / (9 + 16))  # the placed lesion alone
+    assert scores["dice"][1] == pytest.approx(2 * 25 / (25 + 32))  # a whole image without a placement
+
+
+def test_a_placement_that_cannot_fit_stops_sampling_with_one_line_and_leaves_nothing(inpaint_run, tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli("sample", "--generator", inpaint_run, "--balance",
+                  Path(__file__).resolve().parents[1] / "manifests" / "ratio_1.yaml", "--out", tmp_path / "s",
+                  "--set", "balance.mask_source=real", "--set", "balance.placement.margin=0.5")
+    assert res.returncode == 2
+    assert "larger than every background" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
