@@ -136,3 +136,28 @@ def test_classification_verdicts_give_balanced_accuracy_and_the_rarest_class_rec
     assert recall["verdict"] == "helped" and abs(recall["delta"] - 0.16) < 1e-9 and recall["n_pairs"] == 6
     assert "synthetic data helped vs real+classic: +0.160 minority-class recall [" in recall["line"]
     assert recall["line"].endswith("(6 budget-seed pairs, 3 generator seeds)")
+
+
+def test_copy_paste_is_ranked_and_every_arm_is_compared_against_it_paired():
+    from augment.verdicts import COPYPASTE, ranking
+
+    deltas = {("none", COPYPASTE): [0.02, 0.03, 0.01, 0.02, 0.04, 0.03],
+              ("cvae_inpaint", "frac50"): [0.06, 0.05, 0.07, 0.06, 0.05, 0.08],
+              ("cvae_mask", "frac50"): [0.0, 0.02, 0.01, 0.03, 0.02, 0.02]}
+    rows = _rows(deltas)
+    table = ranking(rows).set_index("arm")
+    assert list(table.index) == ["cvae_inpaint: frac50", COPYPASTE, "cvae_mask: frac50"]  # copy-paste ranked with them
+    diff = np.array(deltas[("cvae_inpaint", "frac50")]) - np.array(deltas[("none", COPYPASTE)])
+    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+    row = table.loc["cvae_inpaint: frac50"]
+    assert abs(row["dice_delta_vs_copypaste"] - diff.mean()) < 1e-12
+    assert abs(row["dice_ci_low_vs_copypaste"] - (diff.mean() - half)) < 1e-12
+    assert row["verdict_vs_copypaste"] == "better"
+    assert abs(row["dice_delta_vs_copypaste_b16"] - diff[:3].mean()) < 1e-12
+    assert table.loc["cvae_mask: frac50", "verdict_vs_copypaste"] == "no evidence"
+    assert pd.isna(table.loc[COPYPASTE, "dice_delta_vs_copypaste"])  # not against itself
+    lines = {(v["generator"], v["budget"]): v["line"] for v in verdicts(rows, generator_seeds=3)}
+    assert "it beat copy-paste: +0.037" in lines[("cvae_inpaint", None)]
+    assert lines[("none", None)].startswith("copy-paste (real+copypaste+classic) all budgets: pasted real lesions helped")
+    assert "generator seed" not in lines[("none", None)]  # copy-paste trains no generator
+    assert "did not beat copy-paste" in lines[("cvae_mask", None)]
