@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = _verb(sub, "train", "train a generator family on the label budget of a prepared dataset", """
-        Train a generator (cvae, ldm or vqvae2) on the label-budget subset of DATA's train split
+        Train a generator (cvae, ldm, vqvae2 or gan) on the label-budget subset of DATA's train split
         and write it to RUN (weights, config.json, run.json; checkpoints under RUN/state/ so
         --resume can continue after a kill). Family settings: --set generator.KEY=VALUE; training
         loop: --set train.KEY=VALUE (e.g. train.max_steps, train.batch_size, train.lr).""", [
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "augment train --data data/busi --generator ldm --out runs/ldm --budget 64 --resume",
     ])
     _needed(p, "--data", metavar="DATA", help="prepared dataset folder")
-    _needed(p, "--generator", metavar="FAMILY", help="generator family: cvae, ldm or vqvae2")
+    _needed(p, "--generator", metavar="FAMILY", help="generator family: cvae, ldm, vqvae2 or gan")
     _needed(p, "--out", metavar="RUN", help="output run folder")
     p.add_argument("--budget", type=int, metavar="N", help="label budget: stratified subset of the train split (default: all)")
     p.add_argument("--seed", type=int, metavar="N", help="seed for the budget, init, data order and noise (default 0)")

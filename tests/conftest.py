@@ -95,6 +95,7 @@ def shared(path: str) -> Path:
 #: the contract in test_generators.py runs over every family here, so a new family needs an entry.
 TINY = {
     "cvae": {"base_channels": 4, "max_channels": 8, "latent_dim": 4},
+    "gan": {"base_channels": 4, "max_channels": 8, "noise_dim": 4, "d_channels": 4, "d_max_channels": 8},
     "ldm": {"ae_channels": [8, 8], "unet_channels": [8, 16], "latent_channels": 2},
     "vqvae2": {"channels": 8, "res_blocks": 1, "code_dim": 4, "top_codes": 8, "bottom_codes": 8,
                "prior_width": 16, "prior_layers": 1, "prior_heads": 2},

@@ -16,7 +16,7 @@ from augment.generators.base import Context, disk_dilate
 from tests.conftest import TINY
 
 #: every mode a family has; the contract runs over each
-MODES = {"cvae": ("joint", "mask", "inpaint"), "ldm": ("joint", "mask", "inpaint"), "vqvae2": ("joint", "mask", "inpaint")}
+MODES = {"cvae": ("joint", "mask", "inpaint"), "gan": ("mask", "inpaint"), "ldm": ("joint", "mask", "inpaint"), "vqvae2": ("joint", "mask", "inpaint")}
 LOOP = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1000, "log_every": 1}
 VARIANTS = [f"{f}/{m}" if m != "joint" else f for f in sorted(REGISTRY) for m in MODES.get(f, ("joint",))]
 

@@ -10,6 +10,7 @@ from pydantic import Field
 from augment.config import Seed, Strict
 from augment.generators.base import DataSpec, GeneratorModel, Sample
 from augment.generators.cvae import CVAE, CVAEConfig
+from augment.generators.gan import GAN, GANConfig
 from augment.generators.ldm import LDM, LDMConfig
 from augment.generators.loop import LoopConfig
 from augment.generators.vqvae2 import VQVAE2, VQVAE2Config
@@ -17,11 +18,12 @@ from augment.generators.vqvae2 import VQVAE2, VQVAE2Config
 #: family name -> (config class, network class). A new family adds one line here.
 REGISTRY = {
     "cvae": (CVAEConfig, CVAE),
+    "gan": (GANConfig, GAN),
     "ldm": (LDMConfig, LDM),
     "vqvae2": (VQVAE2Config, VQVAE2),
 }
 
-GeneratorConfig = Annotated[Union[CVAEConfig, LDMConfig, VQVAE2Config], Field(discriminator="family")]
+GeneratorConfig = Annotated[Union[CVAEConfig, GANConfig, LDMConfig, VQVAE2Config], Field(discriminator="family")]
 
 
 class TrainConfig(Strict):
