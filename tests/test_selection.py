@@ -161,3 +161,14 @@ def test_copy_paste_is_ranked_and_every_arm_is_compared_against_it_paired():
     assert lines[("none", None)].startswith("copy-paste (real+copypaste+classic) all budgets: pasted real lesions helped")
     assert "generator seed" not in lines[("none", None)]  # copy-paste trains no generator
     assert "did not beat copy-paste" in lines[("cvae_mask", None)]
+
+
+def test_the_ranking_table_shows_the_delta_against_copy_paste_only_when_it_was_trained():
+    from augment.report import ranking_text
+    from augment.verdicts import COPYPASTE, ranking
+
+    with_cp = _rows({("none", COPYPASTE): [0.02] * 6, ("cvae", "frac50"): [0.05, 0.04, 0.06, 0.05, 0.05, 0.04]})
+    text = ranking_text(ranking(with_cp))
+    assert "vs copy-paste [95% CI]" in text.splitlines()[0]
+    assert "+0.028 [+0.020, +0.036]" in text  # cvae's paired delta against copy-paste (t-interval by hand: 0.0204, 0.0362)
+    assert "vs copy-paste" not in ranking_text(ranking(_rows({("cvae", "frac50"): [0.05] * 6})))
