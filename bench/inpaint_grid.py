@@ -43,6 +43,8 @@ def grid(pairs: list[dict], out: Path, cols: int = 6) -> tuple[Path, int]:
     rows = (len(pairs) + cols - 1) // cols
     fig, axes = plt.subplots(2 * rows, cols, figsize=(1.5 * cols, 3.1 * rows), squeeze=False)
     kept = 0
+    for ax in axes.flat:  # the panels of a short last row stay blank
+        ax.set_axis_off()
     for k, p in enumerate(pairs):
         r, c = 2 * (k // cols), k % cols
         _panel(axes[r, c], p["background"], p["bmask"], None, field_of_view(p["background"], PlacementConfig().fov_threshold),
@@ -52,8 +54,6 @@ def grid(pairs: list[dict], out: Path, cols: int = 6) -> tuple[Path, int]:
         outside = np.ones(p["mask"].shape, bool)
         outside[y0:y1, x0:x1] = False
         kept += bool(np.array_equal(p["image"][outside], p["background"][outside]))
-    for ax in axes.flat[2 * len(pairs):]:
-        ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)

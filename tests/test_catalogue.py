@@ -498,7 +498,7 @@ CASES = [
     ("export-not-a-dataset", None, ["export", "{t}/nowhere", "--out", O], "does not exist"),
     ("export-bad-format", None, ["export", D, "--out", O, "--format", "zip"], "invalid choice: 'zip'"),
     # train
-    ("train-unknown-family", None, ["train", "--data", D, "--generator", "gan", "--out", O], "unknown 'family' 'gan'"),
+    ("train-unknown-family", None, ["train", "--data", D, "--generator", "flow", "--out", O], "unknown 'family' 'flow'"),
     ("train-zero-steps", None, ["train", "--data", D, "--generator", "cvae", "--out", O, "--set", "train.max_steps=0"], "`train.max_steps`"),
     ("train-nan-lr", None, ["train", "--data", D, "--generator", "cvae", "--out", O, "--set", "train.lr=.nan"], "`train.lr`"),
     ("train-budget-too-big", None, ["train", "--data", D, "--generator", "cvae", "--out", O, "--budget", "999"], "larger than the train split"),

@@ -244,3 +244,15 @@ def test_inpaint_loss_is_weighted_toward_the_region(monkeypatch, outside):
     grad = outputs[0].grad
     assert bool((grad[touched] != 0).all()) and set(logs) == {"denoise_mse", "region_mse"}
     assert bool((grad[~touched] == 0).all()) == (outside == 0.0)
+
+
+def test_a_unet_reaching_a_one_pixel_map_with_one_channel_per_group_is_refused_before_training():
+    # found by tests/test_property.py: sampling one pair at a time crashed inside GroupNorm
+    from augment.errors import ConfigError
+    from augment.generators.base import DataSpec
+    from augment.generators.ldm import LDM, LDMConfig
+
+    spec = DataSpec(image_size=16, channels=1, num_classes=3, mask_classes=2)
+    with pytest.raises(ConfigError, match=r"unet_channels \[8, 8, 8\] reaches a 1x1 px map with one channel per GroupNorm group"):
+        LDM(LDMConfig(ae_channels=(8, 8, 8), unet_channels=(8, 8, 8)), spec)
+    LDM(LDMConfig(ae_channels=(8, 8, 8), unet_channels=(8, 16)), spec)  # 2x2 at the deepest: fine

@@ -54,7 +54,7 @@ def test_a_typo_is_reported_before_the_balance_file_is_looked_up(tmp_path):
     ("generators: {real: {family: cvae}}\n", "must be a plain folder name"),
     ("generators: {m: {family: cvae, mode: mask}}\n", "set its balance.mask_source to real"),
     ("generators: {j: {family: cvae, balance: {mask_source: real}}}\n", "needs a mask-conditioned generator"),
-    ("generators: {j: {family: gan}}\n", "has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"),
+    ("generators: {j: {family: flow}}\n", "has unknown 'family' 'flow' (allowed: 'cvae', 'gan', 'ldm', 'vqvae2')"),
     ("generator: {family: cvae}\ngenerators: {j: {family: cvae}}\n", "not both"),
 ])
 def test_bad_generator_entries_are_one_clear_line(tmp_path, body, needle):

@@ -38,10 +38,10 @@ FAMILY_SPACE: dict[str, dict[str, tuple[list, list]]] = {
         "mask_weight": ([0.0, 1.0, 2.0], [-1.0]),
         "kl_weight": ([0.0, 0.5, 1.0], [-0.5]),
         "kl_warmup_steps": ([0, 2, 300], [-1]),
-        "mode": (["joint", "mask"], ["both"]),
+        "mode": (["joint", "mask", "inpaint"], ["both"]),
     },
     "ldm": {
-        "mode": (["joint", "mask"], ["both"]),
+        "mode": (["joint", "mask", "inpaint"], ["both"]),
         "ae_channels": ([[8], [8, 8], [4, 8], [8, 8, 8]], [[2], [], [8, 8, 8, 8, 8, 8]]),
         "ae_layers": ([1, 2], [0]),
         "latent_channels": ([1, 2, 4], [0]),
@@ -56,7 +56,7 @@ FAMILY_SPACE: dict[str, dict[str, tuple[list, list]]] = {
         "mask_dropout": ([0.0, 0.1, 0.5], [1.0]),
     },
     "vqvae2": {
-        "mode": (["joint", "mask"], ["both"]),
+        "mode": (["joint", "mask", "inpaint"], ["both"]),
         "channels": ([8, 16], [4]),
         "res_blocks": ([0, 1], [-1]),
         "bottom_halvings": ([1, 2], [0, 3, 4]),  # at 16 px: bottom + top <= 4 fits
@@ -116,7 +116,7 @@ def draw(rng: random.Random, family: str) -> tuple[dict, list[str]]:
     cfg: dict[str, dict] = {"generator": {}, "train": {}, "sampler": {}}
     for (section, key), (good, _) in spaces.items():
         cfg[section][key] = rng.choice(good)
-    real_masks = cfg["generator"]["mode"] == "mask"
+    real_masks = cfg["generator"]["mode"] in ("mask", "inpaint")
     cfg["balance"] = {**rng.choice([{"strategy": "total", "total": rng.choice([1, 3, 5])}, {"strategy": "ratio", "ratio": 0.1},
                                     {"strategy": "match_max", "max_synthetic_per_class": 2}]),
                       "mask_source": "real" if real_masks else "generated"}

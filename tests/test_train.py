@@ -209,10 +209,10 @@ def test_two_process_data_parallel_keeps_replicas_identical(phantom_dir, tmp_pat
 
 
 def test_cli_unknown_family_is_one_line(phantom_dir, tmp_path):
-    res = run_cli("train", "--data", phantom_dir, "--generator", "gan", "--out", tmp_path / "r")
+    res = run_cli("train", "--data", phantom_dir, "--generator", "flow", "--out", tmp_path / "r")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "augment train: error: train: `generator` has unknown 'family' 'gan' (allowed: 'cvae', 'ldm', 'vqvae2')"
+        "augment train: error: train: `generator` has unknown 'family' 'flow' (allowed: 'cvae', 'gan', 'ldm', 'vqvae2')"
     ]
     assert not (tmp_path / "r").exists()
 

@@ -123,6 +123,14 @@ class LDM(nn.Module):
         if self.latent_side % 2 ** (len(config.unet_channels) - 1):
             raise ConfigError(f"generator.unet_channels has {len(config.unet_channels)} widths, too many halvings for the "
                               f"{self.latent_side} px latent; give fewer widths")
+        # GroupNorm over one value per group (a 1x1 map, one channel per group) outputs zeros, and
+        # torch refuses it outright for a batch of one: refuse the shape before anything trains.
+        for key, widths, side in (("unet_channels", config.unet_channels, self.latent_side // 2 ** (len(config.unet_channels) - 1)),
+                                  ("ae_channels", config.ae_channels, self.latent_side)):
+            if side == 1 and min(widths) // _groups(widths) == 1:
+                raise ConfigError(f"generator.{key} {list(widths)} reaches a 1x1 px map with one channel per GroupNorm group "
+                                  f"({_groups(widths)} groups), which normalises single values to zero; give fewer widths or "
+                                  "widths with more channels per group")
         n_ae = len(config.ae_channels)
         self.autoencoder = AutoencoderKL(
             spatial_dims=2, in_channels=c + k, out_channels=c + k, latent_channels=config.latent_channels,
