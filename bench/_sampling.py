@@ -44,15 +44,31 @@ def conditions(gen, n: int, classes) -> tuple[torch.Tensor, torch.Tensor | None]
     return labels, torch.stack([by_class[int(c)][i % len(by_class[int(c)])] for i, c in enumerate(labels.tolist())])
 
 
-def timed_draw(model, labels, masks, settings, batch_size: int) -> tuple[torch.Tensor, float]:
+def context(gen, masks: torch.Tensor):
+    """For an inpainting generator: budget images as backgrounds (in turn) and each mask's lesion
+    dilated by 8 % of the side as its region (the placement prior is not timed); None otherwise."""
+    if not getattr(gen.model, "inpaints", False):
+        return None
+    from augment.generators.base import Context, disk_dilate
+
+    images, _ = load_tensors(gen.info.rows, gen.info.data_dir, masks=False)
+    backgrounds = images[torch.arange(len(masks)) % len(images)]
+    return Context(backgrounds, disk_dilate(masks > 0, round(0.08 * masks.shape[-1])))
+
+
+def timed_draw(model, labels, masks, settings, batch_size: int, ctx=None) -> tuple[torch.Tensor, float]:
     """All images for ``labels`` (pair i drawn with seed mix_seed(0, i)) and the milliseconds per
-    sample, amortised over the batches after the first (which warms up allocators and kernels)."""
+    sample, amortised over the batches after the first (which warms up allocators and kernels);
+    ``ctx``: an inpainting generator's backgrounds and regions (:func:`context`)."""
+    from augment.generators.base import Context
+
     n, images, seconds, timed = len(labels), [], 0.0, 0
     for b, start in enumerate(range(0, n, batch_size)):
         idx = list(range(start, min(start + batch_size, n)))
         gens = [torch.Generator().manual_seed(mix_seed(0, i)) for i in idx]
+        extra = {} if ctx is None else {"context": Context(ctx.images[idx], ctx.regions[idx])}
         t = time.perf_counter()
-        out = model.sample(labels[idx], gens, None if masks is None else masks[idx], settings)
+        out = model.sample(labels[idx], gens, None if masks is None else masks[idx], settings, **extra)
         if b > 0 or n <= batch_size:
             seconds, timed = seconds + time.perf_counter() - t, timed + len(idx)
         images.append(out.images)

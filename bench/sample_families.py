@@ -1,7 +1,8 @@
 """Benchmark: sampling milliseconds per 64 px pair for each generator family, at the sampler
 settings a pipeline spec gives it (default pipelines/busi_compare.yaml: cVAE at temperature 1;
 LDM DPM-Solver++ 20 steps, guidance 2; VQ-VAE-2 maskgit, 8 iterations per level; each in joint
-and mask mode).
+and mask mode; ``--spec pipelines/busi_inpaint.yaml`` times the inpaint modes, given budget
+backgrounds and each mask's dilated lesion as its region).
 
 Each generator of the spec is built with the spec's own architecture and trained for only
 ``--train-steps`` steps per phase on the built-in phantom (sampling cost depends on the network
@@ -33,7 +34,7 @@ from augment.generators.artifact import load_generator
 from augment.pipeline import load_pipeline
 
 from _results import conditions, default_json, describe, write  # bench/_results.py
-from _sampling import conditions as draw_conditions, timed_draw  # bench/_sampling.py
+from _sampling import conditions as draw_conditions, context, timed_draw  # bench/_sampling.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,8 @@ def main() -> None:
                 raise SystemExit(f"{run} is a {gen.config.generator.family} run but {name} in {args.spec} is {entry.generator.family}")
             settings = gen.model.Sampler(**entry.sampler)
             labels, masks = draw_conditions(gen, args.n, {int(k) for k in gen.run["classes"]})
-            ms = [timed_draw(gen.model, labels, masks, settings, batch)[1] for _ in range(args.repeats)]
+            ctx = None if masks is None else context(gen, masks)
+            ms = [timed_draw(gen.model, labels, masks, settings, batch, ctx)[1] for _ in range(args.repeats)]
             rows.append({"name": name, "family": entry.generator.family, "mode": getattr(gen.config.generator, "mode", "joint"),
                          "sampler": settings.model_dump(), "side": gen.spec.image_size,
                          "params": sum(p.numel() for p in gen.model.parameters()),
@@ -100,10 +102,11 @@ def main() -> None:
             print(f"{name}: {min(ms):.1f} ms/sample (fastest of {args.repeats})", flush=True)
     print(f"\nsampling, {args.spec.name} settings, {args.n} pairs per pass in batches of {batch} "
           f"(first batch untimed), {args.repeats} passes; {describe(cond)}")
-    print(f"{'generator':<13}{'family':<8}{'mode':<7}{'px':>4}{'params':>10}{'ms/sample min':>15}{'median':>8}  sampler")
+    w = max([len("generator")] + [len(r["name"]) for r in rows]) + 2
+    print(f"{'generator':<{w}}{'family':<8}{'mode':<8}{'px':>4}{'params':>10}{'ms/sample min':>15}{'median':>8}  sampler")
     for r in rows:
         setting = ", ".join(f"{k}={v}" for k, v in r["sampler"].items())
-        print(f"{r['name']:<13}{r['family']:<8}{r['mode']:<7}{r['side']:>4}{r['params']:>10}"
+        print(f"{r['name']:<{w}}{r['family']:<8}{r['mode']:<8}{r['side']:>4}{r['params']:>10}"
               f"{r['ms_per_sample_min']:>15.1f}{r['ms_per_sample_median']:>8.1f}  {setting}")
     write({"benchmark": "sample_families", "spec": str(args.spec), "conditions": cond, "rows": rows}, args.json)
 
