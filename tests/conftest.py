@@ -272,20 +272,24 @@ def tiny_run(phantom_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_mask_run(phantom_dir, tmp_path_factory) -> Path:
-    """A tiny mask-conditioned cVAE (``mode: mask``) trained for a few steps on budget 24."""
+def train_tiny_cvae(data: Path, out: Path, mode: str) -> Path:
+    """A tiny cVAE in ``mode`` trained for 10 steps on budget 24 of ``data``."""
     from augment.api import train
     from augment.config import validate
     from augment.generators import TrainConfig
 
-    out = tmp_path_factory.mktemp("tiny_mask_run") / "run"
     cfg = validate(TrainConfig, {
-        "data": phantom_dir, "out": out, "budget": 24, "seed": 0, "generator": {**TINY_CVAE, "mode": "mask"},
+        "data": data, "out": out, "budget": 24, "seed": 0, "generator": {**TINY_CVAE, "mode": mode},
         "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 1000},
     }, "train")
     train(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_run(phantom_dir, tmp_path_factory) -> Path:
+    """A tiny mask-conditioned cVAE (``mode: mask``) trained for a few steps on budget 24."""
+    return train_tiny_cvae(phantom_dir, tmp_path_factory.mktemp("tiny_mask_run") / "run", "mask")
 
 
 def kill_when(cmd: list[str], ready, timeout: float = 120.0) -> int:

@@ -19,7 +19,7 @@ from augment.inpainting import jittered_shape, paste, scene
 from augment.masks import JitterConfig
 from augment.placement import Backgrounds, PlacementConfig, dilate, field_of_view, margin_px
 from augment.sampling import SampleConfig, regenerate, sample
-from tests.conftest import TINY_CVAE
+from tests.conftest import TINY_CVAE, train_tiny_cvae
 
 CFG = PlacementConfig()
 
@@ -95,16 +95,7 @@ def test_a_budget_without_lesions_and_a_lesion_that_fits_nowhere_are_one_clear_l
 
 @pytest.fixture(scope="module")
 def inpaint_run(phantom_dir, tmp_path_factory):
-    from augment.api import train
-    from augment.generators import TrainConfig
-
-    out = tmp_path_factory.mktemp("inpaint_run") / "run"
-    cfg = validate(TrainConfig, {
-        "data": phantom_dir, "out": out, "budget": 24, "seed": 0, "generator": {**TINY_CVAE, "mode": "inpaint"},
-        "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 1000},
-    }, "train")
-    train(cfg)
-    return out
+    return train_tiny_cvae(phantom_dir, tmp_path_factory.mktemp("inpaint_run") / "run", "inpaint")
 
 
 @pytest.fixture(scope="module")
