@@ -39,13 +39,16 @@ from pydantic import Field
 
 from augment.balance import BalanceConfig, plan
 from augment.config import Seed, Strict, load_json, load_yaml, save_json, validate
-from augment.data.images import read_mask, sha256_file, write_png
+from augment import inpainting
+from augment.data.images import read_image, read_mask, sha256_file, write_png
 from augment.data.manifest import CLASSES, COLUMNS, MANIFEST, read_manifest, write_classes, write_manifest
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.lock import locked
 from augment.generators.artifact import GeneratorRun, LoadedGenerator, load_generator
+from augment.generators.base import Context
 from augment.masks import jitter_mask
 from augment.output import atomic_path, resumable_output
+from augment.placement import Backgrounds, Placement
 from augment.runinfo import run_record, write_json
 from augment.seeding import mix_seed, process_state
 
@@ -142,8 +145,6 @@ def draw(gen: LoadedGenerator, labels: list[int], seeds: list[int], batch_size: 
         given = torch.from_numpy(np.stack(list(masks) + [masks[0]] * pad)).to(torch.int64)
     ctx = None
     if context is not None:
-        from augment.generators.base import Context
-
         backgrounds, regions = context
         pixels = torch.from_numpy(np.stack(list(backgrounds) + [backgrounds[0]] * pad)).float() / 255.0
         pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
@@ -176,9 +177,6 @@ def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndar
         raise DataError(f"`{sample_id}` was made by other weights than `{cfg.generator}` holds now")
     given = None
     if r.get("background_id", ""):  # inpaint mode: the recorded placement on the recorded background
-        from augment import inpainting
-        from augment.placement import Placement
-
         record = json.loads(r["placement"])
         pool = dict((i, m) for ms in real_masks(gen.info).values() for i, m in ms)
         backgrounds = inpaint_backgrounds(gen, cfg)
@@ -197,19 +195,14 @@ def regenerate(syn_dir: str | Path, sample_id: str) -> tuple[np.ndarray, np.ndar
 
 def inpaint_backgrounds(gen: LoadedGenerator, cfg: SampleConfig):
     """The generator's own budget images as backgrounds (:class:`augment.placement.Backgrounds`)."""
-    from augment.data.images import read_image
-    from augment.placement import Backgrounds
-
     rows = gen.info.rows
     images = [read_image(gen.info.data_dir / p) for p in rows["image"]]
     masks = [read_mask(gen.info.data_dir / p) for p in rows["mask"]]
     return Backgrounds.of([str(i) for i in rows["id"]], images, masks, cfg.balance.placement)
 
 
-def inpaint_batch(gen: LoadedGenerator, cfg: SampleConfig, backgrounds, pool, seed: int, batch: list) -> tuple[list, list, list]:
+def inpaint_batch(cfg: SampleConfig, backgrounds: Backgrounds, pool, seed: int, batch: list) -> tuple[list, list, list]:
     """The scenes of a batch of (item, attempt): source ids, jitter seeds and scenes."""
-    from augment import inpainting
-
     sources, jitter_seeds, scenes = [], [], []
     for it, attempt in batch:
         src, mask = source_mask(pool, seed, it.label, it.index)
@@ -334,7 +327,7 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
             seeds = [mix_seed(seed, it.label, it.index, attempt) for it, attempt in batch]
             sources, jitter_seeds, given, context, scenes = [""] * len(batch), [""] * len(batch), None, None, [None] * len(batch)
             if inpaints:
-                sources, jitter_seeds, scenes = inpaint_batch(gen, cfg, backgrounds, pool, seed, batch)
+                sources, jitter_seeds, scenes = inpaint_batch(cfg, backgrounds, pool, seed, batch)
                 given = [s.given for s in scenes]
                 context = ([backgrounds.images[s.background] for s in scenes], [s.region for s in scenes])
             elif pool is not None:
@@ -344,9 +337,7 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
                 given = [jitter_mask(m, cfg.balance.jitter, js) for (_, m), js in zip(picked, jitter_seeds)]
             images, masks = draw(gen, [it.label for it, _ in batch], seeds, cfg.batch_size, given, sampler, context)
             if inpaints:
-                from augment.inpainting import finish
-
-                done_pairs = [finish(backgrounds, s, im, cfg.balance.placement) for s, im in zip(scenes, images)]
+                done_pairs = [inpainting.finish(backgrounds, s, im, cfg.balance.placement) for s, im in zip(scenes, images)]
                 images, masks = [p[0] for p in done_pairs], [p[1] for p in done_pairs]
             for (it, attempt), s, image, mask, src, js, sc in zip(batch, seeds, images, masks, sources, jitter_seeds, scenes):
                 if cfg.filter and not passes(mask, it.label, ranges):
