@@ -33,6 +33,29 @@ def _heldout_rows(run_json: Path, tag: dict) -> list[dict]:
             for k, v in own.items() if k != "n_pairs"]
 
 
+#: training-log columns the report's quality table shows, as their mean over the last tenth of the
+#: logged steps: an adversarial pair's discriminator accuracy on real and fake and its losses, so
+#: a collapsed generator or an overfitted discriminator shows (d_acc_real and d_acc_fake near 1)
+TRAINING_LOG = ("d_acc_real", "d_acc_fake", "d_loss", "g_adv")
+
+
+def _training_rows(loss_csv: Path, tag: dict) -> list[dict]:
+    """Quality rows (extractor ``training log``) from a generator's ``loss.csv``: each column of
+    :data:`TRAINING_LOG` it has, averaged over the last tenth of its logged rows."""
+    if not loss_csv.is_file():
+        return []
+    log = read_csv(loss_csv, "generator training log")
+    rows = []
+    for key in TRAINING_LOG:
+        if key in log.columns:
+            values = pd.to_numeric(log[key], errors="coerce").dropna()
+            if len(values):
+                tail = values.iloc[-max(1, len(values) // 10):]
+                rows.append({**tag, "metric": f"final_{key}", "extractor": "training log", "value": float(tail.mean()),
+                             "baseline": None, "n_real": None, "n_synthetic": None})
+    return rows
+
+
 def _undefined_records(folder: Path) -> list[dict]:
     """The metrics an evaluation's results left undefined, with their reasons: one record (task,
     budget, generator, arm, seed, metric, reason) per entry of each ``runs/*.json``'s
@@ -73,7 +96,8 @@ def build_report(cfg, out: Path) -> Path:
                     quality += [{**tag, **r} for r in rep["metrics"]]
                     quality.append({**tag, "metric": "copies", "extractor": "pixels+domain", "value": len(rep["copies"]),
                                     "baseline": None, "n_real": None, "n_synthetic": None})
-                    quality += _heldout_rows(generator_dir(out, cfg.trainer(name), budget, gseed) / "generator" / "run.json", tag)
+                    trained = generator_dir(out, cfg.trainer(name), budget, gseed) / "generator"
+                    quality += _heldout_rows(trained / "run.json", tag) + _training_rows(trained / "loss.csv", tag)
     for seed in cfg.seeds:
         for budget in cfg.budgets:
             for sub in ["real", *cfg.generators]:

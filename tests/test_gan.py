@@ -272,3 +272,21 @@ def test_a_pickle_in_the_checkpoint_is_refused_by_name(tmp_path, name):
     with pytest.raises(TrainingError, match=rf"`.*step_00000002/{name}` is not a safetensors file"):
         _loop(run, resume=True)
     assert not marker.exists()
+
+
+def test_the_report_reads_the_discriminator_accuracies_and_losses_from_the_training_log(tmp_path):
+    import pandas as pd
+
+    from augment.gather import _training_rows
+
+    log = pd.DataFrame({"step": range(20), "phase": "main", "loss": 1.0,
+                        "d_acc_real": [0.5] * 18 + [0.9, 1.0], "d_acc_fake": [0.5] * 18 + [0.7, 0.8],
+                        "d_loss": [2.0] * 18 + [0.2, 0.4], "g_adv": [1.0] * 18 + [3.0, 5.0]})
+    log.to_csv(tmp_path / "loss.csv", index=False)
+    rows = {r["metric"]: r for r in _training_rows(tmp_path / "loss.csv", {"generator": "gan_mask", "budget": 16, "seed": 0})}
+    assert set(rows) == {"final_d_acc_real", "final_d_acc_fake", "final_d_loss", "final_g_adv"}
+    assert rows["final_d_acc_real"]["value"] == pytest.approx(0.95)  # the last tenth: 2 of 20 rows
+    assert rows["final_g_adv"]["value"] == pytest.approx(4.0) and rows["final_d_loss"]["extractor"] == "training log"
+    assert _training_rows(tmp_path / "absent.csv", {}) == []
+    pd.DataFrame({"step": [0], "loss": [1.0]}).to_csv(tmp_path / "cvae.csv", index=False)
+    assert _training_rows(tmp_path / "cvae.csv", {}) == []  # a family that logs none of them adds no row
