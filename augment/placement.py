@@ -58,8 +58,8 @@ class Placement:
     box: tuple[int, int, int, int]
 
     def record(self) -> dict:
-        return {"centre": [round(self.centre[0], 4), round(self.centre[1], 4)], "scale": round(self.scale, 6),
-                "region": list(self.box)}
+        # full floats (JSON keeps a double exactly): a rounded centre could move a boundary pixel on regeneration
+        return {"centre": [self.centre[0], self.centre[1]], "scale": self.scale, "region": list(self.box)}
 
     @classmethod
     def from_record(cls, record: dict) -> "Placement":

@@ -132,8 +132,12 @@ def test_inpainted_pairs_keep_their_background_outside_the_region_and_record_the
 
 
 def test_an_inpainted_row_regenerates_byte_for_byte(inpaint_syn):
+    from augment.placement import Placement
+
+    p = Placement((12.123456789012345, 3.3333333333333335), 0.7071067811865476, (1, 2, 3, 4))
+    assert Placement.from_record(json.loads(json.dumps(p.record()))) == p  # recorded without rounding
     df = read_manifest(inpaint_syn)
-    for rid in df["id"].iloc[[0, -1]]:
+    for rid in df["id"]:  # every row: a boundary pixel of any placement would show
         row = df.set_index("id").loc[rid]
         image, mask = regenerate(inpaint_syn, rid)
         assert np.array_equal(image, read_image(inpaint_syn / row["image"]))
