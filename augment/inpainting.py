@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from augment.errors import DataError
 from augment.masks import JitterConfig, jitter_mask, jitter_pair
 from augment.placement import (Backgrounds, Placement, PlacementConfig, alpha_of, arrange, composite, crop, margin_px, place,
                                region_of, union)
@@ -37,7 +38,6 @@ class Scene:
     placement: Placement
     given: np.ndarray
     region: np.ndarray
-    placed: np.ndarray  # the placed shape, whether or not it is given as a lesion
 
     def record(self, backgrounds: Backgrounds) -> dict:
         return {**self.placement.record(), "shape": self.shape_id, "lesion": self.lesion,
@@ -48,8 +48,6 @@ def lesion_shape(pool: dict[int, list[tuple[str, np.ndarray]]], seed: int) -> tu
     """A budget lesion of any class (seeded), for the region of a class without lesions."""
     lesions = [(i, m) for label in sorted(pool) for i, m in pool[label] if (m > 0).any()]
     if not lesions:
-        from augment.errors import DataError
-
         raise DataError("the generator's budget has no image with a lesion mask, so inpaint mode cannot place a lesion")
     return lesions[int(np.random.default_rng(seed).integers(len(lesions)))]
 
@@ -75,7 +73,7 @@ def build(backgrounds: Backgrounds, b: int, shape_id: str, shape: np.ndarray, le
     placed = place(shape, size, placement.centre, placement.scale)
     region = region_of(placed, margin_px(cfg, min(size)))
     given = placed if lesion else np.zeros_like(placed)
-    return Scene(b, shape_id, lesion, placement, given, region, placed)
+    return Scene(b, shape_id, lesion, placement, given, region)
 
 
 def finish(backgrounds: Backgrounds, s: Scene, inside: np.ndarray, cfg: PlacementConfig) -> tuple[np.ndarray, np.ndarray]:
