@@ -29,7 +29,7 @@ _ROOMS = {
     "export": "augment.data.export", "export_folder": "augment.data.export", "training_manifest": "augment.data.export",
 }
 
-__all__ = ["StageResult", "audit", "evaluate", "report", "run", "sample", *_ROOMS]
+__all__ = ["StageResult", "audit", "evaluate", "report", "run", "sample", "status", *_ROOMS]
 
 
 def __getattr__(name: str):
@@ -84,6 +84,14 @@ def run(spec: str | Path, out: str | Path, overrides: dict | None = None, echo=p
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings["by_stage"].items())
     return StageResult(result, timings, f"{summary_text(result)}\nwrote {result / 'report.html'} ({timings['wall_seconds']:.0f} s "
                                         f"this run; seconds per stage over every run into this folder: {stages})")
+
+
+def status(out: str | Path, every: bool = False) -> StageResult:
+    """``augment status``: the state of every stage of an ``augment run`` folder (:mod:`augment.status`)."""
+    from augment.status import stage_states, summary
+
+    rows = stage_states(out)
+    return StageResult(Path(out), {"stages": [vars(r) for r in rows]}, summary(rows, every))
 
 
 def report(out: str | Path) -> StageResult:

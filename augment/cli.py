@@ -154,9 +154,18 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from augment import api
-    from augment.config import parse_overrides
+    from augment.config import merge, parse_overrides
 
-    print(api.run(args.spec, args.out, parse_overrides(args.set)).summary)
+    overrides = parse_overrides(args.set)
+    if args.executor or args.workers:  # shorthands for --set executor.kind=... executor.workers=...
+        overrides = merge(overrides, {"executor": {k: v for k, v in (("kind", args.executor), ("workers", args.workers)) if v}})
+    print(api.run(args.spec, args.out, overrides).summary)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from augment import api
+
+    print(api.status(args.out, every=args.all).summary)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -321,14 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
         Override any key of the spec with --set (e.g. data.source=PATH, budgets=16,32,
         train.max_steps=500).""", [
         "augment run pipelines/quickstart.yaml --out runs/quickstart",
-        "augment run pipelines/quickstart.yaml --out runs/quickstart --set budgets=16,32",
-        "augment run pipelines/busi_compare.yaml --out runs/busi --set data.source=../shared/data/busi",
+        "augment run pipelines/quickstart.yaml --out runs/quickstart --executor local --workers 2",
+        "augment run pipelines/busi_compare.yaml --out runs/busi --executor slurm --set executor.slurm.partition=gpu",
     ])
     p.add_argument("spec", metavar="SPEC", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (a later run into it skips what is done)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help=_set_help("override a key of the spec", "data.source=PATH"))
+    p.add_argument("--executor", choices=["serial", "local", "slurm", "debug"],
+                   help="where stages run: serial (this process, the default), local (a subprocess per stage, one GPU or a "
+                        "share of the cores each), slurm (a Slurm job per stage; settings: --set executor.slurm.KEY=VALUE), "
+                        "debug (submitit in this process)")
+    p.add_argument("--workers", type=_count, metavar="N",
+                   help="stages at once under an executor (local default: the GPUs, or 2 without one)")
     p.set_defaults(func=cmd_run)
+
+    p = _verb(sub, "status", "show which stages of a pipeline run are done, running (where), queued, failed or waiting", """
+        Read OUT (the folder of `augment run`, while it runs on this machine or a cluster, or
+        after) and print how many stages are done, running, queued, failed or waiting, then one
+        line for every stage running (where, since when), queued, failed (error and log) or
+        stopped. Nothing is written.""", [
+        "augment status runs/busi",
+        "augment status runs/busi --all",
+    ])
+    p.add_argument("out", metavar="OUT", help="output folder of augment run")
+    p.add_argument("--all", action="store_true", help="one line for every stage, done and waiting ones too")
+    p.set_defaults(func=cmd_status)
 
     p = _verb(sub, "report", "rebuild the report of a pipeline output folder", """
         Rebuild OUT/report.json, report.md and report.html of an `augment run` output folder from

@@ -20,6 +20,9 @@ Layout: ``OUT/data``; ``OUT/generators/{name}/b{budget}_g{gseed}/{generator,synt
 ``report.md``, ``report.html``, ``figures/``, ``tables/``) and ``timings.json``. A stage is
 complete when its ``run.json`` (``audit.json`` for the audit) exists (for an evaluation: and
 covers every arm and recipe of the spec); it is then skipped.
+Each stage names the stages whose output it reads (:class:`Stage`), so ``executor:`` (``augment run
+--executor local|slurm``, :mod:`augment.dispatch`) can run independent stages at once; the
+default runs them here, one after another, in the order listed.
 Every stage's config is built, and so validated, before anything is written; each stage is
 called in its own room (:mod:`augment.data.prepare`, :mod:`augment.training`, :mod:`augment.sampling`,
 :mod:`augment.audit`, :mod:`augment.evaluate`), holding the lock of its own output folder.
@@ -32,12 +35,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
 from augment.audit import AuditSettings
 from augment.balance import BalanceConfig, asks_for_nothing
+from augment.dispatch import Dispatch, ExecutorConfig, run_serial
 from augment.config import PrepareSettings, Seed, Strict, load_json, load_yaml, merge, save_json, validate
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
@@ -46,7 +50,6 @@ from augment.generators.loop import LoopConfig
 from augment.gather import _done, build_report, generator_dir
 from augment.lock import locked
 from augment.output import discard, read_json, resumable_output
-from augment.progress import stage
 from augment.recipes import RecipeConfig
 from augment.runinfo import run_record, write_json
 from augment.sampling import SampleSettings
@@ -119,6 +122,8 @@ class PipelineConfig(Strict):
     sample: SampleSettings = Field(default_factory=SampleSettings)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the stages run (augment.dispatch; "
+                                     "not part of the experiment: a run may resume under another)")
 
     @field_validator("budgets", "seeds", "generator_seeds")
     @classmethod
@@ -261,9 +266,20 @@ def _evaluated(folder: Path, arms: list[str], recipes: list[str]) -> bool:
     return set(arms) <= set(config.get("arms") or []) and set(recipes) <= set(config.get("recipes") or {})
 
 
-def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[], object], str | Callable[[Path], bool]]]:
-    """Every stage as (name, folder, call, completion marker), in order. Building them validates
-    every stage's config, so a bad spec fails before anything is written."""
+class Stage(NamedTuple):
+    """One stage of a pipeline: ``call()`` writes ``folder``, complete when ``marker`` (a file name
+    in it, or a test of it) says so; ``needs`` are the names of the stages whose output it reads."""
+
+    name: str
+    folder: Path
+    call: Callable[[], object]
+    marker: str | Callable[[Path], bool]
+    needs: tuple[str, ...] = ()
+
+
+def _stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
+    """Every stage, once each, in the serial order (a stage comes after every stage it needs).
+    Building them validates every stage's config, so a bad spec fails before anything is written."""
     from augment.audit import AuditConfig, audit
     from augment.config import PrepareConfig
     from augment.data.prepare import prepare
@@ -280,7 +296,11 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
 
     data = out / "data"
     prep = make(PrepareConfig, "data", **cfg.data.model_dump(), out=data, overwrite=not _done(data))
-    stages = [("prepare", data, partial(prepare, prep), "run.json")]
+    stages = {"prepare": Stage("prepare", data, partial(prepare, prep), "run.json")}
+
+    def add(name: str, folder: Path, call, marker, *needs: str) -> None:
+        stages.setdefault(name, Stage(name, folder, call, marker, needs))  # a generator shared by task seeds: once
+
     ev = cfg.evaluate
     shared = [a for a in ev.arms if a in SHARED_ARMS]
     own = [a for a in ev.arms if a not in SHARED_ARMS]
@@ -293,8 +313,8 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
                           classification=ev.classification, classic=ev.classic)
             if shared:
                 rcfg = make(EvaluateConfig, "evaluate", out=where / "real", arms=shared, budget=budget, budget_seed=gseed, **common)
-                stages.append((f"evaluate real arms (budget {budget} seed {seed})", where / "real",
-                               partial(evaluate, rcfg, echo=quiet), partial(_evaluated, arms=shared, recipes=[])))
+                add(f"evaluate real arms (budget {budget} seed {seed})", where / "real",
+                    partial(evaluate, rcfg, echo=quiet), partial(_evaluated, arms=shared, recipes=[]), "prepare")
             for name, spec in cfg.generators.items():
                 tag = f"{name} budget {budget} gseed {gseed}"
                 run = generator_dir(out, name, budget, gseed)
@@ -302,21 +322,22 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path, Callable[[]
                 if cfg.trainer(name) == name:
                     tcfg = make(TrainConfig, f"generators.{name}", data=data, out=trained, budget=budget, seed=gseed,
                                 generator=spec.generator, train=spec.train)
-                    stages.append((f"train ({tag})", trained, partial(train, tcfg, resume=True), "run.json"))
+                    add(f"train ({tag})", trained, partial(train, tcfg, resume=True), "run.json", "prepare")
                 syn = run / "synthetic"
                 scfg = make(SampleConfig, f"generators.{name}", **cfg.sample.model_dump(), generator=trained,
                             balance=spec.balance, out=syn, seed=gseed, sampler=spec.sampler)
-                stages.append((f"sample ({tag})", syn, partial(sample, scfg, resume=True, echo=quiet), "run.json"))
+                add(f"sample ({tag})", syn, partial(sample, scfg, resume=True, echo=quiet), "run.json",
+                    f"train ({cfg.trainer(name)} budget {budget} gseed {gseed})")
                 if cfg.audit.enabled:
                     acfg = make(AuditConfig, "audit", **cfg.audit.model_dump(exclude={"enabled"}), data=data, synthetic=syn,
                                 out=run / "audit", seed=gseed, overwrite=True)
-                    stages.append((f"audit ({tag})", run / "audit", partial(audit, acfg, echo=quiet), "audit.json"))
+                    add(f"audit ({tag})", run / "audit", partial(audit, acfg, echo=quiet), "audit.json", f"sample ({tag})")
                 if own or ev.recipes:
                     ecfg = make(EvaluateConfig, "evaluate", out=where / name, synthetic=syn, arms=own, generator_name=name,
                                 recipes=ev.recipes, scorer=ev.scorer, **common)
-                    stages.append((f"evaluate ({name} budget {budget} seed {seed})", where / name,
-                                   partial(evaluate, ecfg, echo=quiet), partial(_evaluated, arms=own, recipes=list(ev.recipes))))
-    return stages
+                    add(f"evaluate ({name} budget {budget} seed {seed})", where / name, partial(evaluate, ecfg, echo=quiet),
+                        partial(_evaluated, arms=own, recipes=list(ev.recipes)), f"sample ({tag})")
+    return list(stages.values())
 
 
 @locked(lambda cfg, out, *_, **__: out, "run")
@@ -341,26 +362,27 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
         grown = set(old_arms) <= set(new_arms) and all(new_recipes.get(r) == v for r, v in old_recipes.items())
         if "evaluate" in changed and old_ev == new_ev and grown:
             changed.remove("evaluate")  # arms or recipes were only added: finished results stay valid
-        if set(changed) - {"budgets", "seeds", "generator_seeds", "name"}:
+        if set(changed) - {"budgets", "seeds", "generator_seeds", "name", "executor"}:
             raise DataError(f"`{out}` was made from a different pipeline spec (changed: {', '.join(changed)}); use another --out")
     stages = _stages(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     save_json(cfg, saved)
-    timings: dict[str, float] = {}
     earlier = out / "timings.json"  # stages an earlier invocation ran keep their times
-    ran_before = dict(read_json(earlier, "pipeline timings").get("stages", {})) if earlier.is_file() else {}
+    before = read_json(earlier, "pipeline timings") if earlier.is_file() else {}
+    ran_before, spans = dict(before.get("stages") or {}), dict(before.get("spans") or {})
+    timings: dict[str, float] = {}
+
+    def record(name: str, span: dict) -> None:
+        """Kept as each stage ends, so an invocation that is killed or fails later loses none."""
+        timings[name] = round(span["end"] - span["start"], 2)
+        spans[name] = {k: span[k] for k in ("start", "end", "where")}
+        write_json({"stages": {**ran_before, **timings}, "spans": spans, "finished": False}, earlier)
+
     try:
-        for name, folder, call, marker in stages:
-            if _done(folder, marker):
-                echo(f"[skip] {name}: {folder} is complete")
-                continue
-            echo(f"[run]  {name} -> {folder}")
-            t = time.time()
-            with stage(name):  # progress lines inside say which stage they belong to
-                call()
-            timings[name] = round(time.time() - t, 2)
-            # kept as each stage ends, so an invocation that is killed or fails later loses none
-            write_json({"stages": {**ran_before, **timings}, "finished": False}, earlier)
+        if cfg.executor.kind == "serial":
+            run_serial(stages, out, record, echo)
+        else:
+            Dispatch(stages, out, cfg.executor, lambda s: _done(s.folder, s.marker), record, echo).run()
     except AugmentError:
         if fresh and not timings:
             discard(out, existed)  # nothing finished: a failed first stage leaves nothing
@@ -373,7 +395,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     for name, seconds in timings.items():
         kind = name.split(" (")[0]
         by_kind[kind] = round(by_kind.get(kind, 0.0) + seconds, 2)
-    timing = {"wall_seconds": round(time.time() - started, 2), "by_stage": by_kind, "stages": timings}
+    timing = {"wall_seconds": round(time.time() - started, 2), "by_stage": by_kind, "stages": timings, "spans": spans,
+              "executor": cfg.executor.kind}
     write_json(timing, out / "timings.json")
     write_json(run_record("run", cfg.model_dump(mode="json"), started, generators=list(cfg.generators),
                           generator_seeds=cfg.generator_seeds or cfg.seeds, timings=timing), out / "run.json")

@@ -57,13 +57,11 @@ def _families(pipeline: dict) -> dict[str, str]:
 
 
 def _spec_stages(cfg, out: Path) -> list[tuple]:
-    """(name, folder, call, marker) of every stage ``augment run`` walks for ``cfg`` into ``out``
-    (building them writes nothing), then the report. A generator stage shared by several task
-    seeds (``generator_seeds``) is listed once per seed there and skipped after the first: once here."""
+    """(name, folder, call, marker, needs) of every stage ``augment run`` walks for ``cfg`` into
+    ``out`` (building them writes nothing; each once), then the report."""
     from augment.pipeline import _stages
 
-    unique = {s[0]: s for s in _stages(cfg, out)}
-    return [*unique.values(), ("report", out, None, None)]
+    return [*_stages(cfg, out), ("report", out, None, None, ())]
 
 
 def stage_times(run: Path) -> tuple[dict[str, float], float | None, str]:
@@ -79,7 +77,7 @@ def stage_times(run: Path) -> tuple[dict[str, float], float | None, str]:
 
     cfg = load_json(PipelineConfig, run / "pipeline.json")
     times = {}
-    for name, folder, _, marker in _spec_stages(cfg, run):
+    for name, folder, _, marker, _ in _spec_stages(cfg, run):
         if marker is not None and _done(folder, marker) and (folder / "run.json").is_file():
             times[name] = json.loads((folder / "run.json").read_text())["wall_seconds"]
     return times, None, f"the finished stages' own run.json records ({run / 'timings.json'} does not exist yet: unfinished run)"

@@ -113,7 +113,8 @@ def test_every_help_example_parses(verb):
     ("audit", "--data DATA --synthetic SYN --out AUD [--inception-weights FILE]"),
     ("evaluate", "--data DATA --out EVAL [--synthetic SYN]"),
     ("score", "--out OUT [--split"),
-    ("run", "--out OUT [--set KEY=VALUE] SPEC"),
+    ("run", "--out OUT [--set KEY=VALUE] [--executor {serial,local,slurm,debug}] [--workers N] SPEC"),
+    ("status", "augment status [-h] [--all] OUT"),
     ("export", "--out OUT DATA"),
 ])
 def test_usage_shows_what_a_verb_needs_without_brackets(verb, shown):

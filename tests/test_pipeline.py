@@ -87,10 +87,10 @@ def test_audit_inception_weights_reach_every_audit_stage(tmp_path):
 
     weights = tmp_path / "inception.pt"
     cfg = load_pipeline(_spec(tmp_path, f"generator: {{family: cvae}}\naudit: {{inception_weights: {weights}}}\n"))
-    audits = [call.args[0] for name, _, call, _ in _stages(cfg, tmp_path / "out") if name.startswith("audit")]
+    audits = [call.args[0] for name, _, call, _, _ in _stages(cfg, tmp_path / "out") if name.startswith("audit")]
     assert audits and all(Path(a.inception_weights) == weights for a in audits)
     plain = load_pipeline(_spec(tmp_path, "generator: {family: cvae}\n"))
-    assert all(call.args[0].inception_weights is None for name, _, call, _ in _stages(plain, tmp_path / "o2") if name.startswith("audit"))
+    assert all(call.args[0].inception_weights is None for name, _, call, _, _ in _stages(plain, tmp_path / "o2") if name.startswith("audit"))
 
 
 def test_generator_seeds_map_task_seeds(tmp_path):

@@ -34,7 +34,7 @@ def _spec(tmp_path: Path, body: str, data: str = "{source: phantom, image_size: 
 def _configs(cfg, out: Path) -> dict[str, object]:
     """The first stage config of each kind that the pipeline would run."""
     found = {}
-    for name, _, call, _ in _stages(cfg, out):
+    for name, _, call, _, _ in _stages(cfg, out):
         found.setdefault(name.split(" (")[0].split()[0], call.args[0])
     return found
 
