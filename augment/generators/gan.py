@@ -221,7 +221,7 @@ class _Generator(nn.Module):
         h = self.start(torch.cat([z, onehot], 1)).view(-1, self.widths[0], self.side, self.side)
         for i, block in enumerate(self.blocks):
             if i:
-                h = F.interpolate(h, scale_factor=2, mode="nearest")
+                h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)  # nearest left 8 px blocks on BUSI
             h = block(h, F.adaptive_avg_pool2d(cond, h.shape[-1]), labels, noises[i])
         return torch.sigmoid(self.head(torch.cat([F.leaky_relu(h, 0.2), cond], 1)))
 
