@@ -83,7 +83,7 @@ def unfinished(phantom_dir, tmp_path_factory) -> Path:
 def runs(phantom_dir, tiny_run, tmp_path_factory) -> dict[str, Path]:
     """A finished tiny run of every family (the cVAE is the session's ``tiny_run``)."""
     out = {"cvae": tiny_run}
-    for family in ("ldm", "vqvae2"):
+    for family in ("ldm", "vqvae2", "gan"):
         out[family] = tmp_path_factory.mktemp("cat") / family
         assert main(["train", "--data", str(phantom_dir), "--generator", family, "--out", str(out[family]), "--budget", "24",
                      *FAMILY_ARGS[family]]) == 0
@@ -263,7 +263,9 @@ def _tampered(family: str, how: str):
         if how == "nan":
             state = load_file(weights)
             floats = [k for k in sorted(state) if state[k].is_floating_point()]
-            key = next((k for k in floats if "head" in k or "dec" in k), floats[0])  # one the sampler goes through
+            # one the sampler goes through (the GAN samples from its EMA copy of the generator)
+            key = next((k for k in floats if k.startswith("gen_ema.") and "head" in k),
+                       next((k for k in floats if "head" in k or "dec" in k), floats[0]))
             state[key].view(-1)[0] = float("nan")
             save_file(state, str(weights))
         elif how == "not-safetensors":
@@ -395,8 +397,12 @@ SAMPLER_BAD = {
     "ldm": {"guidance": ["-1", ".nan", ".inf", "-.inf", "1.0e+300"], "steps": EVERY, "solver": ["euler"]},
     "vqvae2": {"temperature": EVERY, "top_k": ["-1", ".nan", ".inf", "-.inf", "1.0e+300", "1.0e-300"], "iterations": EVERY,
                "confidence_noise": ["-1", ".nan", ".inf", "-.inf", "1.0e+300"]},
+    "gan": {"truncation": ["-1", ".nan", ".inf", "1.0e+300"], "noise_scale": ["-1", ".nan", ".inf"]},
 }
-SAMPLER_CASES = [(f"sample-{family}-{key.replace('_', '-')}-{_id(v)}", None, _sample(f"{{{family}}}", "--set", f"sampler.{key}={v}"), key)
+#: a family that only makes images for given masks samples with real ones
+OWN_MASKS = {"gan": ["--set", "balance.mask_source=real"]}
+SAMPLER_CASES = [(f"sample-{family}-{key.replace('_', '-')}-{_id(v)}", None,
+                  _sample(f"{{{family}}}", *OWN_MASKS.get(family, []), "--set", f"sampler.{key}={v}"), key)
                  for family, keys in SAMPLER_BAD.items() for key, values in keys.items() for v in values]
 
 #: the training loop's settings (train.KEY), at values the loop cannot train with
@@ -437,6 +443,12 @@ FAMILY_BAD = [
     ("vqvae2", "channels", ["4"]),
     ("vqvae2", "top_codes", ["1"]),
     ("vqvae2", "prior_dropout", ["1"]),
+    ("gan", "mode", ["joint"]),
+    ("gan", "r1_weight", ["-1", ".nan"]),
+    ("gan", "d_lr", ["0", ".inf"]),
+    ("gan", "betas", ["[0.5,1.0]"]),
+    ("gan", "diffaugment_policy", ["[]", "[flip]"]),
+    ("gan", "ema_decay", ["1"]),
 ]
 FAMILY_CASES = [(f"train-{family}-{key.replace('_', '-')}-{_id(v)}", None, _train(family, "--set", f"generator.{key}={v}"), key)
                 for family, key, values in FAMILY_BAD for v in values]
@@ -596,8 +608,8 @@ CASES = [
     ("sample-balance-set-not-a-mapping", None, _sample(R, "--set", "balance=5"), "balance"),
     ("sample-generator-unfinished", None, _sample("{unfinished}"), "{unfinished}"),
     # sample: tampered final weights of every family (run.json's sha256 updated to match)
-    *[(f"sample-{family}-weights-{how}", _tampered(family, how), _sample("{t}/gen"), "model.safetensors")
-      for family in ("cvae", "ldm", "vqvae2") for how in ("nan", "not-safetensors", "truncated")],
+    *[(f"sample-{family}-weights-{how}", _tampered(family, how), _sample("{t}/gen", *OWN_MASKS.get(family, [])), "model.safetensors")
+      for family in ("cvae", "ldm", "vqvae2", "gan") for how in ("nan", "not-safetensors", "truncated")],
 
     # ===== train: the loop, phases and each family's settings =====
     *TRAIN_CASES,
@@ -771,6 +783,15 @@ CASES = [
     ("report-pipeline-json-a-list", lambda c: (c["t"] / "out").mkdir() or (c["t"] / "out" / "pipeline.json").write_text("[]"),
      ["report", O], "pipeline.json"),
     ("report-out-is-a-file", lambda c: (c["t"] / "out").write_text("x"), ["report", O], "{t}/out"),
+    # status reads a run folder and writes nothing; run's executor settings
+    ("status-not-a-run", None, ["status", D], "no pipeline.json"),
+    ("status-corrupt-pipeline-json", lambda c: (c["t"] / "out").mkdir() or (c["t"] / "out" / "pipeline.json").write_text("{"),
+     ["status", O], "pipeline.json` is not valid JSON"),
+    ("status-pipeline-json-a-list", lambda c: (c["t"] / "out").mkdir() or (c["t"] / "out" / "pipeline.json").write_text("[]"),
+     ["status", O], "pipeline.json"),
+    ("run-executor-unknown", _safe_spec(), ["run", "{t}/p.yaml", "--out", O, "--set", "executor.kind=ray"], "executor.kind"),
+    ("run-executor-workers-zero", _safe_spec(), ["run", "{t}/p.yaml", "--out", O, "--set", "executor.workers=0"], "executor.workers"),
+    ("run-executor-slurm-typo", _safe_spec(), ["run", "{t}/p.yaml", "--out", O, "--set", "executor.slurm.gpu=1"], "executor.slurm.gpu"),
 ]
 
 

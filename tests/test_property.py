@@ -75,6 +75,22 @@ FAMILY_SPACE: dict[str, dict[str, tuple[list, list]]] = {
         "prior_dropout": ([0.0, 0.1, 0.5], [1.0]),
         "token_dropout": ([0.0, 0.1, 0.5], [1.0]),
     },
+    "gan": {
+        "mode": (["mask", "inpaint"], ["joint"]),
+        "base_channels": ([4, 8], [3]),
+        "max_channels": ([8, 16], [3]),
+        "noise_dim": ([1, 4, 16], [0]),
+        "d_channels": ([4, 8], [3]),
+        "d_max_channels": ([8, 16], [3]),
+        "d_layers": ([1, 2, 4], [0, 9]),
+        "loss": (["hinge", "nonsaturating"], ["wasserstein"]),
+        "diffaugment": ([True, False], []),
+        "r1_weight": ([0.0, 1.0, 10.0], [-1.0]),
+        "feature_matching": ([0.0, 1.0], [-1.0]),
+        "d_lr": ([1e-4, 1e-3], [0.0]),
+        "g_lr": ([1e-4, 1e-3], [0.0]),
+        "ema_decay": ([0.0, 0.9, 0.999], [1.0]),
+    },
 }
 LOOP_SPACE: dict[str, tuple[list, list]] = {
     "max_steps": ([2, 3, 4], [0]),
@@ -94,6 +110,7 @@ SAMPLER_SPACE: dict[str, dict[str, tuple[list, list]]] = {
     "ldm": {"solver": (["dpm++", "ddim"], ["euler"]), "steps": ([1, 2, 4], [0]), "guidance": ([0.0, 1.0, 2.0], [-1.0])},
     "vqvae2": {"temperature": ([0.5, 1.0, 2.0], [0.0]), "top_k": ([0, 1, 4, 100], [-1]), "iterations": ([1, 2, 8], [0]),
                "confidence_noise": ([0.0, 1.0], [-1.0])},
+    "gan": {"truncation": ([0.5, 1.0], [-1.0]), "noise_scale": ([0.0, 1.0], [-1.0])},
 }
 
 
