@@ -274,6 +274,7 @@ class Dispatch:
             done.add(name)
             self.state[name] = {**self.state[name], "state": "done"}
             self.record(name, span)
+            self.echo(f"[done] {name} ({span['end'] - span['start']:.0f} s)")
             return
         why = span.get("error") or f"the job ended without finishing the stage (state {job.state})"
         failed[name] = str(job.paths.stderr)
