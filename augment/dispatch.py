@@ -26,7 +26,6 @@ import os
 import re
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -90,40 +89,32 @@ def _gpus() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def run_stage(out: str, name: str, cwd: str, threads: int | None, device: str) -> bool:
-    """The job: run stage ``name`` of the pipeline saved in ``out`` (rebuilt from its
-    ``pipeline.json``), from ``cwd`` (where ``augment run`` was started, for relative data
-    paths), with ``threads`` torch threads. It records where and when it ran in its span file,
-    failures included (with the error), and returns whether it finished; it never raises, so
-    the executor's own result file holds nothing but that bool."""
-    import torch
-
-    from augment.config import load_json
-    from augment.pipeline import PipelineConfig, _stages
-    from augment.progress import stage
-
-    os.chdir(cwd)
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
-    root, span = Path(out), span_path(Path(out), name)
+def begin_span(out: Path, name: str, device: str) -> dict:
+    """Write and return the span of stage ``name`` starting now in this process on ``device``."""
     where = f"{socket.gethostname()} pid {os.getpid()}, {device}"
     if os.environ.get("SLURM_JOB_ID"):
         where += f", slurm job {os.environ['SLURM_JOB_ID']}"
-    record = {"stage": name, "where": where, "start": round(time.time(), 3)}
-    write_json(record, span)
-    try:
-        found = [s for s in _stages(load_json(PipelineConfig, root / "pipeline.json"), root) if s.name == name]
-        if not found:
-            raise AugmentError(f"`{root / 'pipeline.json'}` has no stage named {name!r}")
-        with stage(name):
-            found[0].call()
-    except BaseException as exc:  # noqa: BLE001 -- a job reports every failure in its span, never by raising
-        traceback.print_exc()
-        write_json({**record, "end": round(time.time(), 3), "ok": False, "error": f"{type(exc).__name__}: {exc}"}, span)
-        return False
-    write_json({**record, "end": round(time.time(), 3), "ok": True}, span)
-    return True
+    span = {"stage": name, "where": where, "start": round(time.time(), 3)}
+    write_json(span, span_path(out, name))
+    return span
+
+
+def end_span(out: Path, span: dict, error: BaseException | None = None) -> dict:
+    """Write and return ``span`` ended now, failed with ``error`` when given."""
+    done = {**span, "end": round(time.time(), 3), "ok": error is None}
+    if error is not None:
+        done["error"] = f"{type(error).__name__}: {error}"
+    write_json(done, span_path(out, span["stage"]))
+    return done
+
+
+def set_threads(threads: int | None) -> None:
+    """A job's torch CPU threads (and its OpenMP/MKL children's)."""
+    if threads:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def run_serial(stages: list, out: Path, record: Callable[[str, dict], None], echo=print) -> None:
@@ -138,17 +129,14 @@ def run_serial(stages: list, out: Path, record: Callable[[str, dict], None], ech
             echo(f"[skip] {s.name}: {s.folder} is complete")
             continue
         echo(f"[run]  {s.name} -> {s.folder}")
-        path = span_path(out, s.name)
-        span = {"stage": s.name, "where": f"{socket.gethostname()} pid {os.getpid()}, serial", "start": round(time.time(), 3)}
-        write_json(span, path)
+        span = begin_span(out, s.name, "serial")
         try:
             with stage(s.name):  # progress lines inside say which stage they belong to
                 s.call()
         except BaseException as exc:
-            write_json({**span, "end": round(time.time(), 3), "ok": False, "error": f"{type(exc).__name__}: {exc}"}, path)
+            end_span(out, span, exc)
             raise
-        span = {**span, "end": round(time.time(), 3), "ok": True}
-        write_json(span, path)
+        span = end_span(out, span)
         record(s.name, span)
 
 
@@ -202,9 +190,10 @@ class Dispatch:
     and keeps ``OUT/executor/state.json`` current. ``record(name, span)`` is called as each
     stage finishes (the pipeline's timings)."""
 
-    def __init__(self, stages: list, out: Path, cfg: ExecutorConfig, done: Callable[[object], bool],
+    def __init__(self, stages: list, out: Path, cfg: ExecutorConfig, job: Callable[..., bool], done: Callable[[object], bool],
                  record: Callable[[str, dict], None], echo=print) -> None:
         self.stages, self.out, self.cfg, self.record, self.echo = {s.name: s for s in stages}, out, cfg, record, echo
+        self.job = job  # job(out, name, cwd, threads, device) -> bool: runs one stage in the job's process
         self.is_done = done
         self.state_file = out / "executor" / "state.json"
         self.state: dict[str, dict] = {}
@@ -261,7 +250,7 @@ class Dispatch:
         params, device, threads = slots[slot]
         ex.update_parameters(name=f"augment-{slug(name)}", **params)
         span_path(self.out, name).unlink(missing_ok=True)  # an earlier try's span is not this one's
-        job = ex.submit(run_stage, str(self.out.resolve()), name, os.getcwd(), threads, device)
+        job = ex.submit(self.job, str(self.out.resolve()), name, os.getcwd(), threads, device)
         self.state[name] = {"state": "submitted", "job": str(job.job_id), "log": str(job.paths.stderr),
                             "device": device, "submitted": round(time.time(), 3)}
         self.echo(f"[run]  {name} -> {self.stages[name].folder} (job {job.job_id}, {device})")

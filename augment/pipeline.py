@@ -30,6 +30,7 @@ called in its own room (:mod:`augment.data.prepare`, :mod:`augment.training`, :m
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -41,8 +42,8 @@ from pydantic import Field, field_validator, model_validator
 
 from augment.audit import AuditSettings
 from augment.balance import BalanceConfig, asks_for_nothing
-from augment.dispatch import Dispatch, ExecutorConfig, run_serial
 from augment.config import PrepareSettings, Seed, Strict, load_json, load_yaml, merge, save_json, validate
+from augment.dispatch import Dispatch, ExecutorConfig, begin_span, end_span, run_serial, set_threads
 from augment.errors import AugmentError, ConfigError, DataError
 from augment.evaluate import SHARED_ARMS, EvaluationSettings, unique
 from augment.generators import GeneratorConfig
@@ -340,6 +341,34 @@ def _stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     return list(stages.values())
 
 
+def run_stage(out: str, name: str, cwd: str, threads: int | None, device: str) -> bool:
+    """An executor's job (:mod:`augment.dispatch`): run stage ``name`` of the pipeline saved in
+    ``out`` (rebuilt from its ``pipeline.json``, so it is the serial stage), from ``cwd`` (where
+    ``augment run`` was started, for relative data paths), with ``threads`` torch threads. Where
+    and when it ran, and a failure's error, go to its span file; it returns whether it finished
+    and never raises, so the executor's result file holds nothing but that bool."""
+    import traceback
+
+    from augment.progress import stage
+
+    os.chdir(cwd)
+    set_threads(threads)
+    root = Path(out)
+    span = begin_span(root, name, device)
+    try:
+        found = [s for s in _stages(load_json(PipelineConfig, root / "pipeline.json"), root) if s.name == name]
+        if not found:
+            raise AugmentError(f"`{root / 'pipeline.json'}` has no stage named {name!r}")
+        with stage(name):
+            found[0].call()
+    except BaseException as exc:  # noqa: BLE001 -- a job reports every failure in its span, never by raising
+        traceback.print_exc()
+        end_span(root, span, exc)
+        return False
+    end_span(root, span)
+    return True
+
+
 @locked(lambda cfg, out, *_, **__: out, "run")
 def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
     """Run (or continue) a pipeline into ``out``: see the module docstring. ``out`` must be new,
@@ -382,7 +411,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
         if cfg.executor.kind == "serial":
             run_serial(stages, out, record, echo)
         else:
-            Dispatch(stages, out, cfg.executor, lambda s: _done(s.folder, s.marker), record, echo).run()
+            Dispatch(stages, out, cfg.executor, run_stage, lambda s: _done(s.folder, s.marker), record, echo).run()
     except AugmentError:
         if fresh and not timings:
             discard(out, existed)  # nothing finished: a failed first stage leaves nothing
