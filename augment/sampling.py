@@ -389,7 +389,8 @@ def _run(cfg: SampleConfig, gen: LoadedGenerator, table: pd.DataFrame, classes: 
             n_synthetic=len(df), processes=state.num_processes,
             # Each row's attempt number is how many draws the filter rejected before it.
             dropped_by_filter={str(int(c)): int(n) for c, n in df.groupby("label")["attempt"].sum().items()},
-            samples_per_s_this_session=round(made / max(time.time() - t0, 1e-9), 3),
+            # every process's pairs: the rows there now that were not there before this session
+            samples_per_s_this_session=round((len(rows) - len(done)) / max(time.time() - t0, 1e-9), 3),
         ), cfg.out / "run.json")
         shutil.rmtree(cfg.out / JOURNAL, ignore_errors=True)
     state.wait_for_everyone()
