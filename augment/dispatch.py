@@ -133,7 +133,7 @@ def run_serial(stages: list, out: Path, record: Callable[[str, dict], None], ech
         try:
             with stage(s.name):  # progress lines inside say which stage they belong to
                 s.call()
-        except BaseException as exc:
+        except Exception as exc:  # an interrupt leaves the span open: `augment status` calls the stage stopped
             end_span(out, span, exc)
             raise
         span = end_span(out, span)
