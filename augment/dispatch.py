@@ -190,11 +190,13 @@ class Dispatch:
     and keeps ``OUT/executor/state.json`` current. ``record(name, span)`` is called as each
     stage finishes (the pipeline's timings)."""
 
-    def __init__(self, stages: list, out: Path, cfg: ExecutorConfig, job: Callable[..., bool], done: Callable[[object], bool],
+    def __init__(self, stages: list, out: Path, cfg: ExecutorConfig, job: Callable[..., bool],
                  record: Callable[[str, dict], None], echo=print) -> None:
+        from augment.gather import _done
+
         self.stages, self.out, self.cfg, self.record, self.echo = {s.name: s for s in stages}, out, cfg, record, echo
         self.job = job  # job(out, name, cwd, threads, device) -> bool: runs one stage in the job's process
-        self.is_done = done
+        self.is_done = lambda s: _done(s.folder, s.marker)  # as the serial loop judges it
         self.state_file = out / "executor" / "state.json"
         self.state: dict[str, dict] = {}
 

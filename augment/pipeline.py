@@ -411,7 +411,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, echo=print) -> Path:
         if cfg.executor.kind == "serial":
             run_serial(stages, out, record, echo)
         else:
-            Dispatch(stages, out, cfg.executor, run_stage, lambda s: _done(s.folder, s.marker), record, echo).run()
+            Dispatch(stages, out, cfg.executor, run_stage, record, echo).run()
     except AugmentError:
         if fresh and not timings:
             discard(out, existed)  # nothing finished: a failed first stage leaves nothing
