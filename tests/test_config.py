@@ -30,6 +30,24 @@ def test_pipeline_budgets_from_a_comma_list():
     assert load_pipeline(spec, parse_overrides(["budgets=16,32"])).budgets == [16, 32]
 
 
+def test_shipped_pipeline_specs_load():
+    """Every spec under pipelines/ validates (family settings, loops, balancing plans, sampler keys),
+    so a spec the README points at cannot rot unnoticed; the inpainting comparison holds every
+    family in both mask-conditioned modes."""
+    from pathlib import Path
+
+    from augment.pipeline import load_pipeline
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"quickstart.yaml", "busi_compare.yaml", "busi_inpaint.yaml"}
+    for path in shipped:
+        cfg = load_pipeline(path)
+        assert all(cfg.trainer(name) in cfg.generators for name in cfg.generators), path.name
+    inpaint = load_pipeline(shipped[[p.name for p in shipped].index("busi_inpaint.yaml")])
+    modes = {(spec.generator.family, spec.generator.mode) for spec in inpaint.generators.values()}
+    assert modes == {(f, m) for f in ("cvae", "ldm", "vqvae2", "gan") for m in ("mask", "inpaint")}
+
+
 def test_a_string_where_a_list_belongs_says_how_to_write_a_list():
     with pytest.raises(ConfigError, match=r"`priors`: .*valid list \(got '0.5,x'\); write a list as \[a, b\]"):
         validate(PrepareConfig, {"source": "phantom", "out": "x", "priors": "0.5,x"}, "prepare")
