@@ -13,8 +13,9 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ "$quick" = 1 ]; then
   loop=(--steps 30 --repeats 1) prec=(--steps 10 --repeats 1) fam=(--n 32 --repeats 1 --train-steps 2) mem=(--n 100 1000)
+  tfam=(--steps 30)
 else
-  loop=() prec=() fam=() mem=()
+  loop=() prec=() fam=() mem=() tfam=()
 fi
 echo "== 1. shared training loop vs a bare PyTorch loop (target: bare/loop >= 0.95)"
 $py bench/train_loop.py "${loop[@]}" --json bench/results/train_loop.json
@@ -22,6 +23,8 @@ echo "== 2. ms per training step: fp32, channels_last, bf16"
 $py bench/precision.py "${prec[@]}"
 echo "== 3. sampling ms per 64 px pair per family (busi_compare settings)"
 $py bench/sample_families.py "${fam[@]}"
+echo "== 3b. training ms per step per family and phase (busi_inpaint settings: every family, both mask modes)"
+$py bench/train_families.py --spec pipelines/busi_inpaint.yaml "${tfam[@]}"
 echo "== 4. peak RSS and wall time of augment sample (targets: memory ratio <= 1.1, time within 10% of linear)"
 $py bench/sample_memory.py "${mem[@]}"
 echo "== 5. wall time of the quickstart per stage (target <= 120 s)"
