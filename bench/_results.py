@@ -35,6 +35,19 @@ def describe(cond: dict) -> str:
     return f"{cond['threads']} torch threads, {cond['cpus']} CPUs, load average {load[0]:.2f}{busy}"
 
 
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """``rows`` as a text table: each column is ``(header, key, format spec)``, as wide as its
+    widest cell; text (``s``) is aligned left, numbers right, two spaces apart."""
+    cells = [[format(r[key], spec) for _, key, spec in columns] for r in rows]
+    widths = [max([len(head)] + [len(c[i]) for c in cells]) for i, (head, _, _) in enumerate(columns)]
+    left = [spec.endswith("s") for _, _, spec in columns]
+
+    def line(parts: list[str]) -> str:
+        return "  ".join(p.ljust(w) if lft else p.rjust(w) for p, w, lft in zip(parts, widths, left)).rstrip()
+
+    return "\n".join([line([head for head, _, _ in columns])] + [line(c) for c in cells])
+
+
 def verdict(met: bool, what: str) -> str:
     return f"{'PASS' if met else 'MISS'}  {what}"
 

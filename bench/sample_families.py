@@ -33,7 +33,7 @@ from augment.generators import TrainConfig
 from augment.generators.artifact import load_generator
 from augment.pipeline import load_pipeline
 
-from _results import conditions, default_json, describe, write  # bench/_results.py
+from _results import conditions, default_json, describe, table, write  # bench/_results.py
 from _sampling import conditions as draw_conditions, context, timed_draw  # bench/_sampling.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,12 +102,10 @@ def main() -> None:
             print(f"{name}: {min(ms):.1f} ms/sample (fastest of {args.repeats})", flush=True)
     print(f"\nsampling, {args.spec.name} settings, {args.n} pairs per pass in batches of {batch} "
           f"(first batch untimed), {args.repeats} passes; {describe(cond)}")
-    w = max([len("generator")] + [len(r["name"]) for r in rows]) + 2
-    print(f"{'generator':<{w}}{'family':<8}{'mode':<8}{'px':>4}{'params':>10}{'ms/sample min':>15}{'median':>8}  sampler")
-    for r in rows:
-        setting = ", ".join(f"{k}={v}" for k, v in r["sampler"].items())
-        print(f"{r['name']:<{w}}{r['family']:<8}{r['mode']:<8}{r['side']:>4}{r['params']:>10}"
-              f"{r['ms_per_sample_min']:>15.1f}{r['ms_per_sample_median']:>8.1f}  {setting}")
+    shown = [{**r, "setting": ", ".join(f"{k}={v}" for k, v in r["sampler"].items())} for r in rows]
+    print(table(shown, [("generator", "name", "s"), ("family", "family", "s"), ("mode", "mode", "s"), ("px", "side", "d"),
+                        ("params", "params", "d"), ("ms/sample min", "ms_per_sample_min", ".1f"),
+                        ("median", "ms_per_sample_median", ".1f"), ("sampler", "setting", "s")]))
     write({"benchmark": "sample_families", "spec": str(args.spec), "conditions": cond, "rows": rows}, args.json)
 
 

@@ -26,7 +26,7 @@ from augment.config import PrepareConfig
 from augment.generators.plan import phase_settings
 from augment.pipeline import load_pipeline
 
-from _results import conditions, default_json, describe, write  # bench/_results.py
+from _results import conditions, default_json, describe, table, write  # bench/_results.py
 from sample_families import _train_on_phantom  # bench/sample_families.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +66,8 @@ def main() -> None:
                 print(f"{name} {phase}: {ms:.0f} ms/step", flush=True)
     print(f"\ntraining, {args.spec.name} settings, {args.steps} steps per phase on the {args.size} px phantom "
           f"(first log of each phase dropped, median of the rest); {describe(cond)}")
-    w = max([len("generator")] + [len(r["name"]) for r in rows]) + 2
-    print(f"{'generator':<{w}}{'family':<8}{'mode':<9}{'phase':<13}{'batch':>6}{'ms/step':>9}")
-    for r in rows:
-        print(f"{r['name']:<{w}}{r['family']:<8}{r['mode']:<9}{r['phase']:<13}{r['batch_size']:>6}{r['ms_per_step']:>9.0f}")
+    print(table(rows, [("generator", "name", "s"), ("family", "family", "s"), ("mode", "mode", "s"), ("phase", "phase", "s"),
+                       ("batch", "batch_size", "d"), ("ms/step", "ms_per_step", ".0f")]))
     write({"benchmark": "train_families", "spec": str(args.spec), "conditions": cond, "rows": rows}, args.json)
 
 
