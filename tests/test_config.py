@@ -38,13 +38,9 @@ def test_shipped_pipeline_specs_load():
 
     from augment.pipeline import load_pipeline
 
-    shipped = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
-    assert {p.name for p in shipped} >= {"quickstart.yaml", "busi_compare.yaml", "busi_inpaint.yaml"}
-    for path in shipped:
-        cfg = load_pipeline(path)
-        assert all(cfg.trainer(name) in cfg.generators for name in cfg.generators), path.name
-    inpaint = load_pipeline(shipped[[p.name for p in shipped].index("busi_inpaint.yaml")])
-    modes = {(spec.generator.family, spec.generator.mode) for spec in inpaint.generators.values()}
+    shipped = {p.name: load_pipeline(p) for p in sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))}
+    assert set(shipped) >= {"quickstart.yaml", "busi_compare.yaml", "busi_inpaint.yaml"}
+    modes = {(spec.generator.family, spec.generator.mode) for spec in shipped["busi_inpaint.yaml"].generators.values()}
     assert modes == {(f, m) for f in ("cvae", "ldm", "vqvae2", "gan") for m in ("mask", "inpaint")}
 
 
