@@ -348,8 +348,28 @@ def save_json(model: BaseModel, path: str | Path) -> None:
     write_text(json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n", path)
 
 
+# Settings added after folders were already being written, with the value a saved config that
+# lacks them was made with (a new default must not rewrite what a finished folder holds).
+_WRITTEN_BEFORE = {"placement": {"backgrounds": "any"}}
+
+
+def _as_made(data):
+    """A saved config with every setting it predates filled in as it behaved (``_WRITTEN_BEFORE``)."""
+    if isinstance(data, list):
+        return [_as_made(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: _as_made(v) for k, v in data.items()}
+    for key, then in _WRITTEN_BEFORE.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {**then, **out[key]}
+    return out
+
+
 def load_json(model: type[M], path: str | Path, what: str | None = None) -> M:
-    """Load a config written by :func:`save_json`; it validates exactly like YAML input."""
+    """Load a config written by :func:`save_json`; it validates exactly like YAML input. A setting
+    added since the file was written takes the value the folder was made with (``_WRITTEN_BEFORE``),
+    not today's default."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config `{p}` does not exist")
@@ -357,4 +377,4 @@ def load_json(model: type[M], path: str | Path, what: str | None = None) -> M:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config `{p}` is not valid JSON (line {exc.lineno})") from None
-    return validate(model, data, what or str(p))
+    return validate(model, _as_made(data), what or str(p))

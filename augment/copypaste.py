@@ -5,9 +5,10 @@ generator, so it is a shared arm like ``real+classic``: trained once per (budget
 For each of ``ratio x n`` pasted pairs, a budget image with a lesion is chosen (a seeded
 permutation per pass, so every lesion is pasted equally often), jittered together with its mask
 (the same jitter as ``mask_source: real``), and its lesion, with the tissue within the region's
-margin, is placed on another budget image (any class, normals included) by the same placement
-prior and feathered seam as the inpaint mode (:mod:`augment.placement`). The pasted pair's label
-is the source's. The model then trains as the ``frac50`` recipe does: ``synthetic_fraction`` of
+margin, is placed on another budget image by the same placement prior and feathered seam as the
+inpaint mode (:mod:`augment.placement`). The pasted pair's label is the source's; with
+``placement.backgrounds: matching`` (the default) its background is lesion-free or of the source's
+class, so the image agrees with that label (``any``: every other budget image). The model then trains as the ``frac50`` recipe does: ``synthetic_fraction`` of
 every batch pasted, classic augmentation on every pair. Each pasted pair's source, background and
 placement are written beside the results (``EVAL/copypaste/seed<s>.csv``).
 """
@@ -44,7 +45,8 @@ def pasted(real, cfg: CopyPasteConfig, seed: int):
 
     if real.masks is None:
         raise DataError("the copy-paste arm needs masks; this data set has none")
-    backgrounds = Backgrounds.of([str(i) for i in real.ids], list(real.images), list(real.masks), cfg.placement)
+    backgrounds = Backgrounds.of([str(i) for i in real.ids], list(real.images), list(real.masks), list(real.labels),
+                                 cfg.placement)
     lesions = [i for i, m in enumerate(real.masks) if (m > 0).any()]
     n = max(1, int(round(cfg.ratio * len(real))))
     images, masks, labels, records = [], [], [], []

@@ -6,12 +6,13 @@ the seeds, so a pair is made again exactly from its provenance.
 Inpaint mode: sample ``k`` of class ``c`` takes its class's real mask (:func:`augment.sampling.source_mask`)
 as the lesion shape, jittered; a class whose masks are empty (normal scans) takes the shape of a
 budget lesion of any class (:func:`lesion_shape`) and gives the generator an empty mask, so its
-region is filled with lesion-free tissue. The background and the placement come from
-:func:`augment.placement.arrange`. The generator fills the region; :func:`finish` puts the real
+region is filled with lesion-free tissue. The background (one the pair's class may take:
+``placement.backgrounds``) and the placement come from :func:`augment.placement.arrange`. The generator fills the region; :func:`finish` puts the real
 background back outside it with a feathered seam and unites the masks.
 
 Copy-paste (:func:`paste`): a budget lesion image and its mask, jittered together, the region
-around the lesion cut out and placed on another budget image the same way, with the same seam.
+around the lesion cut out and placed on another budget image the source's class may take, the same
+way, with the same seam.
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ def jittered_shape(mask: np.ndarray, jitter: JitterConfig, seed: int) -> np.ndar
     return crop(moved if (moved > 0).any() else mask)
 
 
-def scene(backgrounds: Backgrounds, shape_id: str, shape: np.ndarray, lesion: bool, cfg: PlacementConfig, seed: int,
-          what: str) -> Scene:
-    """Place the cropped ``shape`` on a background chosen by the prior (seeded)."""
-    b, placement = arrange(shape, backgrounds, cfg, seed, what)
+def scene(backgrounds: Backgrounds, label: int, shape_id: str, shape: np.ndarray, lesion: bool, cfg: PlacementConfig,
+          seed: int, what: str) -> Scene:
+    """Place the cropped ``shape`` of a class-``label`` pair on a background chosen by the prior
+    (seeded) among those the class may take."""
+    b, placement = arrange(shape, backgrounds, cfg, seed, what, among=backgrounds.allowed(label, lesion, cfg))
     return build(backgrounds, b, shape_id, shape, lesion, placement, cfg)
 
 
@@ -87,16 +89,16 @@ def finish(backgrounds: Backgrounds, s: Scene, inside: np.ndarray, cfg: Placemen
 def paste(backgrounds: Backgrounds, source: int, jitter: JitterConfig, cfg: PlacementConfig, seed: int,
           what: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Copy-paste: the lesion of budget image ``source`` (and the tissue within the region's margin
-    around it), jittered, placed on another budget image. Returns (image, mask, record)."""
+    around it), jittered, placed on another budget image its class may take (itself when there is
+    no other). Returns (image, mask, record)."""
     image, mask = jitter_pair(backgrounds.images[source], backgrounds.masks[source], jitter, mix_seed(seed, 0x717E))
     if not (mask > 0).any():
         image, mask = backgrounds.images[source], backgrounds.masks[source]
     on = np.argwhere(mask > 0)
     (y0, x0), (y1, x1) = on.min(0), on.max(0) + 1
     shape = mask[y0:y1, x0:x1]
-    others = [i for i in range(len(backgrounds.ids)) if i != source] or [source]
-    pool = Backgrounds([backgrounds.ids[i] for i in others], [backgrounds.images[i] for i in others],
-                       [backgrounds.masks[i] for i in others], [backgrounds.fovs[i] for i in others], backgrounds.stats)
+    others = [i for i in backgrounds.allowed(backgrounds.labels[source], True, cfg) if i != source] or [source]
+    pool = backgrounds.subset(others)
     b, placement = arrange(shape, pool, cfg, mix_seed(seed, 0x9A5E), what)
     size = pool.masks[b].shape
     # The whole source image moves with its lesion (the lesion box's centre to the placement

@@ -14,6 +14,12 @@ A placement takes a lesion *shape* (a real budget mask, moved by the seeded jitt
   inside the background's **field of view** (no lesion on a black border, outside an ultrasound
   sector or an endoscope circle) and clear of the background's own lesion (also dilated).
 
+The **backgrounds** a pair may take (``backgrounds``): with ``matching`` (the default) a pair of a
+lesion class goes on a lesion-free budget image or one of its own class, and a pair of a
+lesion-free class (normal scans) only on a lesion-free one, so the pair's image never shows a
+lesion of another class than its label says (its mask is the union, so it would show it). With
+``any`` every budget image is a background, as before the setting existed.
+
 The field of view is the convex hull of the largest bright connected component of the smoothed
 image (a scan's view is a rectangle, a sector or a circle: dark tissue inside it, or touching its
 edge, is inside the view), eroded by one pixel. The composite
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +53,9 @@ class PlacementConfig(Strict):
     max_scale: float = Field(2.0, ge=1, le=10)
     tries: int = Field(64, ge=2, le=10_000, description="placements tried per background before the next one is tried")
     fov_threshold: int = Field(12, ge=0, le=254, description="grey level (0-255) of the smoothed image above which a pixel is in view")
+    backgrounds: Literal["matching", "any"] = Field(
+        "matching", description="matching: a lesion class's pairs go on lesion-free budget images or its own class's, a "
+        "lesion-free class's on lesion-free ones only (the label agrees with the image); any: every budget image")
 
 
 @dataclass(frozen=True)
@@ -251,17 +261,32 @@ def union(background_mask: np.ndarray, placed: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Backgrounds:
     """The budget's images as backgrounds: ids, images (H, W[, C]) uint8, masks (H, W) uint8, their
-    fields of view, and where the budget's lesions lie."""
+    class labels, their fields of view, and where the budget's lesions lie."""
 
     ids: list[str]
     images: list[np.ndarray]
     masks: list[np.ndarray]
+    labels: list[int]
     fovs: list[np.ndarray]
     stats: LesionStats
 
     @classmethod
-    def of(cls, ids: list[str], images: list[np.ndarray], masks: list[np.ndarray], cfg: PlacementConfig) -> "Backgrounds":
-        return cls(list(ids), list(images), list(masks), [field_of_view(im, cfg.fov_threshold) for im in images], lesion_stats(masks))
+    def of(cls, ids: list[str], images: list[np.ndarray], masks: list[np.ndarray], labels: list[int],
+           cfg: PlacementConfig) -> "Backgrounds":
+        return cls(list(ids), list(images), list(masks), [int(v) for v in labels],
+                   [field_of_view(im, cfg.fov_threshold) for im in images], lesion_stats(masks))
+
+    def subset(self, keep: list[int]) -> "Backgrounds":
+        """These backgrounds (indices) only; the lesion statistics stay the whole budget's."""
+        return Backgrounds([self.ids[i] for i in keep], [self.images[i] for i in keep], [self.masks[i] for i in keep],
+                           [self.labels[i] for i in keep], [self.fovs[i] for i in keep], self.stats)
+
+    def allowed(self, label: int, lesion: bool, cfg: PlacementConfig) -> list[int]:
+        """The indices a pair of class ``label`` may take as its background (``cfg.backgrounds``):
+        every one (``any``), or the lesion-free ones and, for a pair with a lesion, its own class's."""
+        if cfg.backgrounds == "any":
+            return list(range(len(self.ids)))
+        return [i for i, (m, c) in enumerate(zip(self.masks, self.labels)) if not (m > 0).any() or (lesion and c == label)]
 
     def index(self, background_id: str) -> int:
         if background_id not in self.ids:
@@ -269,12 +294,21 @@ class Backgrounds:
         return self.ids.index(background_id)
 
 
-def arrange(shape: np.ndarray, backgrounds: Backgrounds, cfg: PlacementConfig, seed: int, what: str) -> tuple[int, Placement]:
-    """A background (index) and a placement for the cropped lesion ``shape``: backgrounds are tried
-    in a seeded order, each with ``cfg.tries`` placements from the prior. DataError (naming
-    ``what``) when the shape fits no background or can be placed on none."""
+def arrange(shape: np.ndarray, backgrounds: Backgrounds, cfg: PlacementConfig, seed: int, what: str,
+            among: list[int] | None = None) -> tuple[int, Placement]:
+    """A background (index) and a placement for the cropped lesion ``shape``: the backgrounds
+    ``among`` (default: all) are tried in a seeded order, each with ``cfg.tries`` placements from
+    the prior. DataError (naming ``what``) when there is none to try, when the shape fits none, or
+    when it can be placed on none."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(backgrounds.ids))
+    order = rng.permutation(len(backgrounds.ids))  # over all, then filtered: the same draws whatever ``among`` is
+    if among is not None:
+        keep = set(among)
+        order = [b for b in order if int(b) in keep]
+    if not len(order):
+        raise DataError(f"{what}: no budget image may be its background (placement.backgrounds is `{cfg.backgrounds}`: a "
+                        "lesion-free image, or one of the pair's own class for a lesion); set placement.backgrounds: any "
+                        "or add such images to the budget")
     fitting = 0
     for b in order:
         b = int(b)
@@ -290,7 +324,7 @@ def arrange(shape: np.ndarray, backgrounds: Backgrounds, cfg: PlacementConfig, s
         raise DataError(f"{what}: the lesion ({shape.shape[0]}x{shape.shape[1]} px, {cfg.min_scale:g}x at the smallest, plus a "
                         f"{radius} px margin) is larger than every background ({h}x{w} px); lower placement.margin or min_scale")
     raise DataError(f"{what}: the lesion could not be placed inside the field of view, clear of the existing lesion, of any of "
-                    f"{fitting} budget images after {cfg.tries} tries each; lower placement.margin or min_scale")
+                    f"{fitting} budget images it may take after {cfg.tries} tries each; lower placement.margin or min_scale")
 
 
 def region_boxes(rows, size: tuple[int, int]) -> np.ndarray:

@@ -198,7 +198,7 @@ def inpaint_backgrounds(gen: LoadedGenerator, cfg: SampleConfig):
     rows = gen.info.rows
     images = [read_image(gen.info.data_dir / p) for p in rows["image"]]
     masks = [read_mask(gen.info.data_dir / p) for p in rows["mask"]]
-    return Backgrounds.of([str(i) for i in rows["id"]], images, masks, cfg.balance.placement)
+    return Backgrounds.of([str(i) for i in rows["id"]], images, masks, list(rows["label"]), cfg.balance.placement)
 
 
 def inpaint_batch(cfg: SampleConfig, backgrounds: Backgrounds, pool, seed: int, batch: list) -> tuple[list, list, list]:
@@ -210,7 +210,7 @@ def inpaint_batch(cfg: SampleConfig, backgrounds: Backgrounds, pool, seed: int, 
         lesion = bool((mask > 0).any())
         shape_id, shape_mask = (src, mask) if lesion else inpainting.lesion_shape(pool, mix_seed(js, 0x54A9))
         shape = inpainting.jittered_shape(shape_mask, cfg.balance.jitter, js)
-        scenes.append(inpainting.scene(backgrounds, shape_id, shape, lesion, cfg.balance.placement,
+        scenes.append(inpainting.scene(backgrounds, it.label, shape_id, shape, lesion, cfg.balance.placement,
                                        mix_seed(seed, it.label, it.index, attempt, 0x91AC), f"sample {it.id}"))
         sources.append(src)
         jitter_seeds.append(js)

@@ -17,7 +17,7 @@ from augment.data.phantom import phantom_pair
 from augment.errors import DataError
 from augment.inpainting import jittered_shape, paste, scene
 from augment.masks import JitterConfig
-from augment.placement import Backgrounds, PlacementConfig, dilate, field_of_view, margin_px
+from augment.placement import Backgrounds, PlacementConfig, arrange, dilate, field_of_view, margin_px
 from augment.sampling import SampleConfig, regenerate, sample
 from tests.conftest import TINY_CVAE, train_tiny_cvae
 
@@ -38,7 +38,8 @@ def _backgrounds(n: int = 12, size: int = 32, rgb: bool = False, circle: bool = 
     pairs = [phantom_pair(i, (0, 1, 2)[i % 3], size, 0, rgb) for i in range(n)]
     if circle:
         pairs = [_circle(*p) for p in pairs]
-    return Backgrounds.of([f"r{i}" for i in range(n)], [p[0] for p in pairs], [p[1] for p in pairs], CFG)
+    return Backgrounds.of([f"r{i}" for i in range(n)], [p[0] for p in pairs], [p[1] for p in pairs],
+                          [(0, 1, 2)[i % 3] for i in range(n)], CFG)
 
 
 def test_field_of_view_is_the_circle_of_an_endoscope_frame_with_its_dark_lesions_inside():
@@ -59,7 +60,7 @@ def test_placements_stay_inside_the_view_and_clear_of_the_background_lesion(rgb,
     r = margin_px(CFG, 32)
     for seed in range(30):
         src = lesions[seed % len(lesions)]
-        s = scene(bg, bg.ids[src], jittered_shape(bg.masks[src], JitterConfig(), seed), True, CFG, seed, "t")
+        s = scene(bg, bg.labels[src], bg.ids[src], jittered_shape(bg.masks[src], JitterConfig(), seed), True, CFG, seed, "t")
         assert s.region.any() and (s.given > 0).any()
         assert not (s.region & ~bg.fovs[s.background]).any()
         assert not (s.region & dilate(bg.masks[s.background] > 0, r)).any()
@@ -80,17 +81,78 @@ def test_copy_paste_keeps_the_background_outside_the_region_and_unites_the_masks
         assert image.shape == bg.images[b].shape and image.dtype == np.uint8
 
 
+def _lesion_free(bg: Backgrounds, b: int) -> bool:
+    return not bg.masks[b].any()
+
+
+def test_matching_backgrounds_keep_every_pair_s_image_true_to_its_label():
+    # classes 0 (lesion-free), 1 and 2 (lesions): a class-1 pair may show no class-2 lesion, a
+    # class-0 pair no lesion at all, because the output mask is the background's plus the placed one
+    bg = _backgrounds(24, 32)
+    lesions = [i for i, m in enumerate(bg.masks) if m.any()]
+    anywhere = PlacementConfig(backgrounds="any")
+    foreign = 0
+    for seed in range(40):
+        src = lesions[seed % len(lesions)]
+        shape, label = jittered_shape(bg.masks[src], JitterConfig(), seed), bg.labels[src]
+        s = scene(bg, label, bg.ids[src], shape, True, CFG, seed, "t")
+        assert _lesion_free(bg, s.background) or bg.labels[s.background] == label
+        normal = scene(bg, 0, bg.ids[src], shape, False, CFG, seed, "t")
+        assert _lesion_free(bg, normal.background) and not normal.given.any()
+        # any: every budget image, drawn exactly as before the setting existed
+        a = scene(bg, label, bg.ids[src], shape, True, anywhere, seed, "t")
+        b, placement = arrange(shape, bg, anywhere, seed, "t")
+        assert (a.background, a.placement) == (b, placement)
+        foreign += not _lesion_free(bg, a.background) and bg.labels[a.background] != label
+    assert foreign > 0  # so the setting changes something on this budget
+
+
+def test_matching_copy_paste_puts_a_lesion_only_where_its_label_stays_true():
+    bg = _backgrounds(12, 32)
+    for source in (1, 2, 4, 5):
+        for seed in range(6):
+            _, _, record = paste(bg, source, JitterConfig(), CFG, seed, "t")
+            b = bg.index(record["background"])
+            assert b != source and (_lesion_free(bg, b) or bg.labels[b] == bg.labels[source])
+    # a lone lesion of its class on a budget without lesion-free images goes back on its own image
+    lone = _backgrounds(12, 64).subset([1, 2, 5])  # classes 1, 2, 2; room beside its own lesion at 64 px
+    _, _, record = paste(lone, 0, JitterConfig(), CFG, 0, "t")
+    assert record["background"] == bg.ids[1]
+    with pytest.raises(DataError, match="no budget image may be its background.*placement.backgrounds is `matching`"):
+        scene(lone, 0, "x", np.ones((4, 4), np.uint8), False, CFG, 0, "sample syn_c0_000000")
+
+
+def test_a_saved_config_from_before_the_backgrounds_setting_keeps_any(tmp_path):
+    from augment.config import load_json, save_json
+    from augment.pipeline import PipelineConfig, load_pipeline, run_pipeline
+
+    cfg = load_pipeline(Path(__file__).parents[1] / "pipelines" / "busi_inpaint.yaml")
+    assert cfg.balance.placement.backgrounds == "matching" == cfg.evaluate.copypaste.placement.backgrounds
+    out = tmp_path / "run"
+    out.mkdir()
+    save_json(cfg, out / "pipeline.json")
+    saved = json.loads((out / "pipeline.json").read_text())
+    del saved["balance"]["placement"]["backgrounds"], saved["evaluate"]["copypaste"]["placement"]["backgrounds"]
+    (out / "pipeline.json").write_text(json.dumps(saved))
+    old = load_json(PipelineConfig, out / "pipeline.json")
+    assert old.balance.placement.backgrounds == "any" == old.evaluate.copypaste.placement.backgrounds
+    assert old.balance.placement.margin == cfg.balance.placement.margin
+    # resuming such a folder under today's default is refused, not silently mixed
+    with pytest.raises(DataError, match=r"different pipeline spec \(changed: balance, evaluate\)"):
+        run_pipeline(cfg, out)
+
+
 def test_a_budget_without_lesions_and_a_lesion_that_fits_nowhere_are_one_clear_line_each():
     pairs = [phantom_pair(i, 0, 32, 0) for i in range(4)]
     with pytest.raises(DataError, match="no image with a lesion mask"):
-        Backgrounds.of(["a", "b", "c", "d"], [p[0] for p in pairs], [p[1] for p in pairs], CFG)
+        Backgrounds.of(["a", "b", "c", "d"], [p[0] for p in pairs], [p[1] for p in pairs], [0] * 4, CFG)
     bg = _backgrounds(6, 32)
     huge = np.ones((60, 60), np.uint8)
     with pytest.raises(DataError, match="larger than every background"):
-        scene(bg, "x", huge, True, CFG, 0, "sample syn_c1_000000")
+        scene(bg, 1, "x", huge, True, CFG, 0, "sample syn_c1_000000")
     tight = PlacementConfig(min_scale=1.0, max_scale=1.0, tries=4)
     with pytest.raises(DataError, match=r"sample syn_c1_000000: the lesion could not be placed .* after 4 tries"):
-        scene(bg, "x", np.ones((20, 20), np.uint8), True, tight, 0, "sample syn_c1_000000")
+        scene(bg, 1, "x", np.ones((20, 20), np.uint8), True, tight, 0, "sample syn_c1_000000")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +182,8 @@ def test_inpainted_pairs_keep_their_background_outside_the_region_and_record_the
         assert record["background"] == r.background_id and record["shape"] in rows.index
         background = read_image(info.data_dir / rows.loc[r.background_id, "image"])
         bmask = read_mask(info.data_dir / rows.loc[r.background_id, "mask"])
+        if bmask.any():  # placement.backgrounds: matching (the default): a lesion only on its own class's scan
+            assert int(rows.loc[r.background_id, "label"]) == r.label
         image, mask = read_image(inpaint_syn / r.image), read_mask(inpaint_syn / r.mask)
         y0, x0, y1, x1 = record["region"]
         outside = np.ones(mask.shape, bool)
