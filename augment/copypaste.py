@@ -8,8 +8,9 @@ permutation per pass, so every lesion is pasted equally often), jittered togethe
 margin, is placed on another budget image by the same placement prior and feathered seam as the
 inpaint mode (:mod:`augment.placement`). The pasted pair's label is the source's; with
 ``placement.backgrounds: matching`` (the default) its background is lesion-free or of the source's
-class, so the image agrees with that label (``any``: every other budget image). The model then trains as the ``frac50`` recipe does: ``synthetic_fraction`` of
-every batch pasted, classic augmentation on every pair. Each pasted pair's source, background and
+class, so the image agrees with that label (``any``: every other budget image). The model then
+trains as the ``frac50`` recipe does: ``synthetic_fraction`` of every batch pasted, classic
+augmentation on every pair. Each pasted pair's source, background and
 placement are written beside the results (``EVAL/copypaste/seed<s>.csv``).
 """
 

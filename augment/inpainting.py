@@ -7,8 +7,9 @@ Inpaint mode: sample ``k`` of class ``c`` takes its class's real mask (:func:`au
 as the lesion shape, jittered; a class whose masks are empty (normal scans) takes the shape of a
 budget lesion of any class (:func:`lesion_shape`) and gives the generator an empty mask, so its
 region is filled with lesion-free tissue. The background (one the pair's class may take:
-``placement.backgrounds``) and the placement come from :func:`augment.placement.arrange`. The generator fills the region; :func:`finish` puts the real
-background back outside it with a feathered seam and unites the masks.
+``placement.backgrounds``) and the placement come from :func:`augment.placement.arrange`. The
+generator fills the region; :func:`finish` puts the real background back outside it with a
+feathered seam and unites the masks.
 
 Copy-paste (:func:`paste`): a budget lesion image and its mask, jittered together, the region
 around the lesion cut out and placed on another budget image the source's class may take, the same

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -286,7 +287,12 @@ class Backgrounds:
         every one (``any``), or the lesion-free ones and, for a pair with a lesion, its own class's."""
         if cfg.backgrounds == "any":
             return list(range(len(self.ids)))
-        return [i for i, (m, c) in enumerate(zip(self.masks, self.labels)) if not (m > 0).any() or (lesion and c == label)]
+        return [i for i, (free, c) in enumerate(zip(self.lesion_free, self.labels)) if free or (lesion and c == label)]
+
+    @cached_property
+    def lesion_free(self) -> list[bool]:
+        """Per background, whether its mask is empty (worked out once, not per pair)."""
+        return [not (m > 0).any() for m in self.masks]
 
     def index(self, background_id: str) -> int:
         if background_id not in self.ids:
@@ -301,7 +307,7 @@ def arrange(shape: np.ndarray, backgrounds: Backgrounds, cfg: PlacementConfig, s
     the prior. DataError (naming ``what``) when there is none to try, when the shape fits none, or
     when it can be placed on none."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(backgrounds.ids))  # over all, then filtered: the same draws whatever ``among`` is
+    order = rng.permutation(len(backgrounds.ids))  # over all, then filtered: ``any`` draws as before the setting existed
     if among is not None:
         keep = set(among)
         order = [b for b in order if int(b) in keep]
