@@ -5,6 +5,8 @@ for images made for given masks, ``family/inpaint`` for the lesion region of a g
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -185,8 +187,11 @@ def test_run_folder_is_self_describing(trained):
     phases = load_generator(run).model.phases
     assert info["family"] == family and info["steps"] == 2 * len(phases) and info["budget"] == 12  # 2 steps a phase
     assert len(info["trained_on"]) == 12 and all(len(t["sha256"]) == 64 for t in info["trained_on"])
-    for key in ("data_manifest_sha256", "versions", "git_commit", "wall_seconds", "weights_sha256", "data_spec"):
+    for key in ("data_manifest_sha256", "versions", "machine", "git_commit", "wall_seconds", "weights_sha256", "data_spec"):
         assert key in info
+    # the CPU the weights came from: another CPU's vector instructions give other digits (README)
+    assert info["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["machine"]["cores"] == os.cpu_count() and info["machine"]["torch_threads"] >= 1
     gen = load_generator(run)
     assert gen.config.generator.family == family and gen.run["weights_sha256"] == gen.weights_sha256
     own = info["heldout_metrics"]  # a flat {name: float} whatever the family
