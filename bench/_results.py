@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from augment.runinfo import git_commit
+from augment.runinfo import git_commit, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -26,7 +26,7 @@ def conditions() -> dict:
     benchmark's own threads alone bring the load up to the CPU count)."""
     load = [round(x, 2) for x in os.getloadavg()]
     return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average_1_5_15": load,
-            "git_commit": git_commit(), "unix_time": round(time.time())}
+            "machine": machine(), "git_commit": git_commit(), "unix_time": round(time.time())}
 
 
 def describe(cond: dict) -> str:
