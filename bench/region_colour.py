@@ -27,6 +27,7 @@ import numpy as np
 
 from augment.data.images import read_image, read_mask
 from augment.data.manifest import read_manifest
+from inpaint_grid import from_synthetic  # bench/inpaint_grid.py: the pairs with their backgrounds
 
 
 def colour(pixels: np.ndarray) -> dict:
@@ -53,17 +54,11 @@ def real_lesions(data_dir: Path) -> np.ndarray:
 def placed_lesions(syn: Path) -> tuple[np.ndarray, Path]:
     from augment.generators.artifact import load_run
 
-    info = load_run(json.loads((syn / "run.json").read_text())["generator_run"])
-    backgrounds = info.rows.set_index("id")
-    df = read_manifest(syn)
-    chunks = []
-    for r in df[df["background_id"] != ""].itertuples():
-        own = read_mask(info.data_dir / backgrounds.loc[r.background_id, "mask"], binary=True) > 0
-        placed = (read_mask(syn / r.mask, binary=True) > 0) & ~own
-        chunks.append(_pixels(read_image(syn / r.image), placed))
-    if not chunks:
+    pairs = from_synthetic(syn, len(read_manifest(syn)))
+    if not pairs:
         raise SystemExit(f"{syn}: no inpainted pairs (no background_id in its manifest)")
-    return np.concatenate(chunks), info.data_dir
+    placed = [_pixels(p["image"], (p["mask"] > 0) & ~(p["bmask"] > 0)) for p in pairs]
+    return np.concatenate(placed), load_run(json.loads((syn / "run.json").read_text())["generator_run"]).data_dir
 
 
 def _line(name: str, s: dict) -> str:
