@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.data.images import read_image, read_mask
-from augment.data.manifest import read_manifest
+from augment.data.manifest import load_data, read_manifest
 from inpaint_grid import from_synthetic  # bench/inpaint_grid.py: the pairs with their backgrounds
 
 
@@ -45,7 +45,7 @@ def _pixels(image: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def real_lesions(data_dir: Path) -> np.ndarray:
-    rows = read_manifest(data_dir)
+    rows, _ = load_data(data_dir)  # validated: every path stays inside the folder
     chunks = [_pixels(read_image(data_dir / r.image), read_mask(data_dir / r.mask, binary=True) > 0)
               for r in rows[rows["split"] == "train"].itertuples()]
     return np.concatenate(chunks)
