@@ -29,6 +29,10 @@
 * Mask-image consistency: Dice between each synthetic mask and a MONAI UNet's prediction on its
   image, the UNet trained on the generator's real budget subset; baseline: the same UNet on the
   real val images of that class.
+* Lesion colours: the share of synthetic lesion pixels (an inpainted pair's placed lesion) whose
+  colour real train lesions almost never have (:func:`~augment.metrics.off_gamut_fraction`),
+  beside real test lesions' share. Whole-image features barely move when a small generated region
+  carries off-hue fringes or saturated blotches; this looks at the region alone.
 * Provenance: every synthetic row's weights hash and image hash, and the hashes of the images
   the generator trained on (all in DATA's train split, none in val or test).
 """
@@ -57,8 +61,8 @@ from augment.downstream import Shapes, SmallCNN, TaskConfig, dice_per_image, fit
 from augment.errors import DataError
 from augment.lock import locked
 from augment.metrics import (
-    MS_SSIM_MIN_SIDE, copy_thresholds, frd_from_features, frechet_distance, kid, mean_pairwise_similarity, nearest_distance, nearest_ssim, prdc,
-    structural_measure,
+    GAMUT_MASS, MS_SSIM_MIN_SIDE, copy_thresholds, frd_from_features, frechet_distance, kid, mean_pairwise_similarity, nearest_distance,
+    nearest_ssim, off_gamut_fraction, prdc, structural_measure,
 )
 from augment.output import atomic_path, read_json
 from augment.progress import stage, track
@@ -263,13 +267,34 @@ def _own_backgrounds(syn: pd.DataFrame, train_df: pd.DataFrame) -> torch.Tensor:
     return torch.tensor([where.get(str(b), -1) if isinstance(b, str) and b else -1 for b in ids], dtype=torch.int64)
 
 
+def _lesion_pixels(images: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images and an (N, H, W) bool selection -> (P, C) the selected pixels."""
+    return images.permute(0, 2, 3, 1)[where]
+
+
+def _lesion_colours(train_x, train_m, test_x, test_m, syn_x, syn_m, own: torch.Tensor) -> dict:
+    """The ``lesion_off_gamut_fraction`` row: the share of synthetic lesion pixels (an inpainted
+    pair's placed lesion, not its background's own) in colours that real train lesions almost
+    never have (:func:`~augment.metrics.off_gamut_fraction`), beside real test lesions' share."""
+    placed = syn_m > 0
+    inpainted = own >= 0
+    placed[inpainted] &= ~(train_m[own[inpainted]] > 0)
+    ref = _lesion_pixels(train_x, train_m > 0)
+    value, why = _defined(off_gamut_fraction, ref, _lesion_pixels(syn_x, placed), names=("real train lesions", "synthetic lesions"))
+    base, why_b = _defined(off_gamut_fraction, ref, _lesion_pixels(test_x, test_m > 0), names=("real train lesions", "real test lesions"))
+    return _row("lesion_off_gamut_fraction", "pixels", value, base, len(train_x), len(syn_x), undefined=why, baseline_undefined=why_b,
+                baseline_is=f"real test lesions ({len(test_x)} images) against real train lesions",
+                note=f"fraction of lesion pixels outside the colour cells holding {GAMUT_MASS:.1%} of real train lesion pixels "
+                     "(32 grey levels, or 8 steps per RGB channel)")
+
+
 def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int, str], syn_dir: Path,
              syn: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     train_df = real[real["split"] == "train"].reset_index(drop=True)
     test_df = real[real["split"] == "test"].reset_index(drop=True)
     has_masks = bool((train_df["mask"] != "").all())
     train_x, train_m = load_tensors(train_df, data, masks=has_masks)
-    test_x, _ = load_tensors(test_df, data, masks=False)
+    test_x, test_m = load_tensors(test_df, data, masks=has_masks)
     syn_x, syn_m = load_tensors(syn, syn_dir)
     if syn_x.shape[1:] != train_x.shape[1:]:
         raise DataError(f"synthetic images are {tuple(syn_x.shape[1:])} (C, H, W) but real ones are {tuple(train_x.shape[1:])}")
@@ -330,6 +355,8 @@ def _measure(cfg: AuditConfig, data: Path, real: pd.DataFrame, classes: dict[int
 
     # An inpainted image keeps its real background by design: it is judged against every other train image.
     own = _own_backgrounds(syn, train_df)
+    if has_masks:
+        rows.append(_lesion_colours(train_x, train_m, test_x, test_m, syn_x, syn_m, own))
     s_ssim, s_ssim_i = nearest_ssim(syn_x, train_x, exclude=own)
     s_dist, s_dist_i = nearest_distance(f_syn, f_train, exclude=own)
     r_ssim = real_nearest_ssim(data, train_x)

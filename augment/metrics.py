@@ -81,6 +81,49 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = 
     return max(0.0, float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean))
 
 
+def colour_cells(pixels: torch.Tensor, bins: int) -> torch.Tensor:
+    """(P, C) values in [0, 1] -> (P,) int64: the cell of each pixel's colour in a grid of ``bins``
+    equal steps per channel (``bins ** C`` cells)."""
+    q = (pixels.clamp(0, 1) * bins).long().clamp(max=bins - 1)
+    cells = torch.zeros(len(q), dtype=torch.int64)
+    for c in range(q.shape[1]):
+        cells = cells * bins + q[:, c]
+    return cells
+
+
+#: colour steps per channel of :func:`off_gamut_fraction`: 32 grey levels, or 8 per colour channel (512 cells)
+GAMUT_BINS = {1: 32, 3: 8}
+#: the share of the reference pixels whose colour cells make the gamut
+GAMUT_MASS = 0.995
+
+
+def off_gamut_fraction(ref: torch.Tensor, other: torch.Tensor, mass: float = GAMUT_MASS,
+                       names: tuple[str, str] = ("reference pixels", "other pixels")) -> float:
+    """The fraction of ``other``'s pixels whose colour the reference pixels (almost) never have.
+
+    ``ref`` and ``other`` are (P, C) pixel values in [0, 1], C of 1 or 3 (e.g. every lesion pixel of
+    the real train images, and of a synthetic set). Colours are binned (:data:`GAMUT_BINS` steps per
+    channel); the gamut is the smallest set of cells, fullest first, that holds ``mass`` of the
+    reference pixels. ``ref`` against itself gives at most ``1 - mass``. It is a check on colour that
+    whole-image features miss when the region is small: off-hue fringes, saturated or black blotches
+    inside a generated lesion."""
+    for name, x in zip(names, (ref, other)):
+        if x.ndim != 2 or x.shape[1] not in GAMUT_BINS:
+            raise DataError(f"the colour gamut needs (pixels, 1 or 3 channels); the {name} are {_shape(x)}")
+        if len(x) == 0:
+            raise DataError(f"the colour gamut needs pixels; the {name} have none")
+    if ref.shape[1] != other.shape[1]:
+        raise DataError(f"the {names[0]} have {ref.shape[1]} channel(s) but the {names[1]} {other.shape[1]}")
+    bins = GAMUT_BINS[ref.shape[1]]
+    counts = torch.bincount(colour_cells(ref, bins), minlength=bins ** ref.shape[1])
+    order = torch.sort(counts, descending=True, stable=True).indices
+    # cells until the one that reaches ``mass`` (inclusive): the fewest cells that hold it
+    held = int(torch.searchsorted(counts[order].cumsum(0).double(), mass * len(ref))) + 1
+    inside = torch.zeros_like(counts, dtype=torch.bool)
+    inside[order[:held]] = True
+    return float(1.0 - inside[colour_cells(other, bins)].double().mean())
+
+
 def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0,
         names: tuple[str, str] = ("first set", "second set")) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial

@@ -432,6 +432,9 @@ CHECK_RULES = {
     "memorisation_fraction": "flag when above the real train split's own fraction under the same copy rule",
     "mask_consistency": "flag when the segmenter trained on the budget agrees with synthetic masks by more than 0.10 Dice "
                         "less than with real val masks of the class; the worst class is shown",
+    "lesion_off_gamut_fraction": "flag when more than 0.05 above the real-vs-real baseline (real test lesions): the share "
+                                 "of synthetic lesion pixels whose colour real train lesions almost never have (outside "
+                                 "the colour cells of 99.5 % of their pixels)",
     "frd": "flag when above 3x the real-vs-real baseline, as for the Fréchet distance (radiomic features z-scored by the "
            "real train split; frd-score reports the log of this number)",
     "precision": "flag when more than 0.20 below the real-vs-real baseline (k=5 nearest neighbours, domain encoder): "
@@ -443,7 +446,8 @@ CHECK_RULES = {
                 "them (missing modes)",
 }
 CHECK_NAMES = {"frechet_distance": "Fréchet distance", "kid": "KID", "diversity": "diversity",
-               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency", "frd": "FRD",
+               "memorisation_fraction": "memorised fraction", "mask_consistency": "mask consistency",
+               "lesion_off_gamut_fraction": "lesion colours", "frd": "FRD",
                "precision": "precision", "recall": "recall", "density": "density", "coverage": "coverage"}
 EXTRACTOR_NAMES = {"domain": "domain encoder", "inception": "Inception", "radiomics": "radiomics"}
 #: checks measured in a feature space: their name says which (the others are one per class or none)
@@ -453,6 +457,10 @@ PER_CLASS = ("diversity", "mask_consistency")
 #: how far below its real-vs-real baseline a precision, recall or coverage may be: about 2 binomial
 #: standard errors at 25 images (sqrt(0.25 / 25) = 0.10), so sampling noise alone rarely flags it
 PRDC_GAP = 0.20
+#: how far above real test lesions' share a synthetic set's off-gamut lesion pixels may be: 5 % of
+#: the lesion area (CVC-ClinicDB's LDM inpainter had 3-22 % off-hue and 5-22 % clipped pixels in its
+#: placed polyps, against 0.2 % of each in real ones)
+GAMUT_GAP = 0.05
 
 
 def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
@@ -468,6 +476,8 @@ def _flagged(check: str, value: float, baseline: float, spread: float) -> bool:
         return value - baseline > 0.10
     if check == "memorisation_fraction":
         return value > baseline
+    if check == "lesion_off_gamut_fraction":
+        return value - baseline > GAMUT_GAP
     return baseline - value > 0.10  # mask_consistency
 
 

@@ -66,7 +66,7 @@ def test_metric_rows_have_the_stable_keys_and_baselines(report):
     _, rep = report
     names = {(r["metric"], r["extractor"]) for r in rep["metrics"]}
     assert {("frechet_distance", "domain"), ("kid", "domain"), ("memorisation_fraction", "pixels+domain"),
-            ("nearest_real_ssim", "pixels"), ("nearest_real_distance", "domain")} <= names
+            ("nearest_real_ssim", "pixels"), ("nearest_real_distance", "domain"), ("lesion_off_gamut_fraction", "pixels")} <= names
     assert any(m.startswith("mask_dice_class_") for m, _ in names)
     assert any(m.startswith("diversity_ssim_class_") for m, _ in names)
     for r in rep["metrics"]:

@@ -94,3 +94,10 @@ def test_the_report_shows_the_wide_table_with_the_new_checks(tmp_path):
         assert column in header
     assert "40 (flag)" in section and "0.3 (flag)" in section and "0.7 (pass)" in section
     assert "FRD: flag when above 3x the real-vs-real baseline" in section and "precision: flag when more than 0.20 below" in section
+
+
+@pytest.mark.parametrize(("value", "result"), [(0.29, "pass"), (0.31, "flag")])  # 0.05 above real test lesions' 0.25
+def test_the_lesion_colour_check_flags_a_share_well_above_real_test_lesions(value, result):
+    rows = [{**r, "extractor": "pixels"} for r in _quality("g", 16, lesion_off_gamut_fraction=(value, 0.25))]
+    table = checks(rows)
+    assert table[["check", "kind", "result"]].values.tolist() == [["lesion colours", "lesion_off_gamut_fraction", result]]

@@ -345,3 +345,24 @@ def test_a_placement_that_cannot_fit_stops_sampling_with_one_line_and_leaves_not
     assert res.returncode == 2
     assert "larger than every background" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_the_lesion_colour_check_judges_the_placed_lesion_not_the_background_s_own():
+    import torch
+
+    from augment.audit import _lesion_colours
+
+    red, blue = torch.tensor([0.8, 0.2, 0.2]), torch.tensor([0.1, 0.3, 0.8])
+    train_x = red.view(1, 3, 1, 1).expand(2, 3, 8, 8).clone()
+    train_m = torch.zeros(2, 8, 8, dtype=torch.int64)
+    train_m[0, :2] = 1  # image 0 has a lesion in its top rows, image 1 none
+    syn_x, syn_m = train_x[:1].clone(), train_m[:1].clone()
+    syn_x[0, :, :2] = blue.view(3, 1, 1)  # the background's own lesion, recoloured: not the generator's work
+    syn_m[0, 4:6] = 1  # the placed lesion: half red, half blue
+    syn_x[0, :, 5] = blue.view(3, 1)
+    row = _lesion_colours(train_x, train_m, train_x[:1], train_m[:1], syn_x, syn_m, own=torch.tensor([0]))
+    assert row["metric"] == "lesion_off_gamut_fraction" and row["value"] == 0.5 and row["baseline"] == 0.0
+    whole = _lesion_colours(train_x, train_m, train_x[:1], train_m[:1], syn_x, syn_m, own=torch.tensor([-1]))
+    assert whole["value"] == 0.75  # a whole-image pair: every lesion pixel of it is generated
+    none = _lesion_colours(train_x, train_m, train_x[:1], train_m[:1], syn_x, torch.zeros_like(syn_m), own=torch.tensor([-1]))
+    assert none["value"] is None and "synthetic lesions have none" in none["undefined"]

@@ -308,3 +308,25 @@ def test_ssim_index_averages_the_whole_reflect_padded_map_as_its_docstring_says(
     assert not torch.allclose(got[1:], full[1:, :, 5:-5, 5:-5].flatten(1).mean(1), atol=1e-3)  # not a cropped map
     doc = " ".join(SSIMIndex.__doc__.split())
     assert "reflection-padded" in doc and "crop" not in doc.replace("no border is cropped", "")
+
+
+def test_off_gamut_fraction_counts_the_pixels_in_colours_the_reference_never_has():
+    from augment.errors import DataError
+    from augment.metrics import GAMUT_MASS, off_gamut_fraction
+
+    g = torch.Generator().manual_seed(0)
+    red = torch.stack([0.6 + 0.3 * torch.rand(4000, generator=g), 0.1 + 0.2 * torch.rand(4000, generator=g),
+                       0.1 + 0.2 * torch.rand(4000, generator=g)], 1)  # red-dominant lesion pixels
+    assert off_gamut_fraction(red, red) <= 1 - GAMUT_MASS
+    fringe = red.clone()
+    fringe[::4] = torch.tensor([0.1, 0.45, 0.8])  # a quarter of the pixels blue-green
+    assert off_gamut_fraction(red, fringe) == pytest.approx(0.25, abs=1 - GAMUT_MASS)
+    assert off_gamut_fraction(red, 1 - red) == 1.0
+    grey = red[:, :1]
+    assert off_gamut_fraction(grey, torch.ones_like(grey)) == 1.0  # white, where the lesions are mid-grey
+    with pytest.raises(DataError, match="synthetic lesions have none"):
+        off_gamut_fraction(red, red[:0], names=("real lesions", "synthetic lesions"))
+    with pytest.raises(DataError, match="3 channel"):
+        off_gamut_fraction(red, grey)
+    with pytest.raises(DataError, match=r"1 or 3 channels"):
+        off_gamut_fraction(red[:, :2], red[:, :2])
