@@ -11,6 +11,8 @@ set's generator was trained from. Prints per set:
   generator that makes blue-green fringes shows here; grayscale sets print ``-``.
 * ``clipped``: the fraction of pixels with a channel at 250 or above, or every channel at 5 or
   below: saturated whites and blacks.
+* ``off-gamut``: the audit's lesion-colour measure (:func:`augment.metrics.off_gamut_fraction`),
+  the fraction of pixels in colours that the real train lesions almost never have.
 * the mean and spread of each channel.
 
 The audit's whole-image checks (Fréchet distance, FRD) can pass a set whose small regions carry
@@ -24,9 +26,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from augment.data.images import read_image, read_mask
 from augment.data.manifest import load_data, read_manifest
+from augment.metrics import off_gamut_fraction
 from inpaint_grid import from_synthetic  # bench/inpaint_grid.py: the pairs with their backgrounds
 
 
@@ -61,9 +65,14 @@ def placed_lesions(syn: Path) -> tuple[np.ndarray, Path]:
     return np.concatenate(placed), load_run(json.loads((syn / "run.json").read_text())["generator_run"]).data_dir
 
 
-def _line(name: str, s: dict) -> str:
+def _line(name: str, s: dict, gamut: float) -> str:
     hue = "-" if s["off_hue"] is None else f"{s['off_hue']:.4f}"
-    return f"{name}: off-hue {hue}  clipped {s['clipped']:.4f}  mean {s['mean']}  std {s['std']}  ({s['pixels']} px)"
+    return (f"{name}: off-hue {hue}  clipped {s['clipped']:.4f}  off-gamut {gamut:.4f}  mean {s['mean']}  std {s['std']}  "
+            f"({s['pixels']} px)")
+
+
+def off_gamut(real: np.ndarray, pixels: np.ndarray) -> float:
+    return off_gamut_fraction(torch.from_numpy(real / 255.0), torch.from_numpy(pixels / 255.0))
 
 
 def main() -> None:
@@ -71,9 +80,10 @@ def main() -> None:
     ap.add_argument("synthetic", nargs="+")
     args = ap.parse_args()
     sets = [(Path(s), *placed_lesions(Path(s))) for s in args.synthetic]
-    print(_line(f"real train lesions ({sets[0][2]})", colour(real_lesions(sets[0][2]))))
+    real = real_lesions(sets[0][2])
+    print(_line(f"real train lesions ({sets[0][2]})", colour(real), off_gamut(real, real)))
     for syn, pixels, _ in sets:
-        print(_line(f"placed lesions ({syn})", colour(pixels)))
+        print(_line(f"placed lesions ({syn})", colour(pixels), off_gamut(real, pixels)))
 
 
 if __name__ == "__main__":
