@@ -122,7 +122,7 @@ def build_report(cfg, out: Path) -> Path:
             captions[f"{task}_{metric}_vs_budget"] = metric_caption(summary, task, metric)
 
     budget, gseed = cfg.budgets[-1], cfg.generator_seed(cfg.seeds[0])
-    classes = load_data(out / "data")[1] if _done(out / "data") else {}
+    manifest, classes = load_data(out / "data") if _done(out / "data") else (None, {})
     for name, spec in cfg.generators.items():
         run = generator_dir(out, name, budget, gseed)
         if not (run / "synthetic" / "run.json").is_file():
@@ -153,7 +153,11 @@ def build_report(cfg, out: Path) -> Path:
         for name, spec in cfg.generators.items()
     )
     gseeds = cfg.generator_seeds or cfg.seeds
+    size = f" at {cfg.data.image_size} px" if cfg.data.image_size else ""
+    splits = "" if manifest is None else ": " + ", ".join(
+        f"{n} {split}" for split, n in manifest["split"].value_counts().reindex(["train", "val", "test"]).dropna().astype(int).items())
     protocol = (
+        f"Data: {cfg.data.source}{size}{splits} images. "
         f"Generators: {gens}. Budgets {cfg.budgets}, task seeds {cfg.seeds}, generator seeds {gseeds}"
         + (" (the pipeline seeds)" if cfg.generator_seeds is None else " (task seed i uses generator seed i mod their count, and its budget subset)")
         + f". The arms real and real+classic use no synthetic data and are shared by every generator. "

@@ -129,6 +129,8 @@ evaluate: {{arms: [real, real+classic, real+synthetic+classic], segmentation: {{
     rep = json.loads((out / "report.json").read_text())
     assert {r["generator"] for r in rep["quality"]} == {"joint", "masked"}
     assert "generator seeds [0]" in rep["meta"]["protocol"]
+    n = pd.read_csv(out / "data" / "manifest.csv")["split"].value_counts()  # the report names the data it ran on
+    assert rep["meta"]["protocol"].startswith(f"Data: phantom at 16 px: {n['train']} train, {n['val']} val, {n['test']} test images. ")
     assert (out / "figures" / "samples_joint.png").is_file() and (out / "figures" / "samples_masked.png").is_file()
     assert "masked: real+synthetic+classic" in res.stdout and "paired delta vs real+classic" in res.stdout
     timings = json.loads((out / "timings.json").read_text())
