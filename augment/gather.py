@@ -154,10 +154,10 @@ def build_report(cfg, out: Path) -> Path:
     )
     gseeds = cfg.generator_seeds or cfg.seeds
     size = f" at {cfg.data.image_size} px" if cfg.data.image_size else ""
-    splits = "" if manifest is None else ": " + ", ".join(
-        f"{n} {split}" for split, n in manifest["split"].value_counts().reindex(["train", "val", "test"]).dropna().astype(int).items())
+    counts = {} if manifest is None else manifest["split"].value_counts().to_dict()
+    splits = ", ".join(f"{counts[s]} {s}" for s in ("train", "val", "test") if s in counts)
     protocol = (
-        f"Data: {cfg.data.source}{size}{splits} images. "
+        f"Data: {cfg.data.source}{size}{': ' + splits if splits else ''} images. "
         f"Generators: {gens}. Budgets {cfg.budgets}, task seeds {cfg.seeds}, generator seeds {gseeds}"
         + (" (the pipeline seeds)" if cfg.generator_seeds is None else " (task seed i uses generator seed i mod their count, and its budget subset)")
         + f". The arms real and real+classic use no synthetic data and are shared by every generator. "
